@@ -1,0 +1,3 @@
+"""pflask: Linux namespace containers from flags or checked-in manifests."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""`python -m pflask`."""
+
+import sys
+
+from pflask.cli import main
+
+sys.exit(main())

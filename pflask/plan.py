@@ -1,0 +1,521 @@
+"""The plan: the ordered, immutable steps that build and run one container.
+
+The compiler makes every decision and records it here; the executor only
+carries the steps out.  Each step says where it runs:
+
+- "host": in the supervisor, in the host's namespaces, while the container's
+  first process waits (uid/gid maps, cgroups, network links);
+- "container": in the container's processes, in order (namespaces, mounts,
+  pivot_root, hostname, addresses, limits, capabilities, environment, exec).
+
+Field values are plain scalars and tuples, so a plan converts losslessly to
+JSON (`pflask plan --json`) and to `marshal` (the start-up cache).
+"""
+
+from __future__ import annotations
+
+from pflask.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
+HOST = "host"
+CONTAINER = "container"
+
+
+class Step(Record):
+    """One thing the executor does; `describe` is what `pflask plan` prints."""
+
+    kind: ClassVar[str] = ""
+    where: ClassVar[str] = CONTAINER
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _flags(flags: tuple[str, ...]) -> str:
+    return f" ({','.join(flags)})" if flags else ""
+
+
+# --- processes and namespaces -------------------------------------------------
+
+
+class Unshare(Step):
+    """Create namespaces.  The first Unshare starts the container's process."""
+
+    kind = "unshare"
+    namespaces: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"unshare namespaces: {', '.join(self.namespaces)}"
+
+
+class UidMap(Step):
+    """Write /proc/PID/uid_map; through newuidmap when ranges need privilege."""
+
+    kind = "uid_map"
+    where = HOST
+    ranges: tuple[tuple[int, int, int], ...]
+    helper: bool
+
+    def describe(self) -> str:
+        how = "newuidmap" if self.helper else "uid_map"
+        return f"{how}: " + ", ".join(f"{i}->{o} x{c}" for i, o, c in self.ranges)
+
+
+class GidMap(Step):
+    """Write /proc/PID/gid_map (setgroups denied when writing it ourselves)."""
+
+    kind = "gid_map"
+    where = HOST
+    ranges: tuple[tuple[int, int, int], ...]
+    helper: bool
+    setgroups: str = "allow"
+
+    def describe(self) -> str:
+        how = "newgidmap" if self.helper else "gid_map"
+        text = f"{how}: " + ", ".join(f"{i}->{o} x{c}" for i, o, c in self.ranges)
+        return text + ("" if self.setgroups == "allow" else ", setgroups deny")
+
+
+class Cgroup(Step):
+    """Make a cgroup (per controller on v1), set its limits, move the container in."""
+
+    kind = "cgroup"
+    where = HOST
+    name: str
+    controllers: tuple[str, ...] = ()
+    memory: int | None = None
+    pids: int | None = None
+    cpu: float | None = None
+
+    def describe(self) -> str:
+        limits = [
+            f"{k}={v}" for k, v in (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu))
+            if v is not None
+        ]
+        what = ", ".join([*self.controllers, *limits]) or "no limits"
+        return f"cgroup {self.name}: {what}"
+
+
+class Fork(Step):
+    """Fork: the following steps run in the child, PID 1 of the new PID namespace."""
+
+    kind = "fork"
+
+    def describe(self) -> str:
+        return "fork PID 1 of the new PID namespace"
+
+
+class Reaper(Step):
+    """Fork the command; PID 1 stays behind to reap zombies and forward signals."""
+
+    kind = "reaper"
+
+    def describe(self) -> str:
+        return "fork the command as PID 2; PID 1 reaps zombies and forwards signals"
+
+
+# --- network ------------------------------------------------------------------
+
+
+class Veth(Step):
+    """A veth pair: `host` stays on the host, `name` goes into the container."""
+
+    kind = "veth"
+    where = HOST
+    host: str
+    name: str
+    host_addresses: tuple[str, ...] = ()
+    host_up: bool = True
+
+    def describe(self) -> str:
+        addr = f" {', '.join(self.host_addresses)}" if self.host_addresses else ""
+        return f"veth {self.host}{addr} (host) <-> {self.name} (container)"
+
+
+class MoveLink(Step):
+    """Move an existing host link into the container and rename it."""
+
+    kind = "move_link"
+    where = HOST
+    device: str
+    name: str
+
+    def describe(self) -> str:
+        return f"move host link {self.device} into the container as {self.name}"
+
+
+class MacvlanLink(Step):
+    """A macvlan (or ipvlan) link on a host master, created in the container."""
+
+    kind = "macvlan"
+    where = HOST
+    master: str
+    name: str
+    mode: str
+    link_kind: str = "macvlan"
+
+    def describe(self) -> str:
+        return f"{self.link_kind} {self.name} on {self.master} (mode {self.mode})"
+
+
+class Loopback(Step):
+    """Bring `lo` up inside the new network namespace."""
+
+    kind = "loopback"
+
+    def describe(self) -> str:
+        return "bring lo up"
+
+
+class ConfigureLink(Step):
+    """Addresses, MTU, MAC, state and default routes of a container link."""
+
+    kind = "configure_link"
+    name: str
+    addresses: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool = True
+
+    def describe(self) -> str:
+        parts = [*self.addresses]
+        if self.mtu:
+            parts.append(f"mtu {self.mtu}")
+        if self.mac:
+            parts.append(f"mac {self.mac}")
+        parts.extend(f"default via {g}" for g in self.gateways)
+        parts.append("up" if self.up else "down")
+        return f"configure {self.name}: {', '.join(parts)}"
+
+
+# --- mounts -------------------------------------------------------------------
+
+
+class Propagation(Step):
+    """Stop mount events flowing back to the host (recursive private or slave)."""
+
+    kind = "propagation"
+    mode: str = "private"
+
+    def describe(self) -> str:
+        return f"make / recursively {self.mode}"
+
+
+class BindRoot(Step):
+    """Bind the root directory onto itself so it is a mount point for pivot_root."""
+
+    kind = "bind_root"
+    path: str
+
+    def describe(self) -> str:
+        return f"bind root {self.path}"
+
+
+class EphemeralRoot(Step):
+    """An overlay over the root directory with a tmpfs upper layer at the root's place."""
+
+    kind = "ephemeral_root"
+    path: str
+
+    def describe(self) -> str:
+        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs"
+
+
+class MountFs(Step):
+    """Mount a kernel filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup)."""
+
+    kind = "mount"
+    fstype: str
+    target: str
+    flags: tuple[str, ...] = ()
+    data: str = ""
+    fallback_bind: str | None = None
+
+    def describe(self) -> str:
+        data = f" [{self.data}]" if self.data else ""
+        return f"mount {self.fstype} on {self.target}{_flags(self.flags)}{data}"
+
+
+class Bind(Step):
+    """Bind a host path (or a path in the container with `inside`) onto a target."""
+
+    kind = "bind"
+    source: str
+    target: str
+    readonly: bool = False
+    recursive: bool = True
+    flags: tuple[str, ...] = ()
+    optional: bool = False
+    inside: bool = False
+
+    def describe(self) -> str:
+        attrs = [
+            *(["ro"] if self.readonly else []),
+            *([] if self.recursive else ["non-recursive"]),
+            *(["optional"] if self.optional else []),
+            *self.flags,
+        ]
+        where = " (inside)" if self.inside else ""
+        return f"bind {self.source}{where} -> {self.target}{_flags(tuple(attrs))}"
+
+
+class Overlay(Step):
+    """An overlayfs.  `upper` None: a private tmpfs holds the changes.
+
+    `lower_inside` means the lower layers are paths inside the container (the
+    original's aufs stacks a directory over a target's existing content);
+    `temporary_work` means pflask made the work directory and removes it.
+    """
+
+    kind = "overlay"
+    target: str
+    lower: tuple[str, ...]
+    upper: str | None = None
+    work: str | None = None
+    readonly: bool = False
+    flags: tuple[str, ...] = ()
+    lower_inside: bool = False
+    temporary_work: bool = False
+
+    def describe(self) -> str:
+        where = " (inside)" if self.lower_inside else ""
+        upper = self.upper or "tmpfs"
+        work = f", work {self.work}" + (" (made and removed by pflask)" if self.temporary_work else "")
+        if self.upper is None:
+            work = ""
+        ro = ["ro"] if self.readonly else []
+        return (
+            f"overlay on {self.target}: lower {':'.join(self.lower)}{where}, upper {upper}{work}"
+            f"{_flags((*ro, *self.flags))}"
+        )
+
+
+class LoopMount(Step):
+    """Attach an image to a loop device (autoclear) and mount it."""
+
+    kind = "loop"
+    source: str
+    target: str
+    fstype: str = "auto"
+    readonly: bool = False
+    options: str = ""
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        ro = ["ro"] if self.readonly else []
+        opts = f" [{self.options}]" if self.options else ""
+        return f"loop {self.source} -> {self.target} ({self.fstype}){_flags((*ro, *self.flags))}{opts}"
+
+
+class DevNodes(Step):
+    """Populate the container's /dev: device nodes (mknod, or bind from the host)."""
+
+    kind = "dev_nodes"
+    target: str
+    nodes: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"device nodes in {self.target}: {' '.join(self.nodes)}"
+
+
+class Symlink(Step):
+    """Create a symbolic link inside the container."""
+
+    kind = "symlink"
+    value: str
+    path: str
+
+    def describe(self) -> str:
+        return f"symlink {self.path} -> {self.value}"
+
+
+class MaskPaths(Step):
+    """Make kernel paths inaccessible: /dev/null over files, an empty ro tmpfs over dirs."""
+
+    kind = "mask_paths"
+    paths: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"mask {' '.join(self.paths)}"
+
+
+class ReadonlyPaths(Step):
+    """Make paths read-only by binding them onto themselves read-only."""
+
+    kind = "readonly_paths"
+    paths: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"read-only {' '.join(self.paths)}"
+
+
+class PivotRoot(Step):
+    """Enter the root with pivot_root(2) and detach the old root."""
+
+    kind = "pivot_root"
+    path: str
+
+    def describe(self) -> str:
+        return f"pivot_root into {self.path}, detach the old root"
+
+
+class RemountRoot(Step):
+    """Make / read-only once everything is mounted under it."""
+
+    kind = "remount_root"
+    readonly: bool = True
+
+    def describe(self) -> str:
+        return "remount / read-only"
+
+
+# --- identity, limits, privileges, process --------------------------------------
+
+
+class Hostname(Step):
+    kind = "hostname"
+    name: str
+
+    def describe(self) -> str:
+        return f"hostname {self.name}"
+
+
+class Rlimits(Step):
+    """setrlimit(2) for each (resource, soft, hard); -1 is unlimited."""
+
+    kind = "rlimits"
+    limits: tuple[tuple[str, int, int], ...]
+
+    def describe(self) -> str:
+        def show(v: int) -> str:
+            return "unlimited" if v < 0 else str(v)
+
+        return "rlimits " + ", ".join(f"{n}={show(s)}:{show(h)}" for n, s, h in self.limits)
+
+
+class NoNewPrivs(Step):
+    kind = "no_new_privs"
+
+    def describe(self) -> str:
+        return "set no_new_privs"
+
+
+class SwitchUser(Step):
+    """Become `user` (name or uid[:gid]) as found in the container's passwd/group."""
+
+    kind = "switch_user"
+    user: str
+
+    def describe(self) -> str:
+        return f"switch to user {self.user} (supplementary groups set)"
+
+
+class Capabilities(Step):
+    """Keep exactly these capabilities in every set (bounding, ..., ambient)."""
+
+    kind = "capabilities"
+    keep: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"capabilities: {' '.join(self.keep) or 'none'}"
+
+
+class Environment(Step):
+    """The command's environment.
+
+    `clear` starts empty (keeping `keep`); `user_vars` sets USER, LOGNAME and
+    HOME from the user found by SwitchUser (or root); `set` wins over all.
+    """
+
+    kind = "environment"
+    clear: bool
+    keep: tuple[str, ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    user_vars: bool = False
+
+    def describe(self) -> str:
+        parts = ["cleared" if self.clear else "inherited"]
+        if self.keep:
+            parts.append("keep " + " ".join(self.keep))
+        if self.user_vars:
+            parts.append("USER LOGNAME HOME from the user")
+        parts.extend(f"{k}={v}" for k, v in self.set)
+        return "environment: " + ", ".join(parts)
+
+
+class Chdir(Step):
+    kind = "chdir"
+    path: str
+
+    def describe(self) -> str:
+        return f"chdir {self.path}"
+
+
+class Exec(Step):
+    kind = "exec"
+    argv: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "exec " + " ".join(self.argv)
+
+
+STEPS: dict[str, type[Step]] = {
+    cls.kind: cls
+    for cls in (
+        Unshare, UidMap, GidMap, Cgroup, Fork, Reaper, Veth, MoveLink, MacvlanLink, Loopback,
+        ConfigureLink, Propagation, BindRoot, EphemeralRoot, MountFs, Bind, Overlay, LoopMount,
+        DevNodes, Symlink, MaskPaths, ReadonlyPaths, PivotRoot, RemountRoot, Hostname, Rlimits,
+        NoNewPrivs, SwitchUser, Capabilities, Environment, Chdir, Exec,
+    )
+}
+
+
+class Plan(Record):
+    """What the supervisor needs besides the steps, and the steps themselves."""
+
+    name: str
+    steps: tuple[Step, ...]
+    terminal: str = "auto"
+    detach: bool = False
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float = 10.0
+    root: str | None = None
+    command: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        """Numbered steps, as `pflask plan` prints them."""
+        width = len(str(len(self.steps)))
+        lines = [f"container {self.name}"]
+        for number, step in enumerate(self.steps, 1):
+            lines.append(f"{number:>{width}}. [{step.where}] {step.describe()}")
+        lines.append(
+            f"supervise: terminal {self.terminal}, stop with {self.stop_signal}, "
+            f"SIGKILL after {self.stop_timeout:g}s" + (", detached" if self.detach else "")
+        )
+        return "\n".join(lines)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data with tuples kept, for JSON output and the marshal cache."""
+        data = {f: getattr(self, f) for f in self._fields if f != "steps"}
+        data["steps"] = tuple(
+            (step.kind, {f: getattr(step, f) for f in step._fields}) for step in self.steps
+        )
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Plan:
+        steps = tuple(STEPS[kind](**fields) for kind, fields in data["steps"])
+        return cls(**{**data, "steps": steps})
+
+    def to_json_data(self) -> dict[str, Any]:
+        """Stable JSON shape: each step as {"step", "where", fields...}."""
+        data = {f: getattr(self, f) for f in self._fields if f != "steps"}
+        data["steps"] = [
+            {"step": s.kind, "where": s.where, **{f: getattr(s, f) for f in s._fields}}
+            for s in self.steps
+        ]
+        return data
