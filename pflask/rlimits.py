@@ -1,0 +1,120 @@
+"""Resource limits (`security.rlimits`) and no_new_privs.
+
+Limits are set in the container just before exec and are inherited by the
+command and everything it starts.  They are applied *before* capabilities are
+dropped: raising a hard limit above the current one needs CAP_SYS_RESOURCE,
+which the container usually does not keep.  Lowering limits needs nothing.
+
+setrlimit(2) is called through ctypes rather than `resource.setrlimit`
+because the latter turns EPERM and EINVAL into a bare `ValueError`, losing the
+errno the executor reports.  The RLIMIT_* numbers are hard-coded: `resource`
+is cheap to import (about 0.3 ms) but has no RLIMIT_LOCKS, and they are the
+same on every architecture pflask supports (asm-generic/resource.h: x86_64,
+aarch64, riscv64, ppc64le, s390x), as is rlim_t being an unsigned long with
+RLIM_INFINITY = ~0UL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from pflask import libc
+from pflask.libc import SyscallError
+
+# <asm-generic/resource.h>, under the names the manifest schema uses.
+RESOURCES: dict[str, int] = {
+    "cpu": 0,
+    "fsize": 1,
+    "data": 2,
+    "stack": 3,
+    "core": 4,
+    "rss": 5,
+    "nproc": 6,
+    "nofile": 7,
+    "memlock": 8,
+    "as": 9,
+    "locks": 10,
+    "sigpending": 11,
+    "msgqueue": 12,
+    "nice": 13,
+    "rtprio": 14,
+    "rttime": 15,
+}
+
+UNLIMITED = -1
+RLIM_INFINITY = ctypes.c_ulong(-1).value
+
+
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("rlim_cur", ctypes.c_ulong), ("rlim_max", ctypes.c_ulong)]
+
+
+def _value(name: str, value: object) -> int:
+    # bool is an int in Python but `nofile: true` is a mistake, not 1.
+    if value == "unlimited":
+        return UNLIMITED
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"rlimit {name}: {value!r} is not a non-negative integer or 'unlimited'")
+
+
+def normalize(name: str, value: int | str | dict[str, int | str]) -> tuple[str, int, int]:
+    """A manifest rlimit as (name, soft, hard), -1 meaning unlimited.
+
+    `value` is an integer or "unlimited" (soft and hard alike) or
+    `{soft, hard}`.  A soft limit above the hard one is refused here, at
+    compile time, rather than as an EINVAL from setrlimit(2) in the container.
+    """
+    if name not in RESOURCES:
+        known = ", ".join(sorted(RESOURCES))
+        raise ValueError(f"unknown rlimit {name!r} (known: {known})")
+    if isinstance(value, dict):
+        extra = set(value) - {"soft", "hard"}
+        if extra or len(value) != 2:
+            raise ValueError(f"rlimit {name}: expected {{soft, hard}}, got {sorted(value)}")
+        soft, hard = _value(name, value["soft"]), _value(name, value["hard"])
+    else:
+        soft = hard = _value(name, value)
+    if hard != UNLIMITED and (soft == UNLIMITED or soft > hard):
+        raise ValueError(
+            f"rlimit {name}: soft limit {_show(soft)} is above hard limit {_show(hard)}"
+        )
+    return (name, soft, hard)
+
+
+def _show(value: int) -> str:
+    return "unlimited" if value == UNLIMITED else str(value)
+
+
+def _raw(value: int) -> int:
+    return RLIM_INFINITY if value < 0 else value
+
+
+def apply(limits: tuple[tuple[str, int, int], ...]) -> None:
+    """setrlimit(2) each (name, soft, hard), in order; -1 is RLIM_INFINITY.
+
+    Raising a hard limit above the current one fails with EPERM unless the
+    process has CAP_SYS_RESOURCE (so run this before capabilities are
+    dropped); the error is a `SyscallError` naming the limit.
+    """
+    setrlimit = libc._libc.setrlimit
+    for name, soft, hard in limits:
+        limit = _Rlimit(_raw(soft), _raw(hard))
+        if setrlimit(ctypes.c_int(RESOURCES[name]), ctypes.byref(limit)) < 0:
+            raise SyscallError(
+                "setrlimit(2)", ctypes.get_errno(), f"{name}={_show(soft)}:{_show(hard)}"
+            )
+
+
+def set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): execve can no longer grant privileges.
+
+    Setuid/setgid bits and file capabilities stop working for the container's
+    processes, and it cannot be undone.  Capabilities kept through the
+    ambient set still survive execve: they are not new privileges.
+    """
+    result = libc._libc.prctl(
+        ctypes.c_int(libc.PR_SET_NO_NEW_PRIVS), *(ctypes.c_ulong(a) for a in (1, 0, 0, 0))
+    )
+    if result < 0:
+        raise SyscallError("prctl(2)", ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")

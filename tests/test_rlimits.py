@@ -1,0 +1,171 @@
+"""Resource limits and no_new_privs against the real kernel, in forked children."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import pytest
+
+from pflask import rlimits
+from pflask.libc import SyscallError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def in_child(body: Callable[[int], None]) -> tuple[int, str]:
+    """Run `body(write_fd)` in a forked child; return its exit code and what it wrote."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            os.close(r)
+            body(w)
+        except BaseException as exc:
+            os.write(w, f"!{type(exc).__name__}: {exc}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+
+
+def ok(result: tuple[int, str]) -> str:
+    code, out = result
+    assert code == 0, out
+    return out
+
+
+def exec_sh(fd: int, script: str) -> None:
+    os.dup2(fd, 1)
+    os.execv("/bin/sh", ["sh", "-c", script])
+
+
+# --- normalize ------------------------------------------------------------------------
+
+
+def test_resources_match_the_resource_module() -> None:
+    assert len(rlimits.RESOURCES) == 16
+    for name, number in rlimits.RESOURCES.items():
+        constant = getattr(resource, f"RLIMIT_{name.upper()}", None)
+        assert constant in (None, number), name  # 3.11 has no RLIMIT_LOCKS
+
+
+def test_normalize_forms() -> None:
+    assert rlimits.normalize("nofile", 1024) == ("nofile", 1024, 1024)
+    assert rlimits.normalize("core", "unlimited") == ("core", -1, -1)
+    assert rlimits.normalize("nofile", {"soft": 100, "hard": 200}) == ("nofile", 100, 200)
+    assert rlimits.normalize("cpu", {"soft": 10, "hard": "unlimited"}) == ("cpu", 10, -1)
+    assert rlimits.normalize("core", 0) == ("core", 0, 0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"soft": 300, "hard": 200}, {"soft": "unlimited", "hard": 200}],
+)
+def test_soft_above_hard(value: dict[str, int | str]) -> None:
+    with pytest.raises(ValueError, match=r"soft limit \S+ is above hard limit 200"):
+        rlimits.normalize("nofile", value)
+
+
+@pytest.mark.parametrize(
+    "value", [-1, True, "lots", 1.5, {"soft": 1}, {"soft": 1, "hard": 2, "x": 3}]
+)
+def test_normalize_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="rlimit nofile"):
+        rlimits.normalize("nofile", value)  # type: ignore[arg-type]
+
+
+def test_normalize_unknown_resource() -> None:
+    with pytest.raises(ValueError, match="unknown rlimit 'files'"):
+        rlimits.normalize("files", 10)
+
+
+# --- apply ------------------------------------------------------------------------------
+
+
+def test_nofile_reaches_the_command() -> None:
+    def body(fd: int) -> None:
+        rlimits.apply((rlimits.normalize("nofile", {"soft": 100, "hard": 200}),))
+        exec_sh(fd, "ulimit -n; ulimit -Hn")
+
+    assert ok(in_child(body)).split() == ["100", "200"]
+
+
+def test_several_limits_in_order() -> None:
+    def body(fd: int) -> None:
+        rlimits.apply((("nofile", 64, 64), ("fsize", 2048, 4096), ("nofile", 32, 48)))
+        exec_sh(fd, "ulimit -n; ulimit -Hn; ulimit -f; ulimit -Hf")
+
+    # ulimit -f counts 512-byte blocks in dash
+    assert ok(in_child(body)).split() == ["32", "48", "4", "8"]
+
+
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_CORE)[1] != resource.RLIM_INFINITY,
+    reason="needs an unlimited hard core limit to start from",
+)
+def test_unlimited() -> None:
+    def body(fd: int) -> None:
+        rlimits.apply((("core", 1000, -1),))
+        rlimits.apply((rlimits.normalize("core", "unlimited"),))
+        exec_sh(fd, "ulimit -c; ulimit -Hc")
+
+    assert ok(in_child(body)).split() == ["unlimited", "unlimited"]
+
+    def finite_soft(fd: int) -> None:
+        rlimits.apply((rlimits.normalize("core", {"soft": 0, "hard": "unlimited"}),))
+        exec_sh(fd, "ulimit -c; ulimit -Hc")
+
+    assert ok(in_child(finite_soft)).split() == ["0", "unlimited"]
+
+
+def test_raising_hard_limit_without_cap_sys_resource() -> None:
+    def body(fd: int) -> None:
+        rlimits.apply((("nofile", 100, 200),))
+        os.setgroups([])
+        os.setgid(1000)
+        os.setuid(1000)  # no capabilities left, CAP_SYS_RESOURCE included
+        try:
+            rlimits.apply((("nofile", 100, 300),))
+        except SyscallError as exc:
+            os.write(fd, f"{exc.call}|{exc.errno}|{exc}".encode())
+
+    call, err, text = ok(in_child(body)).split("|")
+    assert (call, int(err)) == ("setrlimit(2)", 1)
+    assert text == "setrlimit(2) nofile=100:300: EPERM (Operation not permitted)"
+
+
+def test_soft_above_hard_from_kernel() -> None:
+    """apply() does not re-check; the kernel's EINVAL comes back named."""
+
+    def body(fd: int) -> None:
+        rlimits.apply((("nofile", 300, 200),))
+
+    code, out = in_child(body)
+    assert code == 1
+    assert out == "!SyscallError: setrlimit(2) nofile=300:200: EINVAL (Invalid argument)"
+
+
+# --- no_new_privs ----------------------------------------------------------------------
+
+
+def test_no_new_privs_survives_exec() -> None:
+    def body(fd: int) -> None:
+        rlimits.set_no_new_privs()
+        exec_sh(fd, "grep NoNewPrivs /proc/self/status")
+
+    assert ok(in_child(body)) == "NoNewPrivs:\t1\n"
+
+    def without(fd: int) -> None:
+        exec_sh(fd, "grep NoNewPrivs /proc/self/status")
+
+    assert ok(in_child(without)) == "NoNewPrivs:\t0\n"
