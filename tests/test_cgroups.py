@@ -1,0 +1,486 @@
+"""pflask.cgroups against the real cgroup hierarchies of this host.
+
+Everything here creates, limits and removes real cgroups and runs real
+processes in them; nothing is mocked.  The only fabricated input is mountinfo
+text for the layouts this machine does not have (pure v1, pure v2, a hybrid
+seen from inside a container), which `detect` parses without touching files.
+
+Needs root and a cgroup v1 or hybrid host with the memory, pids and cpu
+controllers on v1 hierarchies (the development VM is hybrid); the tests that
+depend on that skip elsewhere.  Every group a test makes is named `pytest-*`,
+and an autouse fixture fails the test if one is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pflask import cgroups
+from pflask.libc import SyscallError
+
+MiB = 1 << 20
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
+
+
+def _layout() -> cgroups.Layout:
+    return cgroups.detect()
+
+
+def _ours() -> set[str]:
+    """The `pflask-pytest-*` groups where `create` makes them, in every hierarchy."""
+    found: set[str] = set()
+    for hierarchy in _layout().hierarchies():
+        try:
+            names = os.listdir(hierarchy.cgroup)
+        except FileNotFoundError:
+            continue
+        found.update(
+            os.path.join(hierarchy.cgroup, n) for n in names if n.startswith("pflask-pytest-")
+        )
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    before = _ours()
+    yield
+    leaked = _ours() - before
+    for path in leaked:  # do not leave them on the host even when failing
+        cgroups._remove_tree(path, 2 if "/unified/" in path else 1, time.monotonic() + 2)
+    assert not leaked, f"cgroup directories left behind: {sorted(leaked)}"
+
+
+def _need_v1(*controllers: str) -> cgroups.Layout:
+    layout = _layout()
+    missing = [c for c in controllers if layout.v1_hierarchy(c) is None]
+    if missing:
+        pytest.skip(f"no v1 hierarchy for {', '.join(missing)} on this host")
+    return layout
+
+
+def _dir(layout: cgroups.Layout, controller: str, group: cgroups.Group) -> str:
+    """The group's directory in the v1 hierarchy of `controller`."""
+    hierarchy = layout.v1_hierarchy(controller)
+    assert hierarchy is not None
+    return os.path.join(hierarchy.cgroup, group.name)
+
+
+def _need_v2() -> cgroups.Layout:
+    layout = _layout()
+    if layout.v2 is None:
+        pytest.skip("no cgroup2 hierarchy on this host")
+    return layout
+
+
+def _spawn(code: str) -> subprocess.Popen[bytes]:
+    """A Python child that runs `code` only once `_go` is called, i.e. after attach."""
+    prelude = "import sys\nsys.stdin.buffer.read(1)\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+
+
+def _go(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(b"g")
+    proc.stdin.close()
+    proc.stdin = None  # so that wait() and communicate() leave it alone
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _counter(path: str, key: str) -> int:
+    return cgroups._counter(_read(path), key)
+
+
+# --- detection ----------------------------------------------------------------
+
+
+def test_detect_this_host_is_hybrid() -> None:
+    layout = _layout()
+    if layout.mode != "hybrid":
+        pytest.skip(f"this host is {layout.mode}, the development VM is hybrid")
+    v1 = {c for h in layout.v1 for c in h.controllers}
+    expected = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"}
+    assert expected | {"name=systemd"} <= v1
+    assert layout.v2 is not None and layout.v2.mount == "/sys/fs/cgroup/unified"
+    # A controller bound to v1 is not offered by the v2 tree.
+    assert not set(layout.v2.controllers) & v1
+    # The memory group we are in (maybe not the root) is where groups are made.
+    own = dict(line.split(":", 2)[1:] for line in _read("/proc/self/cgroup").splitlines())
+    memory = layout.v1_hierarchy("memory")
+    assert memory is not None
+    assert memory.cgroup == os.path.normpath(memory.mount + own["memory"])
+
+
+# Fabricated: a v1-only host with co-mounted cpu,cpuacct, a hierarchy mounted
+# twice (the bind mount is ignored) and a mount point with an escaped space.
+V1_MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+25 22 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/systemd rw shared:10 - cgroup cgroup rw,xattr,name=systemd
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw shared:11 - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw shared:12 - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/pids\\040x rw shared:13 - cgroup cgroup rw,pids
+30 22 0:25 /user.slice /srv/mem rw shared:12 - cgroup cgroup rw,memory
+"""
+V1_PROC_CGROUP = """\
+4:pids:/user.slice/user-0.slice
+3:memory:/user.slice
+2:cpu,cpuacct:/
+1:name=systemd:/user.slice/user-0.slice/session-1.scope
+"""
+
+
+def test_detect_fabricated_v1() -> None:
+    layout = cgroups.detect(mountinfo=V1_MOUNTINFO, proc_cgroup=V1_PROC_CGROUP)
+    assert layout.mode == "v1" and layout.v2 is None
+    by_mount = {h.mount: h for h in layout.v1}
+    assert set(by_mount) == {
+        "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids x",
+    }
+    assert by_mount["/sys/fs/cgroup/cpu,cpuacct"].controllers == ("cpu", "cpuacct")
+    assert by_mount["/sys/fs/cgroup/cpu,cpuacct"].cgroup == "/sys/fs/cgroup/cpu,cpuacct"
+    assert by_mount["/sys/fs/cgroup/memory"].cgroup == "/sys/fs/cgroup/memory/user.slice"
+    pids = by_mount["/sys/fs/cgroup/pids x"]
+    assert pids.cgroup == "/sys/fs/cgroup/pids x/user.slice/user-0.slice"
+    assert layout.v1_hierarchy("name=systemd") == by_mount["/sys/fs/cgroup/systemd"]
+    assert layout.v1_hierarchy("cpuacct") == layout.v1_hierarchy("cpu")
+    assert layout.v1_hierarchy("io") is None
+
+
+# Fabricated: a pure v2 host (systemd's default), our shell in a session scope.
+V2_MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+25 22 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:9 - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+
+def test_detect_fabricated_v2() -> None:
+    layout = cgroups.detect(
+        mountinfo=V2_MOUNTINFO,
+        proc_cgroup="0::/user.slice/user-0.slice/session-3.scope\n",
+        v2_controllers="cpuset cpu io memory pids\n",
+    )
+    assert layout.mode == "v2" and layout.v1 == ()
+    assert layout.v2 == cgroups.Hierarchy(
+        version=2, mount="/sys/fs/cgroup",
+        controllers=("cpuset", "cpu", "io", "memory", "pids"),
+        cgroup="/sys/fs/cgroup/user.slice/user-0.slice/session-3.scope",
+    )
+
+
+# Fabricated: a hybrid host seen from a container with a private cgroup
+# namespace: the mounts show subtrees (root != /), /proc/self/cgroup is
+# relative to them, and a bind mount of another subtree is skipped.
+HYBRID_CONTAINER_MOUNTINFO = """\
+600 500 0:50 / / rw - overlay overlay rw
+610 600 0:60 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+611 610 0:32 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+612 610 0:36 /docker/abc /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+613 610 0:38 /other /sys/fs/cgroup/unified ro - cgroup2 cgroup2 rw
+614 610 0:38 /docker/abc /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+"""
+HYBRID_CONTAINER_PROC_CGROUP = """\
+8:pids:/docker/abc
+4:memory:/docker/abc/inner
+0::/docker/abc
+"""
+
+
+def test_detect_fabricated_hybrid_in_a_container() -> None:
+    layout = cgroups.detect(
+        mountinfo=HYBRID_CONTAINER_MOUNTINFO,
+        proc_cgroup=HYBRID_CONTAINER_PROC_CGROUP,
+        v2_controllers="",
+    )
+    assert layout.mode == "hybrid"
+    memory, pids = layout.v1_hierarchy("memory"), layout.v1_hierarchy("pids")
+    assert memory is not None and memory.cgroup == "/sys/fs/cgroup/memory/inner"
+    assert pids is not None and pids.cgroup == "/sys/fs/cgroup/pids"
+    assert layout.v2 is not None and layout.v2.cgroup == "/sys/fs/cgroup/unified"
+    assert layout.v2.controllers == ()
+    assert layout.only("v1").mode == "v1" and layout.only("v2").mode == "v2"
+
+
+def test_owner_names_round_trip() -> None:
+    name = cgroups.group_name("pytest-a-b")
+    assert name.startswith(f"pflask-pytest-a-b-{os.getpid()}-")
+    assert cgroups.parse_owner(name) == (os.getpid(), cgroups._start_time(os.getpid()))
+    assert cgroups.parse_owner("pflask-x-12") is None
+    assert cgroups.parse_owner("system.slice") is None
+
+
+# --- input errors -------------------------------------------------------------
+
+
+def test_unknown_controller_is_a_value_error_with_a_suggestion() -> None:
+    with pytest.raises(ValueError) as info:
+        cgroups.create("pytest-typo", ("memroy",), None, None, None)
+    assert str(info.value) == "unknown cgroup controller 'memroy' (did you mean 'memory'?)"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"memory": 0}, "memory limit must be a positive number of bytes"),
+        ({"memory": True}, "memory limit must be a positive number of bytes"),
+        ({"pids": 0}, "pids limit must be at least 1"),
+        ({"cpu": -1.0}, "cpu limit must be a positive number of CPUs"),
+    ],
+)
+def test_bad_limits_are_value_errors(kwargs: dict[str, object], message: str) -> None:
+    limits: dict[str, object] = {"memory": None, "pids": None, "cpu": None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        cgroups.create("pytest-bad", (), **limits)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "a\nb"])
+def test_bad_names_are_value_errors(name: str) -> None:
+    with pytest.raises(ValueError, match="cgroup name"):
+        cgroups.create(name, (), None, None, None)
+
+
+# --- limits on this host (v1 controllers, hybrid) -----------------------------
+
+
+def test_memory_limit_oom_kills() -> None:
+    _need_v1("memory")
+    group = cgroups.create("pytest-oom", (), 64 * MiB, None, None)
+    try:
+        memory = group._memory
+        assert memory is not None
+        assert int(_read(f"{memory}/memory.limit_in_bytes")) == 64 * MiB
+        if os.path.exists(f"{memory}/memory.memsw.limit_in_bytes"):
+            assert int(_read(f"{memory}/memory.memsw.limit_in_bytes")) == 64 * MiB
+        proc = _spawn(
+            "chunks = [b'\\x01' * (1 << 20) for _ in range(200)]\nprint('survived')\n"
+        )
+        group.attach(proc.pid)
+        assert not group.oom_killed()
+        _go(proc)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        assert proc.wait(timeout=10) == -9 and b"survived" not in out
+        assert group.oom_killed()
+    finally:
+        group.remove()
+    assert not any(os.path.exists(p) for p in group.paths)
+
+
+def test_pids_limit_makes_fork_fail_and_remove_kills_the_rest() -> None:
+    _need_v1("pids")
+    group = cgroups.create("pytest-pids", (), None, 20, None)
+    proc = _spawn(
+        "import os, time\n"
+        "n, err = 0, None\n"
+        "for _ in range(50):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        err = e.errno\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(30)\n"
+        "        os._exit(0)\n"
+        "    n += 1\n"
+        "print(n, err, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    try:
+        group.attach(proc.pid)
+        _go(proc)
+        assert proc.stdout is not None
+        forked, err = proc.stdout.readline().decode().split()
+        assert (int(forked), err) == (19, str(errno.EAGAIN))  # 20 tasks with the parent
+        pids_dir = next(p for p in group.paths if p.startswith("/sys/fs/cgroup/pids/"))
+        assert int(_read(f"{pids_dir}/pids.current")) == 20
+        assert _counter(f"{pids_dir}/pids.events", "max") >= 1
+        start = time.monotonic()
+        group.remove()  # 20 live tasks: killed, then removed
+        elapsed = time.monotonic() - start
+    finally:
+        group.remove()
+        proc.wait(timeout=5)
+    assert proc.returncode == -9
+    assert elapsed < 1.0
+    assert not any(os.path.exists(p) for p in group.paths)
+
+
+def test_cpu_limit_throttles() -> None:
+    layout = _need_v1("cpu", "cpuacct")
+    group = cgroups.create("pytest-cpu", ("cpuacct",), None, None, 0.2)
+    try:
+        cpu, acct = _dir(layout, "cpu", group), _dir(layout, "cpuacct", group)
+        assert cpu in group.paths and acct in group.paths
+        assert int(_read(f"{cpu}/cpu.cfs_quota_us")) == 20000
+        assert int(_read(f"{cpu}/cpu.cfs_period_us")) == 100000
+        proc = _spawn("import time\nt = time.monotonic()\nwhile time.monotonic() - t < 1.0: pass\n")
+        group.attach(proc.pid)
+        _go(proc)
+        assert proc.wait(timeout=10) == 0
+        assert _counter(f"{cpu}/cpu.stat", "nr_throttled") > 0
+        used = int(_read(f"{acct}/cpuacct.usage")) / 1e9
+        assert 0.1 < used < 0.4, used
+    finally:
+        group.remove()
+
+
+def test_remove_takes_subgroups_made_inside() -> None:
+    """A container (systemd, say) makes groups of its own inside ours."""
+    layout = _need_v1("memory")
+    group = cgroups.create("pytest-nested", ("memory",), None, None, None)
+    proc = _spawn("import time\ntime.sleep(30)\n")
+    try:
+        inner = os.path.join(_dir(layout, "memory", group), "inner", "deeper")
+        os.makedirs(inner)
+        with open(f"{inner}/cgroup.procs", "w") as f:
+            f.write(str(proc.pid))
+    finally:
+        group.remove()
+        proc.wait(timeout=5)
+    assert proc.returncode == -9
+    assert not any(os.path.exists(p) for p in group.paths)
+
+
+def test_failed_limit_names_the_file_and_undoes() -> None:
+    layout = _need_v1("cpu", "memory")
+    with pytest.raises(SyscallError) as info:
+        cgroups.create("pytest-undo", ("memory",), None, None, 0.001)  # 100 us < 1 ms minimum
+    assert info.value.errno == errno.EINVAL
+    assert "cpu.cfs_quota_us (100)" in str(info.value) and "EINVAL" in str(info.value)
+    # A layout that claims the cpu hierarchy has pids: pids.max is missing there.
+    cpu = layout.v1_hierarchy("cpu")
+    assert cpu is not None
+    wrong = cgroups.Layout(v1=(cpu.replace(controllers=("pids",)),))
+    with pytest.raises(SyscallError) as info:
+        cgroups.create("pytest-undo", (), None, 20, None, layout=wrong)
+    assert info.value.errno == errno.ENOENT
+    assert str(info.value).startswith(f"open {cpu.cgroup}/pflask-pytest-undo-")
+    assert "/pids.max (20): ENOENT" in str(info.value)
+    # The no_leftovers fixture checks that the directories went away again.
+
+
+# --- forced v1 and the v2 code path -------------------------------------------
+
+
+def test_forced_v1_layout() -> None:
+    layout = _need_v1("memory", "pids", "cpu").only("v1")
+    group = cgroups.create("pytest-v1", ("freezer",), 32 * MiB, 10, 0.5, layout=layout)
+    proc = _spawn("import time\ntime.sleep(30)\n")
+    try:
+        mounts = {h.mount for h in layout.v1}
+        assert all(os.path.dirname(p).startswith(tuple(mounts)) for p in group.paths)
+        assert not any("/unified/" in p for p in group.paths)
+        group.attach(proc.pid)
+        own = _read(f"/proc/{proc.pid}/cgroup")
+        assert f"pids:/{group.name}" in own or f"/{group.name}\n" in own
+    finally:
+        group.remove()
+        proc.wait(timeout=5)
+    # v1 has no hierarchy for a v2-only controller here.
+    with pytest.raises(SyscallError, match="controller 'io' is not mounted"):
+        cgroups.create("pytest-v1io", ("io",), None, None, None, layout=layout)
+
+
+def test_v2_group_attach_and_kill() -> None:
+    layout = _need_v2().only("v2")
+    assert layout.v2 is not None
+    # freezer is part of every v2 group (cgroup.freeze): nothing to enable.
+    group = cgroups.create("pytest-v2", ("freezer",), None, None, None, layout=layout)
+    proc = _spawn("import time\ntime.sleep(30)\n")
+    try:
+        assert group.paths == (os.path.join(layout.v2.cgroup, group.name),)
+        group.attach(proc.pid)
+        relative = group.paths[0][len(layout.v2.mount) :]
+        assert f"0::{relative}\n" in _read(f"/proc/{proc.pid}/cgroup")
+        assert _read(f"{group.paths[0]}/cgroup.procs").split() == [str(proc.pid)]
+        assert not group.oom_killed()
+    finally:
+        group.remove()  # the process is still running: cgroup.kill
+        proc.wait(timeout=5)
+    assert proc.returncode == -9
+    assert not os.path.exists(group.paths[0])
+    group.remove()  # idempotent
+
+
+def test_v2_enables_an_available_controller() -> None:
+    layout = _need_v2().only("v2")
+    assert layout.v2 is not None
+    if "hugetlb" not in layout.v2.controllers:
+        pytest.skip("the cgroup2 tree here offers no hugetlb controller")
+    control = f"{layout.v2.cgroup}/cgroup.subtree_control"
+    before = _read(control).split()
+    group = cgroups.create("pytest-v2h", ("hugetlb",), None, None, None, layout=layout)
+    try:
+        assert "hugetlb" in _read(control).split()
+        assert "hugetlb" in _read(f"{group.paths[0]}/cgroup.controllers").split()
+    finally:
+        group.remove()
+        if "hugetlb" not in before:  # leave the host as it was
+            with open(control, "w") as f:
+                f.write("-hugetlb")
+
+
+def test_v2_memory_limit_without_the_controller_is_a_clear_error() -> None:
+    layout = _need_v2().only("v2")
+    assert layout.v2 is not None
+    if "memory" in layout.v2.controllers:
+        pytest.skip("the cgroup2 tree here has the memory controller")
+    with pytest.raises(SyscallError) as info:
+        cgroups.create("pytest-v2m", (), 64 * MiB, None, None, layout=layout)
+    text = str(info.value)
+    assert info.value.errno == errno.ENOENT
+    assert text.startswith(f"write {layout.v2.cgroup}/cgroup.subtree_control (+memory): ")
+    assert f"'memory' is not in {layout.v2.cgroup}/cgroup.controllers" in text
+    if layout.v1_hierarchy("memory") is not None:  # hybrid: say where it went
+        assert "it is bound to cgroup v1 hierarchy" in text
+    assert text.endswith("ENOENT (No such file or directory)")
+
+
+def test_nothing_mounted() -> None:
+    with pytest.raises(SyscallError, match="no cgroup hierarchy is mounted"):
+        cgroups.create("pytest-none", (), None, None, None, layout=cgroups.Layout())
+
+
+# --- stale groups -------------------------------------------------------------
+
+
+def test_clean_stale_removes_dead_owners_only() -> None:
+    layout = _need_v1("pids")
+    pids = layout.v1_hierarchy("pids")
+    assert pids is not None
+    child = os.fork()
+    if child == 0:  # a pflask that dies without cleaning up
+        try:
+            cgroups.create("pytest-dead", ("pids",), None, None, None)
+            os._exit(0)
+        finally:
+            os._exit(1)
+    assert os.waitpid(child, 0)[1] == 0
+    dead = [p for p in _ours() if f"pflask-pytest-dead-{child}-" in p]
+    assert dead and any(p.startswith(pids.cgroup) for p in dead)
+    # Our pid but another start time: a previous process that had our pid.
+    reused = os.path.join(pids.cgroup, f"pflask-pytest-reused-{os.getpid()}-1")
+    os.mkdir(reused)
+    alive = cgroups.create("pytest-alive", ("pids",), None, None, None)
+    try:
+        removed = cgroups.clean_stale()
+        assert set(dead) | {reused} <= set(removed)
+        assert not any(p in removed for p in alive.paths)
+        assert all(os.path.isdir(p) for p in alive.paths)
+        assert not any(os.path.exists(p) for p in [*dead, reused])
+    finally:
+        alive.remove()
