@@ -60,6 +60,15 @@ AT_FDCWD = -100
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
+MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
+
+FSOPEN_CLOEXEC = 1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 1
+
+# <linux/close_range.h>
+CLOSE_RANGE_CLOEXEC = 1 << 2
 
 # <linux/openat2.h>
 RESOLVE_NO_XDEV = 0x01
@@ -83,7 +92,11 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 SYS_pidfd_send_signal = 424
 SYS_open_tree = 428
 SYS_move_mount = 429
+SYS_fsopen = 430
+SYS_fsconfig = 431
+SYS_fsmount = 432
 SYS_pidfd_open = 434
+SYS_close_range = 436
 SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
@@ -103,7 +116,7 @@ class SyscallError(OSError):
 
     def __str__(self) -> str:
         where = f" {self.detail}" if self.detail else ""
-        return f"{self.call}{where}: {errno_name(self.errno)} ({self.strerror})"
+        return f"{self.call}{where}: {errno_name(self.errno or 0)} ({self.strerror})"
 
 
 def errno_name(err: int) -> str:
@@ -137,9 +150,7 @@ def mount(
     data: str | None = None,
     what: str | None = None,
 ) -> None:
-    result = _libc.mount(
-        _b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)
-    )
+    result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
     _check(result, "mount(2)", what or target)
 
 
@@ -219,7 +230,9 @@ class _OpenHow(ctypes.Structure):
     ]
 
 
-def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0, what: str | None = None) -> int:
+def openat2(
+    dirfd: int, path: str, flags: int, resolve: int, mode: int = 0, what: str | None = None
+) -> int:
     """Open `path` below `dirfd` with the kernel enforcing `resolve` (Linux 5.6)."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     result = _syscall(
@@ -232,8 +245,57 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0, what
     return _check(result, "openat2(2)", what or path)
 
 
+def fsopen(fstype: str) -> int:
+    result = _syscall(SYS_fsopen, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC))
+    return _check(result, "fsopen(2)", fstype)
+
+
+def fsconfig_string(fd: int, key: str, value: str, what: str | None = None) -> None:
+    result = _syscall(
+        SYS_fsconfig,
+        ctypes.c_int(fd),
+        ctypes.c_uint(FSCONFIG_SET_STRING),
+        _b(key),
+        _b(value),
+        ctypes.c_int(0),
+    )
+    _check(result, "fsconfig(2)", what or f"{key}={value}")
+
+
+def fsconfig_create(fd: int, what: str | None = None) -> None:
+    result = _syscall(
+        SYS_fsconfig,
+        ctypes.c_int(fd),
+        ctypes.c_uint(FSCONFIG_CMD_CREATE),
+        None,
+        None,
+        ctypes.c_int(0),
+    )
+    _check(result, "fsconfig(2) create", what)
+
+
+def fsmount(fd: int, attr_flags: int = 0, what: str | None = None) -> int:
+    result = _syscall(
+        SYS_fsmount, ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)
+    )
+    return _check(result, "fsmount(2)", what)
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd from `first` up close-on-exec (Linux 5.11), in one call."""
+    result = _syscall(
+        SYS_close_range,
+        ctypes.c_uint(first),
+        ctypes.c_uint(0xFFFFFFFF),
+        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+    )
+    _check(result, "close_range(2)", None)
+
+
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    result = _syscall(SYS_pidfd_send_signal, ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0))
+    result = _syscall(
+        SYS_pidfd_send_signal, ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0)
+    )
     _check(result, "pidfd_send_signal(2)", None)
 
 

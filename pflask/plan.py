@@ -92,7 +92,8 @@ class Cgroup(Step):
 
     def describe(self) -> str:
         limits = [
-            f"{k}={v}" for k, v in (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu))
+            f"{k}={v}"
+            for k, v in (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu))
             if v is not None
         ]
         what = ", ".join([*self.controllers, *limits]) or "no limits"
@@ -284,7 +285,9 @@ class Overlay(Step):
     def describe(self) -> str:
         where = " (inside)" if self.lower_inside else ""
         upper = self.upper or "tmpfs"
-        work = f", work {self.work}" + (" (made and removed by pflask)" if self.temporary_work else "")
+        work = f", work {self.work}" + (
+            " (made and removed by pflask)" if self.temporary_work else ""
+        )
         if self.upper is None:
             work = ""
         ro = ["ro"] if self.readonly else []
@@ -308,7 +311,9 @@ class LoopMount(Step):
     def describe(self) -> str:
         ro = ["ro"] if self.readonly else []
         opts = f" [{self.options}]" if self.options else ""
-        return f"loop {self.source} -> {self.target} ({self.fstype}){_flags((*ro, *self.flags))}{opts}"
+        return (
+            f"loop {self.source} -> {self.target} ({self.fstype}){_flags((*ro, *self.flags))}{opts}"
+        )
 
 
 class DevNodes(Step):
@@ -409,9 +414,11 @@ class SwitchUser(Step):
 
     kind = "switch_user"
     user: str
+    keep_caps: bool = False
 
     def describe(self) -> str:
-        return f"switch to user {self.user} (supplementary groups set)"
+        keep = ", keeping capabilities for the next step" if self.keep_caps else ""
+        return f"switch to user {self.user} (supplementary groups set){keep}"
 
 
 class Capabilities(Step):
@@ -466,10 +473,38 @@ class Exec(Step):
 STEPS: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
-        Unshare, UidMap, GidMap, Cgroup, Fork, Reaper, Veth, MoveLink, MacvlanLink, Loopback,
-        ConfigureLink, Propagation, BindRoot, EphemeralRoot, MountFs, Bind, Overlay, LoopMount,
-        DevNodes, Symlink, MaskPaths, ReadonlyPaths, PivotRoot, RemountRoot, Hostname, Rlimits,
-        NoNewPrivs, SwitchUser, Capabilities, Environment, Chdir, Exec,
+        Unshare,
+        UidMap,
+        GidMap,
+        Cgroup,
+        Fork,
+        Reaper,
+        Veth,
+        MoveLink,
+        MacvlanLink,
+        Loopback,
+        ConfigureLink,
+        Propagation,
+        BindRoot,
+        EphemeralRoot,
+        MountFs,
+        Bind,
+        Overlay,
+        LoopMount,
+        DevNodes,
+        Symlink,
+        MaskPaths,
+        ReadonlyPaths,
+        PivotRoot,
+        RemountRoot,
+        Hostname,
+        Rlimits,
+        NoNewPrivs,
+        SwitchUser,
+        Capabilities,
+        Environment,
+        Chdir,
+        Exec,
     )
 }
 

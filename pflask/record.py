@@ -25,9 +25,7 @@ _MISSING = object()
 class RecordMeta(type):
     """Turn annotated class attributes into slots and a keyword `__init__`."""
 
-    def __new__(
-        mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]
-    ) -> RecordMeta:
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> RecordMeta:
         annotations = namespace.get("__annotations__", {})
         own = [f for f in annotations if not str(annotations[f]).startswith("ClassVar")]
         defaults = {f: namespace.pop(f) for f in own if f in namespace}

@@ -1,0 +1,246 @@
+"""The original pflask command line, as a second front end to the manifest.
+
+Every option of the original man page, with the same letters, fills the same
+manifest mapping a file would; `--save FILE` writes that mapping out so a long
+command line can become a checked-in manifest.  Host paths are made absolute
+against the current directory, so the saved file means the same anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pflask.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("-r", "--chroot", metavar="DIR", help="use DIR as the container's root directory")
+    a("-c", "--chdir", metavar="DIR", help="change to DIR inside the container")
+    a("-t", "--hostname", metavar="NAME", help="set the container's hostname")
+    a(
+        "-m",
+        "--mount",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="bind:SRC:DST, bind-ro:SRC:DST, tmp:DST, overlay:ROOT_DIR:DST:WORK_DIR, "
+        "aufs:DIR:DST, loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]",
+    )
+    a(
+        "-n",
+        "--netif",
+        metavar="SPEC",
+        action="append",
+        nargs="?",
+        const="",
+        default=None,
+        help="a network namespace; SPEC moves or creates a link: DEV:NAME, "
+        "macvlan:MASTER:NAME, ipvlan:MASTER:NAME, veth:OUTSIDE:INSIDE",
+    )
+    a("-u", "--user", metavar="USER", help="run the command as USER (name or uid[:gid])")
+    a(
+        "-e",
+        "--user-map",
+        metavar="MAP",
+        action="append",
+        default=[],
+        help="map ids INSIDE:OUTSIDE:COUNT in the user namespace (uids and gids)",
+    )
+    a("-w", "--ephemeral", action="store_true", help="discard changes to the root")
+    a(
+        "-g",
+        "--cgroup",
+        metavar="CONTROLLER",
+        action="append",
+        default=[],
+        help="make a cgroup in CONTROLLER's hierarchy for the container",
+    )
+    a("-b", "--caps", metavar="CAPS", help="capabilities: all, -all, +name, -name, comma separated")
+    a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
+    a("-a", "--attach", metavar="PID", help="attach to a detached container (name or pid)")
+    a(
+        "-s",
+        "--setenv",
+        metavar="NAME=VALUE,...",
+        action="append",
+        default=[],
+        help="set environment variables (comma separated)",
+    )
+    a("-k", "--keepenv", action="store_true", help="do not clear the environment")
+    a("-U", "--no-userns", action="store_true", help="no user namespace")
+    a("-M", "--no-mountns", action="store_true", help="no mount namespace")
+    a("-N", "--no-netns", action="store_true", help="no network namespace")
+    a("-I", "--no-ipcns", action="store_true", help="no IPC namespace")
+    a("-H", "--no-utsns", action="store_true", help="no UTS namespace")
+    a("-P", "--no-pidns", action="store_true", help="no PID namespace")
+    a("--no-cgroupns", action="store_true", help="no cgroup namespace")
+    a("--name", help="the container's name (default: pflask-PID)")
+    a("--save", metavar="FILE", help="write the manifest (.yaml or .toml) instead of running")
+    a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
+    a("command", nargs="*", metavar="COMMAND", help="the command and its arguments")
+
+
+def _host(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _container(spec: str, path: str) -> str:
+    if not path.startswith("/"):
+        raise UsageError(f"--mount {spec!r}: the target {path!r} must be an absolute path")
+    return path
+
+
+def mount_spec(spec: str) -> dict[str, Any]:
+    """One --mount SPEC as a manifest mount entry."""
+    kind, _, rest = spec.partition(":")
+    parts = rest.split(":") if rest else []
+    shapes = {
+        "bind": (2, "bind:SRC:DST"),
+        "bind-ro": (2, "bind-ro:SRC:DST"),
+        "tmp": (1, "tmp:DST"),
+        "overlay": (3, "overlay:ROOT_DIR:DST:WORK_DIR"),
+        "aufs": (2, "aufs:DIR:DST"),
+        "loop": (2, "loop:IMAGE:DST[:FSTYPE]"),
+        "loop-ro": (2, "loop-ro:IMAGE:DST[:FSTYPE]"),
+    }
+    if kind not in shapes:
+        raise UsageError(f"--mount {spec!r}: unknown type {kind!r} (one of {', '.join(shapes)})")
+    count, shape = shapes[kind]
+    optional_extra = kind.startswith("loop")
+    if (len(parts) != count and not (optional_extra and len(parts) == count + 1)) or not all(parts):
+        raise UsageError(f"--mount {spec!r}: expected {shape}")
+    if kind in ("bind", "bind-ro"):
+        entry: dict[str, Any] = {
+            "type": "bind",
+            "source": _host(parts[0]),
+            "target": _container(spec, parts[1]),
+        }
+        if kind == "bind-ro":
+            entry["readonly"] = True
+        return entry
+    if kind == "tmp":
+        return {"type": "tmp", "target": _container(spec, parts[0])}
+    if kind == "overlay":
+        # The original's overlay: ROOT_DIR is the writable layer over DST's content.
+        return {
+            "type": "aufs",
+            "source": _host(parts[0]),
+            "target": _container(spec, parts[1]),
+            "work": _host(parts[2]),
+        }
+    if kind == "aufs":
+        return {"type": "aufs", "source": _host(parts[0]), "target": _container(spec, parts[1])}
+    entry = {"type": "loop", "source": _host(parts[0]), "target": _container(spec, parts[1])}
+    if len(parts) == 3:
+        entry["fstype"] = parts[2]
+    if kind == "loop-ro":
+        entry["readonly"] = True
+    return entry
+
+
+def netif_spec(spec: str) -> dict[str, Any] | None:
+    """One --netif SPEC as a manifest interface; None for a bare --netif."""
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if parts[0] in ("macvlan", "ipvlan"):
+        if len(parts) != 3 or not all(parts):
+            raise UsageError(f"--netif {spec!r}: expected {parts[0]}:MASTER:NAME")
+        return {"type": parts[0], "master": parts[1], "name": parts[2]}
+    if parts[0] == "veth":
+        if len(parts) != 3 or not all(parts):
+            raise UsageError(f"--netif {spec!r}: expected veth:OUTSIDE:INSIDE")
+        return {"type": "veth", "host": parts[1], "name": parts[2]}
+    if len(parts) == 1:
+        return {"type": "move", "device": parts[0]}
+    if len(parts) != 2 or not all(parts):
+        raise UsageError(f"--netif {spec!r}: expected DEV:NAME")
+    return {"type": "move", "device": parts[0], "name": parts[1]}
+
+
+def _user_map(spec: str) -> dict[str, int]:
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--user-map {spec!r}: expected INSIDE:OUTSIDE:COUNT (numbers)")
+    inside, outside, count = (int(p) for p in parts)
+    return {"inside": inside, "outside": outside, "count": count}
+
+
+def _setenv(specs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for spec in specs:
+        for item in spec.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--setenv {item!r}: expected NAME=VALUE")
+            values[name] = value
+    return values
+
+
+def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    """The manifest mapping these flags describe (validated later, like a file's)."""
+    data: dict[str, Any] = {"version": 1}
+    if args.name:
+        data["name"] = args.name
+    if args.chroot:
+        data["root"] = {"path": _host(args.chroot)}
+    if args.ephemeral:
+        if not args.chroot:
+            raise UsageError("--ephemeral needs --chroot")
+        data["root"]["ephemeral"] = True
+    if args.hostname:
+        data["hostname"] = args.hostname
+    if args.command:
+        data["command"] = list(args.command)
+    if args.chdir:
+        data["workdir"] = args.chdir
+    if args.user:
+        user = args.user
+        data["user"] = int(user) if user.isdigit() else user
+    env: dict[str, Any] = {}
+    if args.keepenv:
+        env["clear"] = False
+    values = _setenv(args.setenv)
+    if values:
+        env["set"] = values
+    if env:
+        data["env"] = env
+    namespaces: dict[str, Any] = {}
+    for flag, name in (
+        ("no_mountns", "mount"),
+        ("no_pidns", "pid"),
+        ("no_ipcns", "ipc"),
+        ("no_utsns", "uts"),
+        ("no_cgroupns", "cgroup"),
+        ("no_userns", "user"),
+        ("no_netns", "net"),
+    ):
+        if getattr(args, flag):
+            namespaces[name] = False
+    interfaces = [i for i in (netif_spec(s) for s in args.netif or ()) if i is not None]
+    if args.netif is not None and not args.no_netns:
+        namespaces["net"] = True
+    if args.no_netns and args.netif:
+        raise UsageError("--netif and --no-netns contradict each other")
+    if namespaces:
+        data["namespaces"] = namespaces
+    if args.user_map:
+        ranges = [_user_map(spec) for spec in args.user_map]
+        data["idmap"] = {"uid": ranges, "gid": [dict(r) for r in ranges]}
+    if args.mount:
+        data["mounts"] = [mount_spec(spec) for spec in args.mount]
+    if interfaces:
+        data["network"] = {"interfaces": interfaces}
+    if args.cgroup:
+        data["cgroup"] = {"controllers": list(args.cgroup)}
+    if args.caps:
+        data["capabilities"] = args.caps
+    if args.detach:
+        data["detach"] = True
+    return data

@@ -1,0 +1,329 @@
+"""The command line: subcommands, the original pflask flags, and the `run` fast path.
+
+`pflask run FILE` is started by scripts thousands of times, so it is parsed by
+hand and looks in the plan cache before anything heavy is imported: a cache
+hit runs the container having imported only the stdlib's builtins, ctypes
+and pflask's runtime modules.  Everything else goes through argparse.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pflask.errors import PflaskError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from pflask.context import Context
+    from pflask.loader import Loaded
+    from pflask.plan import Plan
+
+SUBCOMMANDS = ("run", "validate", "plan", "schema", "convert", "ps", "stop", "exec", "attach")
+
+RUN_USAGE = """usage: pflask run FILE [--set PATH=VALUE]... [--name NAME] [--detach] [--no-cache]
+                  [-v] [-- COMMAND [ARG...]]"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] == "run":
+            return run_command(args[1:])
+        if args and args[0] in SUBCOMMANDS:
+            return _subcommand(args)
+        return classic_command(args)
+    except PflaskError as e:
+        for line in str(e).splitlines():
+            print(f"pflask: {line}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+# --- shared --------------------------------------------------------------------------
+
+
+def _subordinate(path: str, uid: int, name: str | None) -> tuple[tuple[int, int], ...]:
+    """Ranges for this user in /etc/subuid or /etc/subgid (newuidmap(1)'s rules)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ()
+    ranges = []
+    for line in lines:
+        fields = line.strip().split(":")
+        owner_matches = len(fields) == 3 and fields[0] in (name, str(uid))
+        if owner_matches and fields[1].isdigit() and fields[2].isdigit():
+            ranges.append((int(fields[1]), int(fields[2])))
+    return tuple(ranges)
+
+
+def context(command: tuple[str, ...] | None) -> Context:
+    from pflask.context import Context
+
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        import pwd
+
+        name: str | None = pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        name = None
+    return Context(
+        uid=uid,
+        gid=gid,
+        subuid=_subordinate("/etc/subuid", uid, name),
+        subgid=_subordinate("/etc/subgid", uid, name),
+        shell=os.environ.get("SHELL") or "/bin/sh",
+        command=command,
+    )
+
+
+def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
+    from pflask import compiler, loader, manifest
+
+    loaded = loader.load(file, overrides=overrides)
+    m = manifest.from_data(loaded.data, source=file)
+    return compiler.compile_plan(m, ctx), loaded
+
+
+# --- run ------------------------------------------------------------------------------
+
+
+def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None, dict[str, bool]]:
+    """FILE, overrides, command, switches: a hand parser so argparse stays unloaded."""
+    file: str | None = None
+    overrides: list[str] = []
+    command: tuple[str, ...] | None = None
+    switches = {"no_cache": False, "verbose": False}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            command = tuple(args[i + 1 :])
+            break
+        value: str | None = None
+        if arg.startswith("--") and "=" in arg:
+            arg, value = arg.split("=", 1)
+        if arg in ("--set", "--name"):
+            if value is None:
+                i += 1
+                if i >= len(args):
+                    raise UsageError(f"{arg} needs a value\n{RUN_USAGE}")
+                value = args[i]
+            overrides.append(value if arg == "--set" else f"name={value}")
+        elif arg in ("-d", "--detach"):
+            overrides.append("detach=true")
+        elif arg == "--no-cache":
+            switches["no_cache"] = True
+        elif arg in ("-v", "--verbose"):
+            switches["verbose"] = True
+        elif arg in ("-h", "--help"):
+            print(RUN_USAGE)
+            raise SystemExit(0)
+        elif arg.startswith("-") or file is not None:
+            raise UsageError(f"run: unexpected argument {arg!r}\n{RUN_USAGE}")
+        else:
+            file = arg
+        i += 1
+    if file is None:
+        raise UsageError(f"run: which manifest?\n{RUN_USAGE}")
+    if command == ():
+        raise UsageError("run: nothing after '--'")
+    return file, overrides, command, switches
+
+
+def run_command(args: list[str]) -> int:
+    file, overrides, command, switches = _parse_run(args)
+    plan = None
+    ctx = context(command)
+    entry = None
+    if not switches["no_cache"]:
+        from pflask import cache
+
+        entry = cache.key(
+            os.path.abspath(file),
+            tuple(overrides),
+            ctx.uid,
+            ctx.gid,
+            ctx.subuid,
+            ctx.subgid,
+            ctx.shell,
+            command,
+        )
+        plan = cache.load(entry)
+    if plan is None:
+        plan, loaded = compile_file(file, tuple(overrides), ctx)
+        if entry is not None:
+            from pflask import cache
+
+            cache.store(entry, plan, loaded.files, loaded.env_used)
+    from pflask import executor
+
+    return executor.run(plan, verbose=switches["verbose"])
+
+
+# --- subcommands ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="pflask",
+        description="Run a command, or boot an OS, in Linux namespace containers described "
+        "by flags (the original pflask's) or by a manifest (pflask run FILE).",
+    )
+    from pflask import __version__
+
+    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("run", help="run a manifest's container", add_help=False)
+    p = sub.add_parser("validate", help="check manifests; exit 2 with every error found")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser("plan", help="print the steps `run` would take")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="stable JSON instead of text")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("command", nargs="*", metavar="COMMAND")
+    sub.add_parser("schema", help="print the manifest's JSON Schema")
+    p = sub.add_parser("convert", help="convert a manifest between YAML and TOML")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--to", required=True, choices=("yaml", "toml"))
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    return parser
+
+
+def _subcommand(args: list[str]) -> int:
+    parser = _parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    handler = {
+        "validate": _validate,
+        "plan": _plan,
+        "schema": _schema,
+        "convert": _convert,
+    }.get(ns.subcommand)
+    if handler is None:
+        raise UsageError(f"{ns.subcommand}: not available in this version")
+    return handler(ns)
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from pflask import compiler, loader, manifest
+    from pflask.errors import ManifestError, ManifestErrors
+
+    failed = False
+    ctx = context(None)
+    for file in loader.iter_files(ns.files):
+        try:
+            loaded = loader.load(file)
+            compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+        except ManifestErrors as e:
+            for error in e.errors:
+                print(f"pflask: {error}", file=sys.stderr)
+            failed = True
+        except ManifestError as e:
+            print(f"pflask: {e}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"{file}: ok")
+    return 2 if failed else 0
+
+
+def _plan(ns: argparse.Namespace) -> int:
+    command = tuple(ns.command) or None
+    plan, _ = compile_file(ns.file, tuple(ns.set), context(command))
+    if ns.json:
+        import json
+
+        print(json.dumps(plan.to_json_data(), indent=2, sort_keys=True))
+    else:
+        print(plan.render())
+    return 0
+
+
+def _schema(ns: argparse.Namespace) -> int:
+    from pflask import schema
+
+    sys.stdout.write(schema.text())
+    return 0
+
+
+def _convert(ns: argparse.Namespace) -> int:
+    from pflask import loader
+
+    loader.load(ns.file)  # the source must be valid before it is rewritten
+    with open(ns.file, encoding="utf-8") as f:
+        raw = loader.parse(f.read(), ns.file)
+    source_dir = os.path.dirname(os.path.abspath(ns.file))
+    if ns.output:
+        target_dir = os.path.dirname(os.path.abspath(ns.output))
+        if target_dir != source_dir:
+            loader.rebase(raw, source_dir, target_dir)
+    text = loader.dump(loader.plain(raw), ns.to)
+    if ns.output:
+        with open(ns.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --- the original command line --------------------------------------------------------------
+
+
+def classic_command(args: list[str]) -> int:
+    import argparse
+
+    from pflask import classic
+
+    parser = argparse.ArgumentParser(
+        prog="pflask",
+        usage="pflask [OPTIONS] [--] [COMMAND [ARG...]]\n"
+        "       pflask {run,validate,plan,schema,convert} ...",
+        description="Run COMMAND (default: a shell) in new Linux namespaces. "
+        "Subcommands: run FILE, validate, plan, schema, convert (see pflask SUBCOMMAND -h).",
+    )
+    classic.add_arguments(parser)
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    if ns.attach:
+        raise UsageError("--attach: not available in this version")
+    data = classic.to_manifest(ns)
+    return run_manifest_data(data, ns.save, ns.verbose, "command line")
+
+
+def run_manifest_data(data: dict[str, Any], save: str | None, verbose: bool, origin: str) -> int:
+    """Validate a manifest mapping made from flags; save it, or run it."""
+    from pflask import compiler, loader, manifest
+
+    located = loader.located(data, origin)
+    if "name" not in located:
+        located["name"] = f"pflask-{os.getpid()}" if not save else loader.default_name(save)
+    loader.check(located)
+    m = manifest.from_data(located, source=origin)
+    plan = compiler.compile_plan(m, context(None))
+    if save:
+        if not save.endswith(loader.SUFFIXES[:3]):
+            raise UsageError(f"--save {save}: use a .yaml, .yml or .toml file name")
+        if "name" not in data:
+            located.pop("name")
+        fmt = "toml" if save.endswith(".toml") else "yaml"
+        with open(save, "w", encoding="utf-8") as f:
+            f.write(loader.dump(loader.plain(located), fmt))
+        return 0
+    from pflask import executor
+
+    return executor.run(plan, verbose=verbose)

@@ -1,0 +1,430 @@
+"""Manifest -> Plan: every decision about order and placement, and no syscalls.
+
+The compiler reads nothing from the system.  What it needs to know about the
+invoking user (uid, subordinate id ranges, shell) arrives in a `Context` the
+command line fills, so the same inputs always give the same plan, which is
+what lets the start-up cache store plans.
+
+The order (see docs/architecture.md for who runs what):
+namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> fork
+PID 1 -> propagation -> root -> system mounts -> user mounts -> masked and
+read-only paths -> pivot_root -> hostname -> network -> rlimits -> user ->
+capabilities -> no_new_privs -> environment -> workdir -> reaper -> exec.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from pflask import plan as p
+from pflask.errors import ManifestError
+from pflask.manifest import AufsMount, BindMount, LoopMount, OverlayMount, TmpMount
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pflask.context import Context
+    from pflask.manifest import IdRange, Manifest, Mount
+
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_PATHS = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/init")
+INIT_NAMES = ("init", "systemd")
+
+# The OCI runtime's defaults (runtime-spec config-linux, runc's spec template):
+# kernel interfaces a container has no business reading or writing.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEFAULT_ID_RANGE = (100000, 65536)  # root's fallback when it has no /etc/subuid range
+
+
+def container_path(path: str) -> str:
+    """Lexically normalised absolute path: `..` cannot climb above `/`."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def is_init(argv: tuple[str, ...]) -> bool:
+    return bool(argv) and (argv[0] in INIT_PATHS or posixpath.basename(argv[0]) in INIT_NAMES)
+
+
+def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
+    steps: list[p.Step] = []
+    command = ctx.command or m.command or (("/bin/sh",) if m.root.path else (ctx.shell,))
+    userns = _wants_userns(m, ctx)
+    net = m.namespaces.net if m.namespaces.net is not None else bool(m.interfaces)
+    if m.interfaces and not net:
+        raise _error(m, "network", "interfaces need the network namespace")
+    namespaces = [
+        name
+        for name, on in (
+            ("user", userns),
+            ("mount", m.namespaces.mount),
+            ("pid", m.namespaces.pid),
+            ("ipc", m.namespaces.ipc),
+            ("uts", m.namespaces.uts),
+            ("net", net),
+            ("cgroup", m.namespaces.cgroup),
+        )
+        if on
+    ]
+    defer_cgroupns = m.cgroup is not None and "cgroup" in namespaces
+    first = [n for n in namespaces if not (defer_cgroupns and n == "cgroup")]
+    steps.append(p.Unshare(namespaces=tuple(first)))
+
+    if userns:
+        steps.extend(_id_maps(m, ctx))
+    if m.cgroup is not None:
+        steps.append(
+            p.Cgroup(
+                name=m.name,
+                controllers=m.cgroup.controllers,
+                memory=m.cgroup.memory,
+                pids=m.cgroup.pids,
+                cpu=m.cgroup.cpu,
+            )
+        )
+    steps.extend(_host_links(m, userns, ctx))
+    if defer_cgroupns:
+        steps.append(p.Unshare(namespaces=("cgroup",)))
+    if m.namespaces.pid:
+        steps.append(p.Fork())
+
+    root = m.root.path
+    if m.namespaces.mount:
+        steps.append(p.Propagation(mode="slave"))
+        if root is not None:
+            steps.append(p.EphemeralRoot(path=root) if m.root.ephemeral else p.BindRoot(path=root))
+        steps.extend(_system_mounts(m, userns, net))
+        for index, mount in enumerate(m.mounts):
+            steps.append(_user_mount(m, index, mount, userns))
+        if root is not None:
+            masked = MASKED_PATHS if m.security.masked_paths is None else m.security.masked_paths
+            readonly = (
+                READONLY_PATHS if m.security.readonly_paths is None else m.security.readonly_paths
+            )
+        else:
+            masked = m.security.masked_paths or ()
+            readonly = m.security.readonly_paths or ()
+        if masked:
+            steps.append(p.MaskPaths(paths=tuple(container_path(x) for x in masked)))
+        if readonly:
+            steps.append(p.ReadonlyPaths(paths=tuple(container_path(x) for x in readonly)))
+        if root is not None:
+            if m.root.readonly:
+                steps.append(p.RemountRoot(readonly=True))
+            steps.append(p.PivotRoot(path=root))
+
+    hostname = m.hostname or (m.name if root is not None and m.namespaces.uts else None)
+    if hostname:
+        steps.append(p.Hostname(name=hostname))
+    if net:
+        steps.append(p.Loopback())
+        for iface in m.interfaces:
+            steps.append(
+                p.ConfigureLink(
+                    name=iface.name,
+                    addresses=iface.addresses,
+                    gateways=iface.gateways,
+                    mtu=iface.mtu,
+                    mac=iface.mac,
+                    up=iface.up,
+                )
+            )
+    if m.security.rlimits:
+        steps.append(p.Rlimits(limits=m.security.rlimits))
+    if m.user is not None:
+        # PR_SET_KEEPCAPS before setuid, or the switch empties the permitted set.
+        steps.append(p.SwitchUser(user=m.user, keep_caps=m.capabilities is not None))
+    if m.capabilities is not None:
+        from pflask import capabilities
+
+        keep = capabilities.parse(list(m.capabilities))
+        steps.append(p.Capabilities(keep=tuple(sorted(keep))))
+    if m.security.no_new_privileges:
+        steps.append(p.NoNewPrivs())
+    steps.append(_environment(m))
+    if m.workdir is not None:
+        steps.append(p.Chdir(path=container_path(m.workdir)))
+    pid1_is_command = m.pid1 == "command" or (m.pid1 == "auto" and is_init(command))
+    if m.namespaces.pid and not pid1_is_command:
+        steps.append(p.Reaper())
+    steps.append(p.Exec(argv=command))
+
+    init = pid1_is_command and is_init(command)
+    return p.Plan(
+        name=m.name,
+        steps=tuple(steps),
+        terminal=m.terminal,
+        detach=m.detach,
+        stop_signal=m.stop_signal or ("SIGRTMIN+3" if init else "SIGTERM"),
+        stop_timeout=m.stop_timeout,
+        root=root,
+        command=command,
+    )
+
+
+def _error(m: Manifest, field: str, message: str) -> ManifestError:
+    return ManifestError(message, m.source, field=field)
+
+
+def _wants_userns(m: Manifest, ctx: Context) -> bool:
+    wanted = m.namespaces.user
+    if wanted is None:
+        return ctx.uid != 0 or bool(m.uid_map or m.gid_map)
+    if not wanted and ctx.uid != 0:
+        raise _error(
+            m,
+            "namespaces.user",
+            f"pflask runs as uid {ctx.uid}, not root: the other namespaces need a user namespace",
+        )
+    return wanted
+
+
+def _id_maps(m: Manifest, ctx: Context) -> list[p.Step]:
+    uid_ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
+    gid_ranges = _ranges(m.gid_map, m, ctx, "gid", ctx.gid, ctx.subgid)
+    uid_helper = ctx.uid != 0 and uid_ranges != ((0, ctx.uid, 1),)
+    gid_helper = ctx.uid != 0 and gid_ranges != ((0, ctx.gid, 1),)
+    return [
+        p.UidMap(ranges=uid_ranges, helper=uid_helper),
+        # An unprivileged process may write its own gid_map only after
+        # denying setgroups(2) (user_namespaces(7)); newgidmap needs no such thing.
+        p.GidMap(
+            ranges=gid_ranges,
+            helper=gid_helper,
+            setgroups="deny" if ctx.uid != 0 and not gid_helper else "allow",
+        ),
+    ]
+
+
+def _ranges(
+    given: tuple[IdRange, ...],
+    m: Manifest,
+    ctx: Context,
+    kind: str,
+    own: int,
+    subordinate: tuple[tuple[int, int], ...],
+) -> tuple[tuple[int, int, int], ...]:
+    """The id map: as given, or the invoking user as root (+ subordinate ids)."""
+    if given:
+        ranges = tuple((r.inside, r.outside, r.count) for r in given)
+        if ctx.uid != 0:
+            _check_allowed(ranges, m, kind, own, subordinate)
+        return ranges
+    if ctx.uid == 0:
+        start, count = subordinate[0] if subordinate else DEFAULT_ID_RANGE
+        return ((0, start, count),)
+    needs_more = m.user is not None and m.user.split(":")[0] not in ("root", "0")
+    if not needs_more:
+        return ((0, own, 1),)
+    if not subordinate:
+        raise _error(
+            m,
+            "user",
+            f"user {m.user!r} needs {kind}s beyond your own, but /etc/sub{kind} has no range "
+            f"for you (add one: usermod --add-sub{kind}s 100000-165535 $USER)",
+        )
+    start, count = subordinate[0]
+    return ((0, own, 1), (1, start, count))
+
+
+def _check_allowed(
+    ranges: tuple[tuple[int, int, int], ...],
+    m: Manifest,
+    kind: str,
+    own: int,
+    subordinate: tuple[tuple[int, int], ...],
+) -> None:
+    """An ordinary user may map only itself and its /etc/sub{uid,gid} ranges."""
+    for _inside, outside, count in ranges:
+        if count == 1 and outside == own:
+            continue
+        if not any(start <= outside and outside + count <= start + n for start, n in subordinate):
+            have = ", ".join(f"{s}-{s + n - 1}" for s, n in subordinate) or "none"
+            raise _error(
+                m,
+                f"idmap.{kind}",
+                f"{outside}-{outside + count - 1} is not among your /etc/sub{kind} ranges ({have})",
+            )
+
+
+def _host_links(m: Manifest, userns: bool, ctx: Context) -> list[p.Step]:
+    steps: list[p.Step] = []
+    if m.interfaces and ctx.uid != 0:
+        raise _error(
+            m,
+            "network.interfaces",
+            "creating or moving network links needs root; an ordinary user gets an isolated "
+            "network namespace with only lo (namespaces: {net: true})",
+        )
+    for iface in m.interfaces:
+        if iface.type == "veth":
+            assert iface.host is not None
+            steps.append(
+                p.Veth(
+                    host=iface.host,
+                    name=iface.name,
+                    host_addresses=iface.host_addresses,
+                    host_up=iface.host_up,
+                )
+            )
+        elif iface.type == "move":
+            assert iface.device is not None
+            steps.append(p.MoveLink(device=iface.device, name=iface.name))
+        else:
+            assert iface.master is not None and iface.mode is not None
+            steps.append(
+                p.MacvlanLink(
+                    master=iface.master,
+                    name=iface.name,
+                    mode=iface.mode,
+                    link_kind=iface.type,
+                )
+            )
+    return steps
+
+
+def _system_mounts(m: Manifest, userns: bool, net: bool) -> list[p.Step]:
+    """What a real OS expects under a root; with the host's root, only a new /proc."""
+    proc_flags = ("nosuid", "nodev", "noexec")
+    if m.root.path is None:
+        if not m.namespaces.pid:
+            return []
+        return [p.MountFs(fstype="proc", target="/proc", flags=proc_flags, fallback_bind="/proc")]
+    # sysfs can be mounted in a user namespace only together with a network
+    # namespace it owns; otherwise the host's /sys is bound read-only.
+    sys_fallback = "/sys" if userns and not net else None
+    steps: list[p.Step] = [
+        p.MountFs(
+            fstype="proc",
+            target="/proc",
+            flags=proc_flags,
+            fallback_bind=None if m.namespaces.pid else "/proc",
+        ),
+        p.MountFs(
+            fstype="sysfs",
+            target="/sys",
+            flags=("ro", "nosuid", "nodev", "noexec"),
+            fallback_bind=sys_fallback,
+        ),
+    ]
+    if m.namespaces.cgroup:
+        steps.append(
+            p.MountFs(
+                fstype="cgroup2",
+                target="/sys/fs/cgroup",
+                flags=("ro", "nosuid", "nodev", "noexec"),
+            )
+        )
+    pts_data = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
+    steps += [
+        p.MountFs(
+            fstype="tmpfs",
+            target="/dev",
+            flags=("nosuid", "strictatime"),
+            data="mode=755,size=65536k",
+        ),
+        p.DevNodes(target="/dev", nodes=DEV_NODES),
+        p.MountFs(fstype="devpts", target="/dev/pts", flags=("nosuid", "noexec"), data=pts_data),
+        p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
+        p.MountFs(fstype="tmpfs", target="/dev/shm", flags=("nosuid", "nodev"), data="mode=1777"),
+    ]
+    if m.namespaces.ipc:
+        steps.append(
+            p.MountFs(fstype="mqueue", target="/dev/mqueue", flags=("nosuid", "nodev", "noexec"))
+        )
+    steps += [
+        p.Symlink(value="/proc/self/fd", path="/dev/fd"),
+        p.Symlink(value="/proc/self/fd/0", path="/dev/stdin"),
+        p.Symlink(value="/proc/self/fd/1", path="/dev/stdout"),
+        p.Symlink(value="/proc/self/fd/2", path="/dev/stderr"),
+        p.MountFs(fstype="tmpfs", target="/run", flags=("nosuid", "nodev"), data="mode=755"),
+    ]
+    return steps
+
+
+def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
+    target = container_path(mount.target)
+    if isinstance(mount, BindMount):
+        return p.Bind(
+            source=mount.source,
+            target=target,
+            readonly=mount.readonly,
+            recursive=mount.recursive,
+            flags=mount.flags,
+            optional=mount.optional,
+        )
+    if isinstance(mount, TmpMount):
+        data = [f"size={mount.size}"] if mount.size is not None else []
+        data += [f"mode={mount.mode}"] if mount.mode is not None else []
+        data += [f"uid={mount.uid}"] if mount.uid is not None else []
+        data += [f"gid={mount.gid}"] if mount.gid is not None else []
+        flags = (*(("ro",) if mount.readonly else ()), *mount.flags)
+        return p.MountFs(fstype="tmpfs", target=target, flags=flags, data=",".join(data))
+    if isinstance(mount, OverlayMount):
+        return p.Overlay(
+            target=target,
+            lower=mount.lower,
+            upper=mount.upper,
+            work=mount.work,
+            readonly=mount.readonly,
+            flags=mount.flags,
+        )
+    if isinstance(mount, AufsMount):
+        # The original's aufs put a directory over the target's own content.
+        # overlayfs also needs a work directory on the upper's filesystem:
+        # pflask makes one beside the source and removes it afterwards.
+        parent, base = posixpath.split(mount.source.rstrip("/") or "/")
+        work = mount.work or posixpath.join(parent, f".{base}.pflask-work")
+        return p.Overlay(
+            target=target,
+            lower=(target,),
+            upper=mount.source,
+            work=work,
+            flags=mount.flags,
+            lower_inside=True,
+            temporary_work=mount.work is None,
+        )
+    assert isinstance(mount, LoopMount)
+    if userns:
+        raise _error(
+            m,
+            f"mounts[{index}]",
+            "loop mounts need root without a user namespace (the kernel refuses to mount "
+            "block devices from one)",
+        )
+    return p.LoopMount(
+        source=mount.source,
+        target=target,
+        fstype=mount.fstype,
+        readonly=mount.readonly,
+        options=mount.options,
+        flags=mount.flags,
+    )
+
+
+def _environment(m: Manifest) -> p.Environment:
+    clear = m.env_clear if m.env_clear is not None else m.root.path is not None
+    values: dict[str, str] = {"container": "pflask"}
+    if clear:
+        values["PATH"] = STANDARD_PATH
+    values.update(m.env_set)
+    return p.Environment(
+        clear=clear,
+        keep=tuple(dict.fromkeys(("TERM", *m.env_keep))) if clear else (),
+        set=tuple(values.items()),
+        user_vars=clear or m.user is not None,
+    )

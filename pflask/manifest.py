@@ -1,0 +1,315 @@
+"""The Manifest: a validated manifest mapping as typed, immutable records.
+
+Built only from data the schema accepted (the loader or the classic command
+line made it), so construction here cannot fail on shape; defaults that do not
+depend on the running system are filled in.  Decisions that do (the user
+namespace for a non-root user, the PID 1 scheme) belong to the compiler.
+"""
+
+from __future__ import annotations
+
+from pflask.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MOUNT_FLAGS = ("nosuid", "nodev", "noexec")
+
+
+class Root(Record):
+    path: str | None = None
+    ephemeral: bool = False
+    readonly: bool = False
+
+
+class Namespaces(Record):
+    """None means "decide for me" (the compiler applies the documented defaults)."""
+
+    mount: bool = True
+    pid: bool = True
+    ipc: bool = True
+    uts: bool = True
+    cgroup: bool = True
+    net: bool | None = None
+    user: bool | None = None
+
+
+class IdRange(Record):
+    inside: int
+    outside: int
+    count: int
+
+
+class BindMount(Record):
+    source: str
+    target: str
+    readonly: bool = False
+    recursive: bool = True
+    optional: bool = False
+    flags: tuple[str, ...] = ()
+
+
+class TmpMount(Record):
+    target: str
+    size: int | None = None
+    mode: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    readonly: bool = False
+    flags: tuple[str, ...] = ()
+
+
+class OverlayMount(Record):
+    target: str
+    lower: tuple[str, ...]
+    upper: str | None = None
+    work: str | None = None
+    readonly: bool = False
+    flags: tuple[str, ...] = ()
+
+
+class AufsMount(Record):
+    source: str
+    target: str
+    work: str | None = None
+    flags: tuple[str, ...] = ()
+
+
+class LoopMount(Record):
+    source: str
+    target: str
+    fstype: str = "auto"
+    readonly: bool = False
+    options: str = ""
+    flags: tuple[str, ...] = ()
+
+
+Mount = BindMount | TmpMount | OverlayMount | AufsMount | LoopMount
+
+
+class Interface(Record):
+    """A network interface; which fields matter depends on `type`."""
+
+    type: str
+    name: str
+    host: str | None = None
+    device: str | None = None
+    master: str | None = None
+    mode: str | None = None
+    addresses: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool = True
+    host_addresses: tuple[str, ...] = ()
+    host_up: bool = True
+
+
+class CgroupSpec(Record):
+    controllers: tuple[str, ...] = ()
+    memory: int | None = None
+    pids: int | None = None
+    cpu: float | None = None
+
+
+class Security(Record):
+    no_new_privileges: bool = False
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    masked_paths: tuple[str, ...] | None = None
+    readonly_paths: tuple[str, ...] | None = None
+
+
+class Manifest(Record):
+    name: str
+    source: str = "<manifest>"
+    root: Root = Root()
+    hostname: str | None = None
+    command: tuple[str, ...] | None = None
+    workdir: str | None = None
+    user: str | None = None
+    env_clear: bool | None = None
+    env_keep: tuple[str, ...] = ()
+    env_set: tuple[tuple[str, str], ...] = ()
+    namespaces: Namespaces = Namespaces()
+    uid_map: tuple[IdRange, ...] = ()
+    gid_map: tuple[IdRange, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    interfaces: tuple[Interface, ...] = ()
+    cgroup: CgroupSpec | None = None
+    capabilities: tuple[str, ...] | None = None
+    security: Security = Security()
+    terminal: str = "auto"
+    detach: bool = False
+    pid1: str = "auto"
+    stop_signal: str | None = None
+    stop_timeout: float = 10.0
+
+
+def parse_size(value: int | str) -> int:
+    """64M -> 67108864; suffixes are powers of 1024, as tmpfs(5) reads them."""
+    if isinstance(value, int):
+        return value
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    suffix = value[-1:].lower()
+    if suffix in units:
+        return int(value[:-1]) * units[suffix]
+    return int(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _flags(data: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(flag for flag in MOUNT_FLAGS if data.get(flag))
+
+
+def _mount(data: dict[str, Any]) -> Mount:
+    kind = data["type"]
+    flags = _flags(data)
+    if kind == "bind":
+        return BindMount(
+            source=data["source"],
+            target=data["target"],
+            readonly=data.get("readonly", False),
+            recursive=data.get("recursive", True),
+            optional=data.get("optional", False),
+            flags=flags,
+        )
+    if kind == "tmp":
+        size = data.get("size")
+        return TmpMount(
+            target=data["target"],
+            size=None if size is None else parse_size(size),
+            mode=data.get("mode"),
+            uid=data.get("uid"),
+            gid=data.get("gid"),
+            readonly=data.get("readonly", False),
+            flags=flags,
+        )
+    if kind == "overlay":
+        return OverlayMount(
+            target=data["target"],
+            lower=_strings(data["lower"]),
+            upper=data.get("upper"),
+            work=data.get("work"),
+            readonly=data.get("readonly", False),
+            flags=flags,
+        )
+    if kind == "aufs":
+        return AufsMount(
+            source=data["source"], target=data["target"], work=data.get("work"), flags=flags
+        )
+    return LoopMount(
+        source=data["source"],
+        target=data["target"],
+        fstype=data.get("fstype", "auto"),
+        readonly=data.get("readonly", False),
+        options=data.get("options", ""),
+        flags=flags,
+    )
+
+
+def _interface(data: dict[str, Any]) -> Interface:
+    kind = data["type"]
+    name = data.get("name") or data.get("device") or ""
+    default_mode = {"macvlan": "bridge", "ipvlan": "l2"}.get(kind)
+    return Interface(
+        type=kind,
+        name=name,
+        host=data.get("host"),
+        device=data.get("device"),
+        master=data.get("master"),
+        mode=data.get("mode", default_mode),
+        addresses=_strings(data.get("address")),
+        gateways=_strings(data.get("gateway")),
+        mtu=data.get("mtu"),
+        mac=data.get("mac"),
+        up=data.get("up", True),
+        host_addresses=_strings(data.get("host_address")),
+        host_up=data.get("host_up", True),
+    )
+
+
+def _rlimit(name: str, value: Any) -> tuple[str, int, int]:
+    def number(v: Any) -> int:
+        return -1 if v == "unlimited" else int(v)
+
+    if isinstance(value, dict):
+        return (name, number(value["soft"]), number(value["hard"]))
+    return (name, number(value), number(value))
+
+
+def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
+    """The typed Manifest of a mapping the schema has accepted."""
+    root = data.get("root", {})
+    env = data.get("env", {})
+    ns = data.get("namespaces", {})
+    user_ns = ns.get("user", "auto")
+    idmap = data.get("idmap", {})
+    cgroup = data.get("cgroup")
+    security = data.get("security", {})
+    stop = data.get("stop", {})
+    command = data.get("command")
+    caps = data.get("capabilities")
+    user = data.get("user")
+    masked = security.get("masked_paths")
+    readonly = security.get("readonly_paths")
+    return Manifest(
+        name=data["name"],
+        source=source,
+        root=Root(
+            path=root.get("path"),
+            ephemeral=root.get("ephemeral", False),
+            readonly=root.get("readonly", False),
+        ),
+        hostname=data.get("hostname"),
+        command=(
+            ("/bin/sh", "-c", command)
+            if isinstance(command, str)
+            else None
+            if command is None
+            else tuple(command)
+        ),
+        workdir=data.get("workdir"),
+        user=None if user is None else str(user),
+        env_clear=env.get("clear"),
+        env_keep=tuple(env.get("keep", ())),
+        env_set=tuple(env.get("set", {}).items()),
+        namespaces=Namespaces(
+            mount=ns.get("mount", True),
+            pid=ns.get("pid", True),
+            ipc=ns.get("ipc", True),
+            uts=ns.get("uts", True),
+            cgroup=ns.get("cgroup", True),
+            net=ns.get("net"),
+            user=None if user_ns == "auto" else user_ns,
+        ),
+        uid_map=tuple(IdRange(**r) for r in idmap.get("uid", ())),
+        gid_map=tuple(IdRange(**r) for r in idmap.get("gid", ())),
+        mounts=tuple(_mount(m) for m in data.get("mounts", ())),
+        interfaces=tuple(_interface(i) for i in data.get("network", {}).get("interfaces", ())),
+        cgroup=None
+        if cgroup is None
+        else CgroupSpec(
+            controllers=tuple(cgroup.get("controllers", ())),
+            memory=None if cgroup.get("memory") is None else parse_size(cgroup["memory"]),
+            pids=cgroup.get("pids"),
+            cpu=cgroup.get("cpu"),
+        ),
+        capabilities=None if caps is None else _strings(caps),
+        security=Security(
+            no_new_privileges=security.get("no_new_privileges", False),
+            rlimits=tuple(_rlimit(n, v) for n, v in security.get("rlimits", {}).items()),
+            masked_paths=None if masked is None else tuple(masked),
+            readonly_paths=None if readonly is None else tuple(readonly),
+        ),
+        terminal={True: "true", False: "false"}.get(data.get("terminal", "auto"), "auto"),
+        detach=data.get("detach", False),
+        pid1=data.get("pid1", "auto"),
+        stop_signal=stop.get("signal"),
+        stop_timeout=float(stop.get("timeout", 10.0)),
+    )

@@ -1,0 +1,175 @@
+"""Rules a JSON Schema cannot state, checked with the same file:line:col places.
+
+Runs only after the schema accepted the document, so shapes are known good.
+Rules that depend on who runs pflask (loop mounts need root, say) are the
+compiler's; these hold for everybody.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from pflask.loader import error_at
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pflask.errors import ManifestError
+    from pflask.loader import LocDict
+
+
+def check(data: LocDict) -> list[ManifestError]:
+    errors: list[ManifestError] = []
+    for rule in (_capabilities, _idmap, _network, _mounts, _root, _namespaces, _rlimits, _stop):
+        errors.extend(rule(data))
+    return errors
+
+
+def _capabilities(data: LocDict) -> list[ManifestError]:
+    spec = data.get("capabilities")
+    if spec is None:
+        return []
+    from pflask import capabilities
+
+    items = [spec] if isinstance(spec, str) else list(spec)
+    errors = []
+    for index, item in enumerate(items):
+        try:
+            capabilities.parse(item)
+        except ValueError as e:
+            path: tuple[Any, ...] = (
+                ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
+            )
+            errors.append(error_at(data, path, str(e)))
+    return errors
+
+
+def _idmap(data: LocDict) -> list[ManifestError]:
+    errors = []
+    for kind in ("uid", "gid"):
+        ranges = data.get("idmap", {}).get(kind, [])
+        for side in ("inside", "outside"):
+            spans = sorted((r[side], r[side] + r["count"], i) for i, r in enumerate(ranges))
+            for (_, end, _), (start, _, index) in itertools.pairwise(spans):
+                if start < end:
+                    errors.append(
+                        error_at(
+                            data,
+                            ("idmap", kind, index),
+                            f"{side} range overlaps another {kind} range",
+                        )
+                    )
+        if ranges and not any(r["inside"] == 0 for r in ranges):
+            errors.append(error_at(data, ("idmap", kind), f"no range maps {kind} 0 (root) inside"))
+    return errors
+
+
+def _network(data: LocDict) -> list[ManifestError]:
+    import ipaddress
+
+    errors = []
+    interfaces = data.get("network", {}).get("interfaces", [])
+    seen: dict[str, int] = {}
+    host_seen: dict[str, int] = {}
+    for index, iface in enumerate(interfaces):
+        name = iface.get("name") or iface.get("device")
+        if name in seen:
+            errors.append(
+                error_at(
+                    data,
+                    ("network", "interfaces", index, "name"),
+                    f"interface name {name!r} is already used by interfaces[{seen[name]}]",
+                )
+            )
+        seen.setdefault(name, index)
+        host_name = iface.get("host") or iface.get("device")
+        if host_name is not None:
+            if host_name in host_seen:
+                other = host_seen[host_name]
+                message = f"host link {host_name!r} is already used by interfaces[{other}]"
+                errors.append(error_at(data, ("network", "interfaces", index), message))
+            host_seen.setdefault(host_name, index)
+        for key in ("address", "host_address", "gateway"):
+            values = iface.get(key)
+            if values is None:
+                continue
+            listed = [values] if isinstance(values, str) else list(values)
+            for position, value in enumerate(listed):
+                path: tuple[Any, ...] = ("network", "interfaces", index, key)
+                if not isinstance(values, str):
+                    path = (*path, position)
+                try:
+                    if key == "gateway":
+                        ipaddress.ip_address(value)
+                    else:
+                        ipaddress.ip_interface(value)
+                except ValueError:
+                    what = "an IP address" if key == "gateway" else "an address/prefix"
+                    errors.append(error_at(data, path, f"{value!r} is not {what}"))
+    return errors
+
+
+def _mounts(data: LocDict) -> list[ManifestError]:
+    errors = []
+    for index, mount in enumerate(data.get("mounts", [])):
+        if mount["type"] == "overlay" and ("upper" in mount) != ("work" in mount):
+            errors.append(
+                error_at(
+                    data,
+                    ("mounts", index),
+                    "overlay: upper and work go together (give both, or neither for a tmpfs upper)",
+                )
+            )
+    return errors
+
+
+def _root(data: LocDict) -> list[ManifestError]:
+    root = data.get("root", {})
+    if root.get("ephemeral") and root.get("readonly"):
+        return [error_at(data, ("root", "readonly"), "an ephemeral root cannot also be read-only")]
+    if (root.get("ephemeral") or root.get("readonly")) and "path" not in root:
+        return [error_at(data, ("root",), "ephemeral and readonly need root.path")]
+    return []
+
+
+def _namespaces(data: LocDict) -> list[ManifestError]:
+    ns = data.get("namespaces", {})
+    errors = []
+    if "hostname" in data and ns.get("uts") is False:
+        errors.append(error_at(data, ("hostname",), "a hostname needs the UTS namespace"))
+    if data.get("network", {}).get("interfaces") and ns.get("net") is False:
+        errors.append(error_at(data, ("network",), "interfaces need the network namespace"))
+    needs_mount_ns = data.get("mounts") or "path" in data.get("root", {})
+    if needs_mount_ns and ns.get("mount") is False:
+        errors.append(
+            error_at(data, ("namespaces", "mount"), "mounts and a root need the mount namespace")
+        )
+    return errors
+
+
+def _rlimits(data: LocDict) -> list[ManifestError]:
+    errors = []
+    for name, value in data.get("security", {}).get("rlimits", {}).items():
+        if isinstance(value, dict):
+            soft, hard = (-1 if v == "unlimited" else v for v in (value["soft"], value["hard"]))
+            if hard != -1 and (soft == -1 or soft > hard):
+                errors.append(
+                    error_at(
+                        data, ("security", "rlimits", name), "the soft limit exceeds the hard limit"
+                    )
+                )
+    return errors
+
+
+def _stop(data: LocDict) -> list[ManifestError]:
+    name = data.get("stop", {}).get("signal")
+    if name is None:
+        return []
+    from pflask.signals import signal_number
+
+    try:
+        signal_number(name)
+    except ValueError as e:
+        return [error_at(data, ("stop", "signal"), str(e))]
+    return []
