@@ -45,13 +45,36 @@ _SIGKILL = 9  # the same number on every Linux architecture; avoids importing si
 # Controllers the kernel can bind to a v1 hierarchy (cgroups(7)), and those a
 # cgroup2 tree can offer in cgroup.controllers.  Used to tell a typo (ValueError)
 # from a controller this host does not have (SyscallError ENOENT).
-V1_CONTROLLERS = frozenset({
-    "blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "hugetlb", "memory",
-    "misc", "net_cls", "net_prio", "perf_event", "pids", "rdma",
-})
-V2_CONTROLLERS = frozenset({
-    "cpu", "cpuset", "hugetlb", "io", "memory", "misc", "pids", "rdma",
-})
+V1_CONTROLLERS = frozenset(
+    {
+        "blkio",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "freezer",
+        "hugetlb",
+        "memory",
+        "misc",
+        "net_cls",
+        "net_prio",
+        "perf_event",
+        "pids",
+        "rdma",
+    }
+)
+V2_CONTROLLERS = frozenset(
+    {
+        "cpu",
+        "cpuset",
+        "hugetlb",
+        "io",
+        "memory",
+        "misc",
+        "pids",
+        "rdma",
+    }
+)
 # How a v1 name is served by a cgroup2 tree: another controller, or "" when the
 # feature is part of every v2 group (cgroup.freeze, BPF device programs,
 # cpu.stat usage, perf_event is implicitly enabled).
@@ -339,7 +362,10 @@ def _is_int(value: object) -> bool:
 
 
 def _wanted(
-    controllers: Iterable[str], memory: int | None, pids: int | None, cpu: float | None,
+    controllers: Iterable[str],
+    memory: int | None,
+    pids: int | None,
+    cpu: float | None,
     layout: Layout,
 ) -> list[str]:
     """The requested controllers plus those the limits need, in order, each once."""
@@ -475,10 +501,14 @@ def _memory_dir(layout: Layout, dirname: str, wanted: list[str]) -> str | None:
 
 
 def _set_limits(
-    layout: Layout, dirname: str,
-    memory: int | None, pids: int | None, cpu: float | None,
+    layout: Layout,
+    dirname: str,
+    memory: int | None,
+    pids: int | None,
+    cpu: float | None,
 ) -> None:
     """Write the limits in the hierarchy serving each one, v1 or v2 file names."""
+
     def where(controller: str) -> tuple[str, int]:
         hierarchy = layout.v1_hierarchy(controller) or layout.v2
         assert hierarchy is not None  # _placement checked it

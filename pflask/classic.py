@@ -82,8 +82,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-cgroupns", action="store_true", help="no cgroup namespace")
     a("--name", help="the container's name (default: pflask-PID)")
     a("--save", metavar="FILE", help="write the manifest (.yaml or .toml) instead of running")
+    a("--plan", action="store_true", help="print the plan instead of running")
     a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
     a("command", nargs="*", metavar="COMMAND", help="the command and its arguments")
+
+
+def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """Options as getopt(3) read them in the original: values may start with
+    `-` (`--caps -all`), and the first non-option word starts the command
+    (`pflask -r root ls -l`), so the command's own options are never ours.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            return [*out, "--", *args[i + (1 if arg == "--" else 0) :]]
+        name, has_value, _ = arg.partition("=")
+        action = parser._option_string_actions.get(name)
+        if action is None and not arg.startswith("--") and len(arg) > 2:
+            action = parser._option_string_actions.get(arg[:2])  # -rDIR
+            if action is not None and action.nargs != 0:
+                out.append(f"{arg[:2]}={arg[2:]}")
+                i += 1
+                continue
+        if action is None or has_value or action.nargs == 0 or i + 1 >= len(args):
+            out.append(arg)
+            i += 1
+            continue
+        value = args[i + 1]
+        if action.nargs == "?" and ":" not in value:  # a bare --netif
+            out.append(arg)
+            i += 1
+            continue
+        out.append(f"{name}={value}")
+        i += 2
+    return out
 
 
 def _host(path: str) -> str:

@@ -294,19 +294,24 @@ def classic_command(args: list[str]) -> int:
         description="Run COMMAND (default: a shell) in new Linux namespaces. "
         "Subcommands: run FILE, validate, plan, schema, convert (see pflask SUBCOMMAND -h).",
     )
+    from pflask import __version__
+
+    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
     classic.add_arguments(parser)
     try:
-        ns = parser.parse_args(args)
+        ns = parser.parse_args(classic.normalize(parser, args))
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     if ns.attach:
         raise UsageError("--attach: not available in this version")
     data = classic.to_manifest(ns)
-    return run_manifest_data(data, ns.save, ns.verbose, "command line")
+    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line")
 
 
-def run_manifest_data(data: dict[str, Any], save: str | None, verbose: bool, origin: str) -> int:
-    """Validate a manifest mapping made from flags; save it, or run it."""
+def run_manifest_data(
+    data: dict[str, Any], save: str | None, show: bool, verbose: bool, origin: str
+) -> int:
+    """Validate a manifest mapping made from flags; save it, show its plan, or run it."""
     from pflask import compiler, loader, manifest
 
     located = loader.located(data, origin)
@@ -315,6 +320,9 @@ def run_manifest_data(data: dict[str, Any], save: str | None, verbose: bool, ori
     loader.check(located)
     m = manifest.from_data(located, source=origin)
     plan = compiler.compile_plan(m, context(None))
+    if show:
+        print(plan.render())
+        return 0
     if save:
         if not save.endswith(loader.SUFFIXES[:3]):
             raise UsageError(f"--save {save}: use a .yaml, .yml or .toml file name")

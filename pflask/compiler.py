@@ -34,7 +34,6 @@ INIT_NAMES = ("init", "systemd")
 MASKED_PATHS = (
     "/proc/acpi",
     "/proc/asound",
-    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",

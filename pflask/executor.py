@@ -86,6 +86,10 @@ def preload(the_plan: plan.Plan) -> None:
         importlib.import_module(f"pflask.{name}")
     if any(s.kind in ("switch_user", "capabilities") for s in the_plan.steps):
         importlib.import_module("pflask.capabilities")
+    if any(s.kind == "configure_link" for s in the_plan.steps):
+        from pflask import network
+
+        network.preload()  # pyroute2 itself, inherited by the container's processes
     import select  # noqa: F401  (used by the fork step after pivot_root)
 
 
@@ -207,6 +211,8 @@ class Supervisor:
             _kill(child)
             self._wait(child)
             raise
+        if self.links is not None:
+            self.links.release()  # no netlink sockets held while the container runs
         os.write(control_w, b"g")
         container = child
         if forks:
@@ -362,6 +368,7 @@ class Container:
         self.root: Root | None = None
         self.user: User | None = None
         self.env: dict[str, str] | None = None
+        self.command = 0  # the command's pid, once PID 1 has forked it
 
     def _send(self, text: str) -> None:
         os.write(self.status, (text + "\n").encode())
@@ -427,6 +434,19 @@ class Container:
         if select.select([self.control], [], [], 0)[0]:  # EOF: S died meanwhile
             os._exit(EXIT_SETUP)
         os.setsid()  # a session of its own, as its parent had
+        # PID 1 gets no signal it has no handler for, so handle them from now
+        # on: before the command exists a signal ends setup as it would have
+        # ended the command; afterwards PID 1 passes it on (see _reaper).
+        for signum in FORWARDED:
+            _signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.command:
+            os._exit(128 + signum)
+        try:
+            os.kill(self.command, signum)
+        except ProcessLookupError:
+            pass
 
     def _root(self) -> Root:
         from pflask.mounts import Root
@@ -615,9 +635,13 @@ class Container:
         os.chdir(step.path)
 
     def _reaper(self, step: plan.Reaper) -> None:
+        _signal.signal(_signal.SIGWINCH, self._on_signal)
         child = os.fork()
         if child == 0:
+            for signum in (*FORWARDED, _signal.SIGWINCH):
+                _signal.signal(signum, _signal.SIG_DFL)
             return
+        self.command = child
         os.close(self.status)  # the command's copy alone tells S whether exec worked
         os.close(self.control)
         _reap(child)
@@ -638,16 +662,7 @@ class Container:
 
 
 def _reap(child: int) -> None:
-    """PID 1's loop: forward signals to the command, reap every zombie, exit with it."""
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (*FORWARDED, _signal.SIGWINCH):
-        _signal.signal(signum, forward)
+    """PID 1's loop: reap every zombie, exit with the command's status."""
     while True:
         try:
             pid, status = os.waitpid(-1, 0)

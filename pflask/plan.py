@@ -38,6 +38,20 @@ def _flags(flags: tuple[str, ...]) -> str:
     return f" ({','.join(flags)})" if flags else ""
 
 
+def _size(value: int) -> str:
+    """67108864 -> 64M, as a user would have written it."""
+    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value % unit == 0:
+            return f"{value // unit}{suffix}"
+    return str(value)
+
+
+def _argv(argv: tuple[str, ...]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
 # --- processes and namespaces -------------------------------------------------
 
 
@@ -91,13 +105,11 @@ class Cgroup(Step):
     cpu: float | None = None
 
     def describe(self) -> str:
-        limits = [
-            f"{k}={v}"
-            for k, v in (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu))
-            if v is not None
-        ]
+        limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
+        limits += [f"pids={self.pids}"] if self.pids is not None else []
+        limits += [f"cpu={self.cpu:g} CPUs"] if self.cpu is not None else []
         what = ", ".join([*self.controllers, *limits]) or "no limits"
-        return f"cgroup {self.name}: {what}"
+        return f"cgroup for {self.name}, container moved in: {what}"
 
 
 class Fork(Step):
@@ -467,7 +479,7 @@ class Exec(Step):
     argv: tuple[str, ...]
 
     def describe(self) -> str:
-        return "exec " + " ".join(self.argv)
+        return "exec " + _argv(self.argv)
 
 
 STEPS: dict[str, type[Step]] = {

@@ -56,11 +56,15 @@ def lookup(spec: str, etc: str = "/etc") -> User:
             if match is None:
                 raise LookupError(f"no group {group_part!r} in the container's {etc}/group")
             gid = int(match[2])
+    # As initgroups(3): the primary group, then every group listing the user.
     supplementary = tuple(
         dict.fromkeys(
-            int(g[2])
-            for g in groups
-            if len(g) >= 4 and g[2].isdigit() and name in g[3].split(",") and int(g[2]) != gid
+            [gid]
+            + [
+                int(g[2])
+                for g in groups
+                if len(g) >= 4 and g[2].isdigit() and name in g[3].split(",")
+            ]
         )
     )
     return User(name=name, uid=uid, gid=gid, groups=supplementary, home=home)

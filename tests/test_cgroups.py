@@ -148,8 +148,10 @@ def test_detect_fabricated_v1() -> None:
     assert layout.mode == "v1" and layout.v2 is None
     by_mount = {h.mount: h for h in layout.v1}
     assert set(by_mount) == {
-        "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/cpu,cpuacct",
-        "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids x",
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids x",
     }
     assert by_mount["/sys/fs/cgroup/cpu,cpuacct"].controllers == ("cpu", "cpuacct")
     assert by_mount["/sys/fs/cgroup/cpu,cpuacct"].cgroup == "/sys/fs/cgroup/cpu,cpuacct"
@@ -176,7 +178,8 @@ def test_detect_fabricated_v2() -> None:
     )
     assert layout.mode == "v2" and layout.v1 == ()
     assert layout.v2 == cgroups.Hierarchy(
-        version=2, mount="/sys/fs/cgroup",
+        version=2,
+        mount="/sys/fs/cgroup",
         controllers=("cpuset", "cpu", "io", "memory", "pids"),
         cgroup="/sys/fs/cgroup/user.slice/user-0.slice/session-3.scope",
     )
@@ -265,9 +268,7 @@ def test_memory_limit_oom_kills() -> None:
         assert int(_read(f"{memory}/memory.limit_in_bytes")) == 64 * MiB
         if os.path.exists(f"{memory}/memory.memsw.limit_in_bytes"):
             assert int(_read(f"{memory}/memory.memsw.limit_in_bytes")) == 64 * MiB
-        proc = _spawn(
-            "chunks = [b'\\x01' * (1 << 20) for _ in range(200)]\nprint('survived')\n"
-        )
+        proc = _spawn("chunks = [b'\\x01' * (1 << 20) for _ in range(200)]\nprint('survived')\n")
         group.attach(proc.pid)
         assert not group.oom_killed()
         _go(proc)

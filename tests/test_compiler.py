@@ -1,0 +1,246 @@
+"""The compiler's decisions: order, placement, user namespaces, defaults.  No syscalls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pflask import compiler, manifest
+from pflask import plan as p
+from pflask.context import Context
+from pflask.errors import ManifestError
+
+ROOT = Context(uid=0, gid=0)
+USER = Context(uid=1000, gid=1000, subuid=((100000, 65536),), subgid=((200000, 65536),))
+
+
+def compile_data(data: dict[str, Any], ctx: Context = ROOT) -> p.Plan:
+    return compiler.compile_plan(manifest.from_data({"name": "t", **data}), ctx)
+
+
+def kinds(the_plan: p.Plan) -> list[str]:
+    return [s.kind for s in the_plan.steps]
+
+
+def step(the_plan: p.Plan, cls: type[p.Step]) -> Any:
+    return next(s for s in the_plan.steps if isinstance(s, cls))
+
+
+def test_order_of_a_full_container() -> None:
+    the_plan = compile_data(
+        {
+            "root": {"path": "/r"},
+            "hostname": "h",
+            "user": "alice",
+            "mounts": [{"type": "tmp", "target": "/tmp"}],
+            "network": {"interfaces": [{"type": "veth", "host": "v0", "name": "eth0"}]},
+            "cgroup": {"pids": 10},
+            "capabilities": ["-all", "+chown"],
+            "security": {"no_new_privileges": True, "rlimits": {"nofile": 10}},
+            "workdir": "/w",
+        }
+    )
+    order = kinds(the_plan)
+    expected = [
+        "unshare",
+        "cgroup",
+        "veth",
+        "unshare",
+        "fork",
+        "propagation",
+        "bind_root",
+        "mount",
+        "loopback",
+        "configure_link",
+        "rlimits",
+        "switch_user",
+        "capabilities",
+        "no_new_privs",
+        "environment",
+        "chdir",
+        "reaper",
+        "exec",
+    ]
+    positions = [order.index(k) if k not in ("unshare", "mount") else None for k in expected]
+    numbered = [x for x in positions if x is not None]
+    assert numbered == sorted(numbered)
+    assert order.index("pivot_root") < order.index("hostname") < order.index("loopback")
+    assert order.index("mask_paths") < order.index("pivot_root")
+    # host steps all come before the container's second unshare (the cgroup namespace)
+    assert [s.where for s in the_plan.steps[1:3]] == ["host", "host"]
+    assert the_plan.steps[3] == p.Unshare(namespaces=("cgroup",))
+    assert step(the_plan, p.SwitchUser).keep_caps is True
+
+
+def test_defaults_as_the_original() -> None:
+    the_plan = compile_data({})
+    assert the_plan.steps[0] == p.Unshare(namespaces=("mount", "pid", "ipc", "uts", "cgroup"))
+    assert "uid_map" not in kinds(the_plan)
+    env = step(the_plan, p.Environment)
+    assert env.clear is False and ("container", "pflask") in env.set
+
+
+def test_net_namespace_only_when_asked() -> None:
+    assert "net" not in compile_data({}).steps[0].namespaces
+    assert "net" in compile_data({"namespaces": {"net": True}}).steps[0].namespaces
+    with_link = compile_data({"network": {"interfaces": [{"type": "move", "device": "d0"}]}})
+    assert "net" in with_link.steps[0].namespaces
+    assert step(with_link, p.MoveLink) == p.MoveLink(device="d0", name="d0")
+
+
+def test_turning_namespaces_off() -> None:
+    the_plan = compile_data(
+        {"namespaces": {"mount": False, "pid": False, "ipc": False, "uts": False, "cgroup": False}}
+    )
+    assert the_plan.steps[0] == p.Unshare(namespaces=())
+    assert kinds(the_plan) == ["unshare", "environment", "exec"]
+
+
+def test_ordinary_user_gets_a_user_namespace_mapping_itself_to_root() -> None:
+    the_plan = compile_data({}, USER)
+    assert the_plan.steps[0].namespaces[0] == "user"
+    assert step(the_plan, p.UidMap) == p.UidMap(ranges=((0, 1000, 1),), helper=False)
+    assert step(the_plan, p.GidMap) == p.GidMap(
+        ranges=((0, 1000, 1),), helper=False, setgroups="deny"
+    )
+
+
+def test_ordinary_user_with_a_user_inside_gets_subordinate_ids() -> None:
+    the_plan = compile_data({"user": "alice", "root": {"path": "/r"}}, USER)
+    assert step(the_plan, p.UidMap) == p.UidMap(
+        ranges=((0, 1000, 1), (1, 100000, 65536)), helper=True
+    )
+    gid_map = step(the_plan, p.GidMap)
+    assert gid_map.ranges == ((0, 1000, 1), (1, 200000, 65536)) and gid_map.setgroups == "allow"
+
+
+def test_user_inside_without_subordinate_ids_is_a_clear_error() -> None:
+    with pytest.raises(ManifestError, match="/etc/subuid has no range"):
+        compile_data({"user": "alice"}, Context(uid=1000, gid=1000))
+
+
+def test_explicit_id_map_must_be_among_the_users_ranges() -> None:
+    ranges = [{"inside": 0, "outside": 300000, "count": 10}]
+    with pytest.raises(ManifestError, match="not among your /etc/subuid ranges"):
+        compile_data({"idmap": {"uid": ranges}}, USER)
+
+
+def test_root_with_an_id_map_gets_a_user_namespace_written_directly() -> None:
+    ranges = [{"inside": 0, "outside": 100000, "count": 65536}]
+    the_plan = compile_data({"idmap": {"uid": ranges, "gid": ranges}})
+    assert step(the_plan, p.UidMap) == p.UidMap(ranges=((0, 100000, 65536),), helper=False)
+
+
+def test_no_userns_is_refused_for_an_ordinary_user() -> None:
+    with pytest.raises(ManifestError, match="not root"):
+        compile_data({"namespaces": {"user": False}}, USER)
+
+
+def test_links_and_loop_mounts_need_root() -> None:
+    with pytest.raises(ManifestError, match="needs root"):
+        compile_data(
+            {"network": {"interfaces": [{"type": "veth", "host": "a", "name": "b"}]}}, USER
+        )
+    loop = {"mounts": [{"type": "loop", "source": "/i", "target": "/d"}]}
+    with pytest.raises(ManifestError, match=r"mounts\[0\]: loop mounts need root"):
+        compile_data(loop, USER)
+    assert step(compile_data(loop), p.LoopMount).fstype == "auto"
+
+
+def test_system_mounts_with_a_root() -> None:
+    the_plan = compile_data({"root": {"path": "/r"}})
+    mounts = {s.target: s for s in the_plan.steps if isinstance(s, p.MountFs)}
+    assert set(mounts) == {
+        "/proc",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/run",
+    }
+    assert "ro" in mounts["/sys"].flags
+    assert "newinstance" in mounts["/dev/pts"].data
+    assert step(the_plan, p.ReadonlyPaths).paths == compiler.READONLY_PATHS
+    assert "/proc/kcore" in step(the_plan, p.MaskPaths).paths
+    assert step(the_plan, p.DevNodes).nodes == ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def sysfs_step(the_plan: p.Plan) -> p.MountFs:
+    return next(s for s in the_plan.steps if isinstance(s, p.MountFs) and s.fstype == "sysfs")
+
+
+def test_sysfs_falls_back_to_a_bind_in_a_user_namespace_without_net() -> None:
+    assert sysfs_step(compile_data({"root": {"path": "/r"}}, USER)).fallback_bind == "/sys"
+    with_net = compile_data({"root": {"path": "/r"}, "namespaces": {"net": True}}, USER)
+    assert sysfs_step(with_net).fallback_bind is None
+
+
+def test_host_root_gets_only_a_new_proc() -> None:
+    mounts = [s for s in compile_data({}).steps if isinstance(s, p.MountFs)]
+    assert [m.target for m in mounts] == ["/proc"]
+
+
+def test_overridden_masked_and_readonly_paths() -> None:
+    the_plan = compile_data(
+        {"root": {"path": "/r"}, "security": {"masked_paths": [], "readonly_paths": ["/proc/x"]}}
+    )
+    assert "mask_paths" not in kinds(the_plan)
+    assert step(the_plan, p.ReadonlyPaths).paths == ("/proc/x",)
+
+
+def test_pid1_is_the_command_for_an_init_and_stopped_with_sigrtmin_3() -> None:
+    boot = compile_data({"root": {"path": "/r"}, "command": ["/sbin/init"]})
+    assert "reaper" not in kinds(boot) and boot.stop_signal == "SIGRTMIN+3"
+    job = compile_data({"command": ["sleep", "1"]})
+    assert "reaper" in kinds(job) and job.stop_signal == "SIGTERM"
+    forced = compile_data({"command": ["sleep", "1"], "pid1": "command"})
+    assert "reaper" not in kinds(forced)
+    assert "reaper" not in kinds(compile_data({"namespaces": {"pid": False}}))
+
+
+def test_environment_with_a_root() -> None:
+    env = step(
+        compile_data({"root": {"path": "/r"}, "env": {"keep": ["LANG"], "set": {"A": "b"}}}),
+        p.Environment,
+    )
+    assert env.clear and env.keep == ("TERM", "LANG") and env.user_vars
+    assert dict(env.set) == {"container": "pflask", "PATH": compiler.STANDARD_PATH, "A": "b"}
+
+
+def test_commands() -> None:
+    assert step(compile_data({"command": "make test"}), p.Exec).argv == (
+        "/bin/sh",
+        "-c",
+        "make test",
+    )
+    assert step(compile_data({"root": {"path": "/r"}}), p.Exec).argv == ("/bin/sh",)
+    override = Context(uid=0, gid=0, command=("ls",))
+    assert step(compile_data({"command": ["x"]}, override), p.Exec).argv == ("ls",)
+
+
+def test_targets_are_normalised_so_dotdot_cannot_climb() -> None:
+    the_plan = compile_data({"mounts": [{"type": "tmp", "target": "/a/../../../etc/x/."}]})
+    assert [s.target for s in the_plan.steps if isinstance(s, p.MountFs)][-1] == "/etc/x"
+
+
+def test_aufs_gets_a_temporary_work_directory_beside_the_source() -> None:
+    the_plan = compile_data({"mounts": [{"type": "aufs", "source": "/srv/up", "target": "/opt"}]})
+    assert step(the_plan, p.Overlay) == p.Overlay(
+        target="/opt",
+        lower=("/opt",),
+        upper="/srv/up",
+        work="/srv/.up.pflask-work",
+        lower_inside=True,
+        temporary_work=True,
+    )
+
+
+def test_plan_survives_the_cache_wire_format() -> None:
+    import marshal
+
+    the_plan = compile_data({"root": {"path": "/r"}, "cgroup": {"memory": "1G"}, "user": "1:2"})
+    wire = marshal.loads(marshal.dumps(the_plan.to_wire()))
+    assert p.Plan.from_wire(wire) == the_plan
