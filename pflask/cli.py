@@ -49,40 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 # --- shared --------------------------------------------------------------------------
 
 
-def _subordinate(path: str, uid: int, name: str | None) -> tuple[tuple[int, int], ...]:
-    """Ranges for this user in /etc/subuid or /etc/subgid (newuidmap(1)'s rules)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ()
-    ranges = []
-    for line in lines:
-        fields = line.strip().split(":")
-        owner_matches = len(fields) == 3 and fields[0] in (name, str(uid))
-        if owner_matches and fields[1].isdigit() and fields[2].isdigit():
-            ranges.append((int(fields[1]), int(fields[2])))
-    return tuple(ranges)
-
-
 def context(command: tuple[str, ...] | None) -> Context:
-    from pflask.context import Context
+    from pflask.context import read
 
-    uid, gid = os.geteuid(), os.getegid()
-    try:
-        import pwd
-
-        name: str | None = pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        name = None
-    return Context(
-        uid=uid,
-        gid=gid,
-        subuid=_subordinate("/etc/subuid", uid, name),
-        subgid=_subordinate("/etc/subgid", uid, name),
-        shell=os.environ.get("SHELL") or "/bin/sh",
-        command=command,
-    )
+    return read(command)
 
 
 def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
@@ -166,7 +136,12 @@ def run_command(args: list[str]) -> int:
             cache.store(entry, plan, loaded.files, loaded.env_used)
     from pflask import executor
 
-    return executor.run(plan, verbose=switches["verbose"])
+    status = executor.run(plan, verbose=switches["verbose"])
+    # Everything is done and flushed: skip the interpreter's teardown (module
+    # and object finalisation costs several milliseconds per run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # --- subcommands ------------------------------------------------------------------------

@@ -6,6 +6,8 @@ of the cache key) without importing the compiler.
 
 from __future__ import annotations
 
+import os
+
 from pflask.record import Record
 
 
@@ -18,3 +20,53 @@ class Context(Record):
     subgid: tuple[tuple[int, int], ...] = ()
     shell: str = "/bin/sh"
     command: tuple[str, ...] | None = None
+
+
+def _user_name(uid: int) -> str | None:
+    """The invoking user's name from /etc/passwd, without NSS (which costs a
+    dlopen per start); NSS only for users that file does not know."""
+    wanted = str(uid)
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(":", 3)
+                if len(fields) > 3 and fields[2] == wanted:
+                    return fields[0]
+    except OSError:
+        pass
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return None
+
+
+def subordinate_ids(path: str, uid: int, name: str | None) -> tuple[tuple[int, int], ...]:
+    """Ranges for this user in /etc/subuid or /etc/subgid (newuidmap(1)'s rules)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ()
+    ranges = []
+    for line in lines:
+        fields = line.strip().split(":")
+        owner_matches = len(fields) == 3 and fields[0] in (name, str(uid))
+        if owner_matches and fields[1].isdigit() and fields[2].isdigit():
+            ranges.append((int(fields[1]), int(fields[2])))
+    return tuple(ranges)
+
+
+def read(command: tuple[str, ...] | None) -> Context:
+    """The invoking user as the compiler needs to know it."""
+    uid, gid = os.geteuid(), os.getegid()
+    name = _user_name(uid)
+    return Context(
+        uid=uid,
+        gid=gid,
+        subuid=subordinate_ids("/etc/subuid", uid, name),
+        subgid=subordinate_ids("/etc/subgid", uid, name),
+        shell=os.environ.get("SHELL") or "/bin/sh",
+        command=command,
+    )
