@@ -1,0 +1,186 @@
+"""The start-up cache: a compiled plan is reused only while everything it came from is unchanged."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import UserInfo, pflask_cmd, run_pflask
+
+from pflask import cache
+
+pytestmark = pytest.mark.usefixtures("host_clean")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def run(
+    manifest: Path,
+    cache_dir: Path,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return run_pflask("run", manifest, *args, env={"XDG_CACHE_HOME": str(cache_dir), **(env or {})})
+
+
+def entries(cache_dir: Path) -> list[Path]:
+    folder = cache_dir / "pflask"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def imports_of_a_run(manifest: Path, cache_dir: Path) -> str:
+    """The modules a `pflask run` imports, from -X importtime."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *pflask_cmd(), "run", str(manifest)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_dir)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text("version: 1\nhostname: first\ncommand: [hostname]\n")
+    return path
+
+
+def test_second_run_uses_the_cache_and_skips_yaml_schema_and_compiler(
+    manifest: Path, cache_dir: Path
+) -> None:
+    first = imports_of_a_run(manifest, cache_dir)
+    assert "yaml" in first and "jsonschema" in first
+    assert len(entries(cache_dir)) == 1
+    second = imports_of_a_run(manifest, cache_dir)
+    for module in ("yaml", "jsonschema", "pflask.compiler", "pflask.loader", "argparse", "typing"):
+        assert f" {module}\n" not in second, module
+    assert (cache_dir / "pflask").stat().st_mode & 0o777 == 0o700
+
+
+def test_changed_manifest_is_recompiled(manifest: Path, cache_dir: Path) -> None:
+    assert run(manifest, cache_dir).stdout == "first\n"
+    manifest.write_text("version: 1\nhostname: second\ncommand: [hostname]\n")
+    assert run(manifest, cache_dir).stdout == "second\n"
+
+
+def test_changed_base_is_recompiled(tmp_path: Path, cache_dir: Path) -> None:
+    base = tmp_path / "base.toml"
+    base.write_text('version = 1\nhostname = "from-base"\n')
+    child = tmp_path / "child.yaml"
+    child.write_text("version: 1\nextends: base.toml\ncommand: [hostname]\n")
+    assert run(child, cache_dir).stdout == "from-base\n"
+    base.write_text('version = 1\nhostname = "base-changed"\n')
+    assert run(child, cache_dir).stdout == "base-changed\n"
+
+
+def test_changed_variable_is_recompiled(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "vars.yaml"
+    path.write_text('version: 1\nhostname: "${BOXNAME:-fallback}"\ncommand: [hostname]\n')
+    assert run(path, cache_dir, env={"BOXNAME": None}).stdout == "fallback\n"
+    assert run(path, cache_dir, env={"BOXNAME": "one"}).stdout == "one\n"
+    assert run(path, cache_dir, env={"BOXNAME": "two"}).stdout == "two\n"
+    assert run(path, cache_dir, env={"BOXNAME": None}).stdout == "fallback\n"
+
+
+def test_command_and_set_are_part_of_the_key(manifest: Path, cache_dir: Path) -> None:
+    assert run(manifest, cache_dir, "--", "echo", "other").stdout == "other\n"
+    assert run(manifest, cache_dir, "--set", "hostname=third").stdout == "third\n"
+    assert run(manifest, cache_dir).stdout == "first\n"
+
+
+def test_pflask_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = cache.key("/m.yaml", ())
+    monkeypatch.setattr(cache, "__version__", "999")
+    assert cache.key("/m.yaml", ()) != before
+
+
+def poison(entry: Path, hostname: str) -> None:
+    """Rewrite a valid entry so its plan would print another hostname."""
+    data = marshal.loads(entry.read_bytes())
+    steps = tuple(
+        (kind, {**fields, "name": hostname}) if kind == "hostname" else (kind, fields)
+        for kind, fields in data["plan"]["steps"]
+    )
+    data["plan"] = {**data["plan"], "steps": steps}
+    entry.write_bytes(marshal.dumps(data))
+
+
+def test_a_valid_entry_is_really_used(manifest: Path, cache_dir: Path) -> None:
+    run(manifest, cache_dir)
+    poison(entries(cache_dir)[0], "from-cache")
+    assert run(manifest, cache_dir).stdout == "from-cache\n"  # proves the poison tests below
+
+
+def test_foreign_owned_entry_is_ignored(
+    manifest: Path, cache_dir: Path, test_user: UserInfo
+) -> None:
+    run(manifest, cache_dir)
+    entry = entries(cache_dir)[0]
+    poison(entry, "from-cache")
+    os.chown(entry, test_user.uid, test_user.gid)
+    assert run(manifest, cache_dir).stdout == "first\n"
+
+
+def test_writable_by_others_entry_is_ignored(manifest: Path, cache_dir: Path) -> None:
+    run(manifest, cache_dir)
+    entry = entries(cache_dir)[0]
+    poison(entry, "from-cache")
+    entry.chmod(0o666)
+    assert run(manifest, cache_dir).stdout == "first\n"
+
+
+def test_symlinked_entry_is_ignored(manifest: Path, cache_dir: Path, tmp_path: Path) -> None:
+    run(manifest, cache_dir)
+    entry = entries(cache_dir)[0]
+    poison(entry, "from-cache")
+    target = tmp_path / "elsewhere"
+    entry.rename(target)
+    entry.symlink_to(target)
+    assert run(manifest, cache_dir).stdout == "first\n"
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"", b"\x00\x01garbage", marshal.dumps([1, 2, 3]), marshal.dumps({"format": 1})]
+)
+def test_corrupt_entry_is_ignored_and_replaced(
+    manifest: Path, cache_dir: Path, garbage: bytes
+) -> None:
+    run(manifest, cache_dir)
+    entry = entries(cache_dir)[0]
+    entry.write_bytes(garbage)
+    assert run(manifest, cache_dir).stdout == "first\n"
+    assert marshal.loads(entry.read_bytes())["format"] == cache.FORMAT
+
+
+def test_no_cache_neither_reads_nor_writes(manifest: Path, cache_dir: Path) -> None:
+    assert run(manifest, cache_dir, "--no-cache").stdout == "first\n"
+    assert entries(cache_dir) == []
+    run(manifest, cache_dir)
+    poison(entries(cache_dir)[0], "from-cache")
+    assert run(manifest, cache_dir, "--no-cache").stdout == "first\n"
+
+
+def test_unwritable_cache_is_no_error(manifest: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache directory would go")
+    result = run(manifest, blocked)
+    assert (result.returncode, result.stdout) == (0, "first\n")
+
+
+def test_each_user_has_its_own_cache(shared_tmp: Path, test_user: UserInfo) -> None:
+    path = shared_tmp / "job.yaml"
+    path.write_text("version: 1\nhostname: mine\ncommand: [hostname]\n")
+    result = run_pflask("run", path, user="pflask-test")
+    assert result.stdout == "mine\n", result.stderr
+    owned = list((test_user.home / ".cache" / "pflask").iterdir())
+    assert owned and all(p.stat().st_uid == test_user.uid for p in owned)
