@@ -168,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="stable JSON instead of text")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     p.add_argument("command", nargs="*", metavar="COMMAND")
-    sub.add_parser("schema", help="print the manifest's JSON Schema")
+    p = sub.add_parser("schema", help="print the manifest's JSON Schema")
+    p.add_argument("--markdown", action="store_true", help="the field reference as Markdown")
     p = sub.add_parser("convert", help="convert a manifest between YAML and TOML")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--to", required=True, choices=("yaml", "toml"))
@@ -230,7 +231,12 @@ def _plan(ns: argparse.Namespace) -> int:
 def _schema(ns: argparse.Namespace) -> int:
     from pflask import schema
 
-    sys.stdout.write(schema.text())
+    if ns.markdown:
+        from pflask import reference
+
+        sys.stdout.write(reference.markdown(schema.load()))
+    else:
+        sys.stdout.write(schema.text())
     return 0
 
 
