@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def _type(node: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in node:
-        return node["$ref"].rsplit("/", 1)[-1].replace("_", " ")
+        return str(node["$ref"]).rsplit("/", 1)[-1].replace("_", " ")
     if "const" in node:
         return f"`{node['const']!r}`".replace("'", '"')
     if "enum" in node:
