@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"pflask: {line}", file=sys.stderr)
         return e.status
+    except Exit as e:
+        return e.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -109,6 +111,62 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
     return file, overrides, command, switches
 
 
+def _compile_aside(
+    file: str, overrides: tuple[str, ...], ctx: Context, entry: str | None
+) -> Plan:
+    """Compile in a child process and take only the plan back.
+
+    YAML, jsonschema and the compiler take some 12 MB; done in the process that
+    then supervises the container, they would stay resident for the
+    container's whole life.  The child also fills the cache; errors are
+    reported by the child and end pflask with the child's status.
+    """
+    import marshal
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        status = 0
+        try:
+            plan, loaded = compile_file(file, overrides, ctx)
+            if entry is not None:
+                from pflask import cache
+
+                cache.store(entry, plan, loaded.files, loaded.env_used)
+            with os.fdopen(write_end, "wb") as f:
+                f.write(marshal.dumps(plan.to_wire()))
+        except PflaskError as e:
+            for line in str(e).splitlines():
+                print(f"pflask: {line}", file=sys.stderr)
+            status = e.status
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            status = 1
+        sys.stderr.flush()
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    _, wait_status = os.waitpid(pid, 0)
+    status = os.waitstatus_to_exitcode(wait_status)
+    if status != 0 or not data:
+        raise Exit(status or 1)
+    from pflask.plan import Plan
+
+    return Plan.from_wire(marshal.loads(data))
+
+
+class Exit(Exception):
+    """Leave with this status; whatever had to be said was said."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def run_command(args: list[str]) -> int:
     file, overrides, command, switches = _parse_run(args)
     plan = None
@@ -129,11 +187,7 @@ def run_command(args: list[str]) -> int:
         )
         plan = cache.load(entry)
     if plan is None:
-        plan, loaded = compile_file(file, tuple(overrides), ctx)
-        if entry is not None:
-            from pflask import cache
-
-            cache.store(entry, plan, loaded.files, loaded.env_used)
+        plan = _compile_aside(file, tuple(overrides), ctx, entry)
     from pflask import executor
 
     status = executor.run(plan, verbose=switches["verbose"])
