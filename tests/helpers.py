@@ -264,73 +264,24 @@ def _is_static_elf(path: Path) -> bool:
     return True
 
 
-PASSWD = """\
-root:x:0:0:root:/root:/bin/sh
-alice:x:1000:1000:Alice:/home/alice:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-"""
-
-GROUP = """\
-root:x:0:
-staff:x:50:alice
-alice:x:1000:
-nogroup:x:65534:
-"""
-
-ROOT_DIRS = (
-    "bin",
-    "sbin",
-    "usr/bin",
-    "etc",
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "root",
-    "home",
-    "home/alice",
-    "var",
-)
-
-
 def make_busybox_root(path: str | os.PathLike[str], hostname: str = "busybox") -> Path:
-    """Build a tiny root filesystem at *path* (created if missing) from Debian's
-    busybox-static, and return it as a Path.
+    """Build a tiny root filesystem at *path* with scripts/busybox-root (the
+    same one the examples and benchmarks use) and return it as a Path.
 
-    Layout: bin sbin usr/bin etc proc sys dev tmp run root home var; /bin/busybox
-    with a symlink in /bin for every applet; /etc/passwd (root; alice 1000:1000,
-    home /home/alice; nobody), /etc/group (root; staff 50 with member alice;
-    alice 1000; nogroup), /etc/hostname.  Everything is world-readable
-    (/tmp is 1777); /home/alice belongs to 1000:1000.
+    Layout: /bin/busybox with a symlink in /bin for every applet; /etc/passwd
+    (root; alice 1000:1000, home /home/alice; nobody), /etc/group (root; staff
+    50 with member alice; alice 1000; nogroup), /etc/hostname.  Everything is
+    world-readable (/tmp is 1777); /home/alice belongs to 1000:1000.
     """
     root = Path(path)
     if not BUSYBOX.is_file():
         raise RuntimeError(f"{BUSYBOX} missing: install busybox-static (scripts/setup)")
     if not _is_static_elf(BUSYBOX):
         raise RuntimeError(f"{BUSYBOX} is not statically linked: install busybox-static")
-    root.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent.parent / "scripts" / "busybox-root"
+    subprocess.run([str(script), str(root)], check=True, stdout=subprocess.DEVNULL)
     root.chmod(0o755)
-    for d in ROOT_DIRS:
-        (root / d).mkdir(parents=True, exist_ok=True)
-        (root / d).chmod(0o755)
-    (root / "tmp").chmod(0o1777)
-    os.chown(root / "home/alice", 1000, 1000)
-    shutil.copy2(BUSYBOX, root / "bin/busybox")
-    (root / "bin/busybox").chmod(0o755)
-    applets = subprocess.run(
-        [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    for applet in applets:
-        if "/" in applet or applet == "busybox":
-            continue
-        link = root / "bin" / applet
-        if not link.is_symlink():
-            link.symlink_to("busybox")
-    files = {"etc/passwd": PASSWD, "etc/group": GROUP, "etc/hostname": hostname + "\n"}
-    for name, text in files.items():
-        (root / name).write_text(text, encoding="utf-8")
-        (root / name).chmod(0o644)
+    (root / "etc" / "hostname").write_text(hostname + "\n")
     return root
 
 
