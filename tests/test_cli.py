@@ -240,3 +240,46 @@ def test_plan_and_validate_never_import_pyroute2_or_run_heavy_paths() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "pyroute2" not in result.stderr
+
+
+def test_pflask_alone_starts_a_shell_in_new_namespaces() -> None:
+    result = run_pflask(input=b'echo "shell:$container:$$"\n')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "shell:pflask:2"
+
+
+def test_verbose_traces_each_step() -> None:
+    result = run_pflask("run", EXAMPLES / "hello.yaml", "-v", "--", "true")
+    assert result.returncode == 0, result.stderr
+    trace = [line for line in result.stderr.splitlines() if line.startswith("pflask: step ")]
+    first = "pflask: step 1: [container] unshare namespaces: mount, pid, ipc, uts, cgroup"
+    assert trace[0] == first
+    assert trace[-1].endswith("exec true")
+
+
+def test_the_wheel_carries_the_schema(tmp_path: Path) -> None:
+    repo = EXAMPLES.parent
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("pflask-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pflask/manifest.schema.json" in names
+    assert "pflask/cli.py" in names and "pflask/__main__.py" in names
