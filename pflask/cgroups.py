@@ -10,9 +10,18 @@ Hosts come in three shapes and pflask must work on all of them:
   A controller bound to a v1 hierarchy is missing from the v2 tree, so for
   it v1 is the only place where a limit works.
 
-New groups go below the invoking process's own cgroup in each hierarchy (as
-in the original pflask), not below the root: a pflask started in a CI job or
-in another container stays inside the limits and the delegation it was given.
+New groups go below the invoking process's own cgroup in each hierarchy, not
+below the root: a pflask started in a CI job or in another container stays
+inside the limits and the delegation it was given.  One exception is forced by
+cgroup v2's "no internal processes" rule: a non-root cgroup that has processes
+of its own cannot enable controllers for its children (EBUSY), and pflask's
+own cgroup always holds pflask.  So a v2 group that needs a controller is made
+beside our cgroup instead, below the nearest ancestor without processes (on a
+systemd host: the slice holding our session scope), which is still inside
+every limit set above it.
+
+A user who may not write to those directories (no delegation) gets an error
+that says so before anything is made.
 
 Every group is called `pflask-<name>-<pid>-<starttime>`: the supervisor's pid
 and its start time (field 22 of /proc/PID/stat).  Pid plus start time names a
@@ -36,7 +45,7 @@ from pflask.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 PREFIX = "pflask-"
 CPU_PERIOD = 100000  # microseconds; the kernel's default CFS period
@@ -67,6 +76,7 @@ V2_CONTROLLERS = frozenset(
     {
         "cpu",
         "cpuset",
+        "dmem",
         "hugetlb",
         "io",
         "memory",
@@ -87,7 +97,7 @@ class Hierarchy(Record):
     version: int  # 1 or 2
     mount: str  # mount point
     controllers: tuple[str, ...]  # v1: bound to it; v2: our cgroup.controllers
-    cgroup: str  # where new groups are made (our own cgroup's directory)
+    cgroup: str  # our own cgroup's directory: where new groups go (see v2_parent)
 
 
 class Layout(Record):
@@ -303,7 +313,10 @@ def create(
     """Make the group `pflask-<name>-<pid>-<start>` wherever the controllers and limits need it.
 
     `memory` is bytes, `pids` a task count, `cpu` a number of CPUs (0.5 is half
-    of one).  On any failure, the directories already made are removed again.
+    of one).  With nothing asked for, the group only tracks the container's
+    processes: in the cgroup2 tree, or on a v1-only host in the named (no
+    controller) hierarchies such as name=systemd.  On any failure, the
+    directories already made are removed again.
     """
     dirname = group_name(name)
     _check_limits(memory, pids, cpu)
@@ -315,31 +328,54 @@ def create(
         # The v2 group is a free extra on hybrid hosts: cgroup.kill and
         # cgroup.events work there for the whole container.
         use_v2 = True
+    if not wanted and not use_v2:
+        v1 = [h for h in layout.v1 if all(c.startswith("name=") for c in h.controllers)]
     if not v1 and not use_v2:
-        raise SyscallError("cgroup", errno.ENOENT, "no cgroup hierarchy is mounted")
+        raise _nowhere(layout)
+    parents = [(hierarchy, hierarchy.cgroup) for hierarchy in v1]
+    if use_v2 and layout.v2 is not None:
+        parents.append((layout.v2, v2_parent(layout.v2, bool(enable))))
+    _check_access(parents)
     made: list[tuple[str, int]] = []
+    dirs: dict[str, tuple[str, int]] = {}  # mount -> (the group's directory, version)
     try:
-        if use_v2 and layout.v2 is not None:
-            for controller in enable:
-                _enable(layout.v2.cgroup, controller)
-        for hierarchy in v1:
-            made.append((_mkdir(hierarchy, dirname), 1))
-        if use_v2 and layout.v2 is not None:
-            made.append((_mkdir(layout.v2, dirname), 2))
-        _set_limits(layout, dirname, memory, pids, cpu)
+        for hierarchy, parent in parents:
+            if hierarchy.version == 2:
+                for controller in enable:
+                    _enable(parent, controller, _top(hierarchy))
+            path = _mkdir(hierarchy, parent, dirname)
+            made.append((path, hierarchy.version))
+            dirs[hierarchy.mount] = (path, hierarchy.version)
+        _set_limits(_serving(layout, dirs), memory, pids, cpu)
     except BaseException as err:
         try:
             Group(dirname, tuple(made), None).remove()
         except OSError as cleanup:
             err.add_note(f"while undoing: {cleanup}")
         raise
-    return Group(dirname, tuple(made), _memory_dir(layout, dirname, wanted))
+    memory_dir = _serving(layout, dirs)("memory") if "memory" in wanted else None
+    return Group(dirname, tuple(made), None if memory_dir is None else memory_dir[0])
+
+
+def _nowhere(layout: Layout) -> SyscallError:
+    """The error when no hierarchy can hold the group."""
+    if layout.mode == "none":
+        return SyscallError("cgroup", errno.ENOENT, "no cgroup hierarchy is mounted")
+    return SyscallError(
+        "cgroup",
+        errno.ENOENT,
+        "no controller or limit was asked for, and this host has neither a cgroup2 tree "
+        "nor a named v1 hierarchy (name=systemd) to track the container's processes in; "
+        "name a controller (e.g. pids)",
+    )
 
 
 def group_name(name: str) -> str:
     """`pflask-<name>-<pid>-<starttime>` for this process; `clean_stale` parses it back."""
     if not name or "/" in name or "\0" in name or "\n" in name or name in (".", ".."):
         raise ValueError(f"cgroup name {name!r}: must be non-empty, without '/' or newlines")
+    if name.startswith(PREFIX) and len(name) > len(PREFIX):
+        name = name[len(PREFIX) :]  # the classic default name: no pflask-pflask-...
     pid = os.getpid()
     dirname = f"{PREFIX}{name}-{pid}-{_start_time(pid) or 0}"
     if len(os.fsencode(dirname)) > 255:
@@ -380,9 +416,20 @@ def _wanted(
 
 def _check_name(controller: str, layout: Layout) -> None:
     """A typo is a ValueError with a suggestion; a real but absent controller is not."""
+    names = {c for hierarchy in layout.hierarchies() for c in hierarchy.controllers}
+    check_name(controller, names)
+
+
+def check_name(controller: str, also: Iterable[str] = ()) -> None:
+    """Raise ValueError, with a suggestion, for a name no kernel gives a controller.
+
+    Checked against the controllers Linux has (cgroups(7)) plus `also` (those a
+    mounted hierarchy shows, for a kernel newer than this list), without
+    looking at the host: whether this host has it is `create`'s business, so
+    the manifest's validation can use it too.
+    """
     known = set(V1_CONTROLLERS | V2_CONTROLLERS)
-    for hierarchy in layout.hierarchies():
-        known.update(hierarchy.controllers)
+    known.update(also)
     if controller in known or (controller.startswith("name=") and len(controller) > 5):
         return
     import difflib
@@ -430,14 +477,83 @@ def _writable(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _enable(parent: str, controller: str) -> None:
-    """Switch `controller` on for the children of v2 cgroup `parent`, unless it already is."""
+def _top(hierarchy: Hierarchy) -> str:
+    """The top of what this mount shows: no group is made or changed above it."""
+    return hierarchy.mount.rstrip("/") or "/"
+
+
+def _has_processes(path: str) -> bool:
+    """Whether processes live in this cgroup itself (not counting its descendants)."""
+    return bool(_read_or(os.path.join(path, "cgroup.procs"), "").split())
+
+
+def v2_parent(hierarchy: Hierarchy, controllers: bool) -> str:
+    """Where a v2 group is made: our own cgroup, or beside it when it needs `controllers`.
+
+    A cgroup other than the root cannot enable controllers for its children
+    while it has processes of its own (EBUSY), and pflask itself is in its own
+    cgroup; so a group that needs controllers goes below the nearest ancestor
+    without processes (the top of the mount at the latest: the real root is
+    exempt, and for anything else the kernel's EBUSY is explained then).
+    """
+    path = hierarchy.cgroup
+    if not controllers:
+        return path
+    top = _top(hierarchy)
+    while len(path) > len(top) and _has_processes(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_access(parents: list[tuple[Hierarchy, str]]) -> None:
+    """Refuse before anything is made when a parent directory is not ours to write.
+
+    Unprivileged users get cgroups only by delegation (a directory chowned to
+    them, systemd's Delegate=); without it mkdir's bare EACCES would not say
+    what is missing.
+    """
+    for _, parent in parents:
+        if _writable(parent):
+            continue
+        try:
+            st = os.stat(parent)
+            read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        except OSError as e:
+            raise SyscallError("stat", e.errno or errno.EIO, parent) from None
+        if read_only:
+            raise SyscallError(
+                "mkdir",
+                errno.EROFS,
+                f"{parent}: the cgroup filesystem is mounted read-only here, so pflask "
+                "cannot make the container's group",
+            )
+        raise SyscallError(
+            "mkdir",
+            errno.EACCES,
+            f"{parent}: not writable by uid {os.geteuid()} (owned by uid {st.st_uid}, "
+            f"mode {st.st_mode & 0o7777:04o}): no cgroup is delegated to this user for "
+            "the container's group; run pflask as root, or in a cgroup delegated to you "
+            "(cgroup v2: systemd-run --user --scope -p Delegate=yes pflask ...)",
+        )
+
+
+def _enable(parent: str, controller: str, top: str) -> None:
+    """Switch `controller` on for the children of v2 cgroup `parent`, unless it already is.
+
+    A controller can only be enabled where the parent's parent offers it, so
+    it is switched on from the nearest ancestor that offers it downwards (as
+    systemd does for a unit that asks for accounting).  Left on afterwards:
+    other groups may be using it by then.
+    """
     control = os.path.join(parent, "cgroup.subtree_control")
     try:
         if controller in _read(control).split():
             return
     except OSError as e:
         raise SyscallError("read", e.errno or errno.EIO, control) from None
+    offered = _read_or(os.path.join(parent, "cgroup.controllers"), "").split()
+    if controller not in offered and len(parent) > len(top):
+        _enable(os.path.dirname(parent), controller, top)
     try:
         _write(control, f"+{controller}")
     except SyscallError as e:
@@ -452,7 +568,7 @@ def _enable_hint(error: SyscallError, parent: str, controller: str) -> str:
         return (
             f"{detail}: {parent} has processes, and cgroup v2 only enables controllers"
             " for the children of a cgroup without processes (except the root);"
-            " run pflask from a cgroup of its own"
+            " no ancestor without processes is visible from here"
         )
     if error.errno != errno.ENOENT:
         return detail
@@ -471,14 +587,14 @@ def _enable_hint(error: SyscallError, parent: str, controller: str) -> str:
     return f"{detail}: {why}"
 
 
-def _mkdir(hierarchy: Hierarchy, dirname: str) -> str:
-    path = os.path.join(hierarchy.cgroup, dirname)
+def _mkdir(hierarchy: Hierarchy, parent: str, dirname: str) -> str:
+    path = os.path.join(parent, dirname)
     try:
         os.mkdir(path, 0o755)
     except OSError as e:
         raise SyscallError("mkdir", e.errno or errno.EIO, path) from None
-    if "cpuset" in hierarchy.controllers:
-        _inherit_cpuset(hierarchy.cgroup, path)
+    if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
+        _inherit_cpuset(parent, path)
     return path
 
 
@@ -490,32 +606,36 @@ def _inherit_cpuset(parent: str, path: str) -> None:
             _write(os.path.join(path, name), _read(os.path.join(parent, name)).strip())
 
 
-def _memory_dir(layout: Layout, dirname: str, wanted: list[str]) -> str | None:
-    """The directory whose memory.* files describe the group (v1 memory hierarchy or v2)."""
-    if "memory" not in wanted:
-        return None
-    hierarchy = layout.v1_hierarchy("memory")
-    if hierarchy is None and layout.v2 is not None:
-        hierarchy = layout.v2
-    return None if hierarchy is None else os.path.join(hierarchy.cgroup, dirname)
+def _serving(
+    layout: Layout, dirs: dict[str, tuple[str, int]]
+) -> Callable[[str], tuple[str, int] | None]:
+    """A lookup: the group's (directory, version) in the hierarchy serving a controller.
+
+    A controller bound to a v1 hierarchy is served there, any other by the v2 tree.
+    """
+
+    def where(controller: str) -> tuple[str, int] | None:
+        hierarchy = layout.v1_hierarchy(controller) or layout.v2
+        return None if hierarchy is None else dirs.get(hierarchy.mount)
+
+    return where
 
 
 def _set_limits(
-    layout: Layout,
-    dirname: str,
+    where: Callable[[str], tuple[str, int] | None],
     memory: int | None,
     pids: int | None,
     cpu: float | None,
 ) -> None:
     """Write the limits in the hierarchy serving each one, v1 or v2 file names."""
 
-    def where(controller: str) -> tuple[str, int]:
-        hierarchy = layout.v1_hierarchy(controller) or layout.v2
-        assert hierarchy is not None  # _placement checked it
-        return os.path.join(hierarchy.cgroup, dirname), hierarchy.version
+    def served(controller: str) -> tuple[str, int]:
+        found = where(controller)
+        assert found is not None  # _placement made a group there
+        return found
 
     if memory is not None:
-        path, version = where("memory")
+        path, version = served("memory")
         if version == 1:
             _write(os.path.join(path, "memory.limit_in_bytes"), str(memory))
             # memsw (memory + swap) only exists with swap accounting; without
@@ -525,10 +645,10 @@ def _set_limits(
             _write(os.path.join(path, "memory.max"), str(memory))
             _write_if_present(os.path.join(path, "memory.swap.max"), "0")
     if pids is not None:
-        path, _ = where("pids")
+        path, _ = served("pids")
         _write(os.path.join(path, "pids.max"), str(pids))
     if cpu is not None:
-        path, version = where("cpu")
+        path, version = served("cpu")
         quota = round(cpu * CPU_PERIOD)
         if version == 1:
             _write(os.path.join(path, "cpu.cfs_period_us"), str(CPU_PERIOD))
@@ -543,21 +663,29 @@ def _set_limits(
 def clean_stale(layout: Layout | None = None) -> list[str]:
     """Remove the groups of pflask processes that are gone; return their paths.
 
-    Looks where `create` makes groups (our own cgroup in each hierarchy).  A
-    group whose owner pid is alive with the same start time is kept.  Groups
-    that cannot be removed are all tried first, then reported together.
+    Looks where `create` makes groups: our own cgroup in each hierarchy, and
+    in the v2 tree also the ancestor that takes groups needing controllers.  A
+    group whose owner pid is alive with the same start time is kept, and so is
+    one this user may not remove (another user's, who will clean it up).
+    Groups that cannot be removed otherwise are all tried first, then reported
+    together.
     """
     if layout is None:
         layout = detect()
     removed: list[str] = []
     errors: list[SyscallError] = []
     for hierarchy in sorted(layout.hierarchies(), key=lambda h: -h.version):
-        for path in _stale(hierarchy.cgroup):
-            try:
-                if _remove_tree(path, hierarchy.version, time.monotonic() + 2.0):
-                    removed.append(path)
-            except SyscallError as e:
-                errors.append(e)
+        parents = [hierarchy.cgroup]
+        if hierarchy.version == 2:
+            parents.append(v2_parent(hierarchy, controllers=True))
+        for parent in dict.fromkeys(parents):
+            for path in _stale(parent):
+                try:
+                    if _remove_tree(path, hierarchy.version, time.monotonic() + 2.0):
+                        removed.append(path)
+                except SyscallError as e:
+                    if e.errno not in (errno.EACCES, errno.EPERM):
+                        errors.append(e)
     if errors:
         for other in errors[1:]:
             errors[0].add_note(str(other))
@@ -662,6 +790,8 @@ def _kill(top: str, version: int, tasks: list[int]) -> None:
             os.kill(pid, _SIGKILL)
         except ProcessLookupError:
             continue  # exited meanwhile
+        except PermissionError:
+            raise SyscallError("kill", errno.EPERM, f"pid {pid} in {top}") from None
 
 
 # --- files --------------------------------------------------------------------

@@ -21,7 +21,17 @@ if TYPE_CHECKING:
 
 def check(data: LocDict) -> list[ManifestError]:
     errors: list[ManifestError] = []
-    for rule in (_capabilities, _idmap, _network, _mounts, _root, _namespaces, _rlimits, _stop):
+    for rule in (
+        _capabilities,
+        _cgroup,
+        _idmap,
+        _network,
+        _mounts,
+        _root,
+        _namespaces,
+        _rlimits,
+        _stop,
+    ):
         errors.extend(rule(data))
     return errors
 
@@ -42,6 +52,21 @@ def _capabilities(data: LocDict) -> list[ManifestError]:
                 ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
             )
             errors.append(error_at(data, path, str(e)))
+    return errors
+
+
+def _cgroup(data: LocDict) -> list[ManifestError]:
+    names = data.get("cgroup", {}).get("controllers", [])
+    if not names:
+        return []
+    from pflask import cgroups
+
+    errors = []
+    for index, name in enumerate(names):
+        try:
+            cgroups.check_name(name)
+        except ValueError as e:
+            errors.append(error_at(data, ("cgroup", "controllers", index), str(e)))
     return errors
 
 

@@ -1,9 +1,14 @@
 """pflask.cgroups against the real cgroup hierarchies of this host.
 
 Everything here creates, limits and removes real cgroups and runs real
-processes in them; nothing is mocked.  The only fabricated input is mountinfo
-text for the layouts this machine does not have (pure v1, pure v2, a hybrid
-seen from inside a container), which `detect` parses without touching files.
+processes in them.  The fabricated inputs are mountinfo text for the layouts
+this machine does not have (pure v1, pure v2, a hybrid seen from inside a
+container), which `detect` parses without touching files, and one directory
+tree standing in for a cgroup2 group with memory, pids and cpu files (this
+kernel binds those controllers to v1).  The v1 code path runs on the real v1
+hierarchies with the v2 tree left out (`Layout.only("v1")`); the v2 code path
+(placement, enabling controllers, attach, cgroup.kill, stale groups) on the
+real cgroup2 tree with its one controller, hugetlb.
 
 Needs root and a cgroup v1 or hybrid host with the memory, pids and cpu
 controllers on v1 hierarchies (the development VM is hybrid); the tests that
@@ -18,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -485,3 +490,201 @@ def test_clean_stale_removes_dead_owners_only() -> None:
         assert not any(os.path.exists(p) for p in [*dead, reused])
     finally:
         alive.remove()
+
+
+# --- v2 placement: beside a cgroup that has processes ---------------------------
+
+
+@pytest.fixture
+def v2_slice() -> Iterator[tuple[cgroups.Layout, str, subprocess.Popen[bytes]]]:
+    """`pytest-slice/leaf` in the real cgroup2 tree with a process in the leaf, as a
+    systemd slice with a session scope; the layout says we live in the leaf.  hugetlb,
+    the one controller this kernel leaves to cgroup2, is switched off again after."""
+    layout = _need_v2()
+    assert layout.v2 is not None
+    top = os.path.join(layout.v2.mount, f"pytest-slice-{os.getpid()}")
+    os.makedirs(f"{top}/leaf")
+    before = _read(f"{layout.v2.mount}/cgroup.subtree_control").split()
+    sleeper = _spawn("import time\ntime.sleep(30)\n")
+    try:
+        with open(f"{top}/leaf/cgroup.procs", "w") as f:
+            f.write(str(sleeper.pid))
+        forced = cgroups.Layout(v2=layout.v2.replace(cgroup=f"{top}/leaf"))
+        yield forced, top, sleeper
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (f"{top}/leaf", top):
+            cgroups._remove_tree(path, 2, time.monotonic() + 2)
+        if "hugetlb" not in before:
+            try:
+                with open(f"{layout.v2.mount}/cgroup.subtree_control", "w") as f:
+                    f.write("-hugetlb")
+            except OSError:
+                pass  # another test's group uses it right now: it stays on, harmlessly
+
+
+def test_v2_group_needing_a_controller_goes_beside_a_cgroup_with_processes(
+    v2_slice: tuple[cgroups.Layout, str, subprocess.Popen[bytes]],
+) -> None:
+    layout, top, sleeper = v2_slice
+    assert layout.v2 is not None
+    assert cgroups.v2_parent(layout.v2, controllers=False) == f"{top}/leaf"
+    assert cgroups.v2_parent(layout.v2, controllers=True) == top
+    plain = cgroups.create("pytest-plain", ("freezer",), None, None, None, layout=layout)
+    try:  # nothing to enable: below our own cgroup, processes or not
+        assert plain.paths == (f"{top}/leaf/{plain.name}",)
+    finally:
+        plain.remove()
+    group = cgroups.create("pytest-beside", ("hugetlb",), None, None, None, layout=layout)
+    try:
+        assert group.paths == (f"{top}/{group.name}",)
+        # Enabled from the root down to the group's parent.
+        assert "hugetlb" in _read(f"{layout.v2.mount}/cgroup.subtree_control").split()
+        assert "hugetlb" in _read(f"{top}/cgroup.subtree_control").split()
+        assert "hugetlb" in _read(f"{group.paths[0]}/cgroup.controllers").split()
+        group.attach(sleeper.pid)  # the kernel allows the move from leaf to sibling
+        assert _read(f"{group.paths[0]}/cgroup.procs").split() == [str(sleeper.pid)]
+    finally:
+        group.remove()
+    assert not os.path.exists(group.paths[0])
+
+
+def test_clean_stale_looks_beside_a_cgroup_with_processes(
+    v2_slice: tuple[cgroups.Layout, str, subprocess.Popen[bytes]],
+) -> None:
+    layout, top, _ = v2_slice
+    child = os.fork()
+    if child == 0:  # a pflask that dies without cleaning up
+        try:
+            cgroups.create("pytest-dead", ("hugetlb",), None, None, None, layout=layout)
+            os._exit(0)
+        finally:
+            os._exit(1)
+    assert os.waitpid(child, 0)[1] == 0
+    (dead,) = (p for p in os.listdir(top) if p.startswith(f"pflask-pytest-dead-{child}-"))
+    assert cgroups.clean_stale(layout) == [f"{top}/{dead}"]
+    assert not os.path.exists(f"{top}/{dead}")
+
+
+# --- v2 limits: files this kernel cannot give cgroup2 here -------------------------
+
+
+def test_v2_limits_are_written_in_v2_terms(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """memory.max, memory.swap.max, pids.max, cpu.max and memory.events.
+
+    Mocked, because this machine cannot have it: memory, pids and cpu are bound
+    to v1 hierarchies here, so no cgroup2 group can offer those files.  The tree
+    is a plain directory whose new groups get the kernel's interface files as
+    empty regular files; everything else (placement, enabling, the writes, OOM
+    detection) is the code that runs on a v2 host.
+    """
+    mount = os.path.join(tmp_path, "cgroup2")
+    os.mkdir(mount)
+    with open(f"{mount}/cgroup.subtree_control", "w") as f:
+        f.write("cpu memory pids\n")
+    files = ("cgroup.procs", "memory.max", "memory.swap.max", "pids.max", "cpu.max")
+    real_mkdir = cgroups._mkdir
+
+    def kernel_mkdir(hierarchy: cgroups.Hierarchy, parent: str, dirname: str) -> str:
+        path = real_mkdir(hierarchy, parent, dirname)
+        for name in files:
+            open(os.path.join(path, name), "w").close()
+        with open(os.path.join(path, "memory.events"), "w") as f:
+            f.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+        return path
+
+    monkeypatch.setattr(cgroups, "_mkdir", kernel_mkdir)
+    v2 = cgroups.Hierarchy(
+        version=2, mount=mount, controllers=("cpu", "memory", "pids"), cgroup=mount
+    )
+    group = cgroups.create("pytest-v2f", (), 64 * MiB, 50, 1.5, layout=cgroups.Layout(v2=v2))
+    path = os.path.join(mount, group.name)
+    assert group.paths == (path,)
+    written = {name: _read(f"{path}/{name}") for name in files[1:]}
+    assert written == {
+        "memory.max": str(64 * MiB),
+        "memory.swap.max": "0",
+        "pids.max": "50",
+        "cpu.max": "150000 100000",
+    }
+    assert not group.oom_killed()
+    with open(f"{path}/memory.events", "w") as f:
+        f.write("oom 2\noom_kill 1\n")
+    assert group.oom_killed()
+
+
+# --- what is asked for, and by whom -------------------------------------------------
+
+
+def test_nothing_asked_on_a_v1_host_uses_the_named_hierarchy() -> None:
+    layout = _need_v1("name=systemd").only("v1")
+    systemd = layout.v1_hierarchy("name=systemd")
+    assert systemd is not None
+    group = cgroups.create("pytest-named", (), None, None, None, layout=layout)
+    try:
+        assert group.paths == (os.path.join(systemd.cgroup, group.name),)
+    finally:
+        group.remove()
+    unnamed = cgroups.Layout(v1=tuple(h for h in layout.v1 if h is not systemd))
+    with pytest.raises(SyscallError, match="no controller or limit was asked for"):
+        cgroups.create("pytest-named", (), None, None, None, layout=unnamed)
+
+
+def test_classic_default_name_is_not_doubled() -> None:
+    assert cgroups.group_name("pflask-123").startswith(f"pflask-123-{os.getpid()}-")
+    assert cgroups.parse_owner(cgroups.group_name("pflask-123")) is not None
+
+
+def _as_user(body: Callable[[], object]) -> tuple[int, str]:
+    """Run `body` in a child that became uid/gid 1001 (no capabilities); its result or error."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setresgid(1001, 1001, 1001)
+            os.setresuid(1001, 1001, 1001)
+            os.write(w, repr(body()).encode())
+            os._exit(0)
+        except BaseException as e:
+            os.write(w, f"{type(e).__name__}: {e}".encode())
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
+
+
+def test_without_delegation_an_ordinary_user_is_told_so_before_anything_is_made() -> None:
+    layout = _need_v1("pids")
+    pids = layout.v1_hierarchy("pids")
+    assert pids is not None
+    code, text = _as_user(lambda: cgroups.create("pytest-user", (), None, 20, None))
+    assert code == 1
+    assert text.startswith(
+        f"SyscallError: mkdir {pids.cgroup}: not writable by uid 1001 (owned by uid 0, mode "
+    )
+    assert "no cgroup is delegated to this user" in text
+    assert text.endswith("EACCES (Permission denied)")
+
+
+def test_clean_stale_leaves_another_users_groups_alone() -> None:
+    layout = _need_v1("pids")
+    pids = layout.v1_hierarchy("pids")
+    assert pids is not None
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    stale = os.path.join(pids.cgroup, f"pflask-pytest-root-{child}-1")
+    os.mkdir(stale)
+    try:
+        code, text = _as_user(lambda: cgroups.clean_stale(layout.only("v1")))
+        assert (code, text) == (0, "[]")  # skipped, not an error
+    finally:
+        if os.path.isdir(stale):
+            os.rmdir(stale)

@@ -25,8 +25,11 @@ NAMESPACES = ("mnt", "pid", "ipc", "uts", "cgroup")
 
 
 def manifest(directory: Path, name: str = "box", **fields: Any) -> Path:
+    """A manifest file; the container's name is unique to this test session, as
+    running containers claim their names machine-wide."""
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, **fields}))
+    unique = f"{name}-{os.getpid()}-{directory.name[:20]}"
+    path.write_text(yaml.safe_dump({"version": 1, "name": unique, **fields}))
     return path
 
 
