@@ -40,7 +40,16 @@ name.  `move()` therefore checks first that the name is free in the
 container, and records the move before sending the request so that
 `cleanup()` finds the device in either place.  Moving a link drops its
 addresses and routes and takes it down (kernel behaviour, both ways): a link
-given back is down and unconfigured, with whatever MTU/MAC the container set.
+given back is down and without addresses (left to the host's own network
+configuration, as any link that appears); its MTU and MAC, which the
+manifest may have changed inside, are set back to what they were before.
+
+If pflask itself is killed (SIGKILL: no cleanup runs) the namespace dies with
+the container and the kernel does the undoing: veth pairs and macvlans go
+away with it, a moved physical link returns to the host under its
+*container* name (dev<ifindex> when that name is taken there), and a moved
+virtual link (a veth end, an ifb, ...) is destroyed, taking a veth's peer
+with it.
 """
 
 from __future__ import annotations
@@ -308,12 +317,16 @@ class _Veth:
 
 
 class _Moved:
-    def __init__(self, device: str, index: int, ns: _Netns, name: str) -> None:
+    def __init__(
+        self, device: str, index: int, ns: _Netns, name: str, mtu: int | None, mac: str | None
+    ) -> None:
         self.device = device  # original host name
         self.index = index  # host ifindex before the move
         self.ns = ns
         self.name = name  # name in the container
         self.inside: int | None = None  # ifindex in the container
+        self.mtu = mtu  # host settings before the move, restored on the way back
+        self.mac = mac
 
 
 class _Made:
@@ -427,8 +440,9 @@ class HostLinks:
             raise NetworkError(
                 _NEWLINK, errno.EEXIST, detail, f"{name} already exists in the container"
             )
+        mtu, mac = _mtu_and_mac(ipr, index)
         # Recorded before the request: a failed rename leaves the link moved.
-        record = _Moved(device, index, ns, name)
+        record = _Moved(device, index, ns, name, mtu, mac)
         self._records.append(record)
         try:
             ipr.link("set", index=index, net_ns_fd=ns.fd, ifname=name)
@@ -563,6 +577,26 @@ class HostLinks:
             raise error from None
         finally:
             os.close(host_fd)
+        self._restore_settings(record)
+
+    def _restore_settings(self, record: _Moved) -> None:
+        """Give a returned link back the MTU and MAC it had before the move.
+
+        Only what differs is set: some drivers refuse a MAC change even to
+        the same value, and a link the container did not touch needs nothing.
+        """
+        ipr = self._host_ipr()
+        index = _lookup(ipr, record.device)
+        if index is None:
+            return
+        mtu, mac = _mtu_and_mac(ipr, index)
+        changes: dict[str, Any] = {}
+        if record.mtu is not None and mtu != record.mtu:
+            changes["mtu"] = record.mtu
+        if record.mac is not None and mac != record.mac:
+            changes["address"] = record.mac
+        if changes:
+            _set_link(ipr, index, f"{record.device} (given back by the container)", **changes)
 
     def __enter__(self) -> HostLinks:
         return self
@@ -585,6 +619,19 @@ def _vlan_request(kind: str, name: str, master: int, mode: int, nsfd: int) -> di
         "net_ns_fd": nsfd,
         f"{kind}_mode": mode,  # IFLA_MACVLAN_MODE (u32) / IFLA_IPVLAN_MODE (u16)
     }
+
+
+def _mtu_and_mac(ipr: IPRoute, index: int) -> tuple[int | None, str | None]:
+    """IFLA_MTU and IFLA_ADDRESS of link `index` (None for what it lacks)."""
+    try:
+        msgs = ipr.link("get", index=index)
+    except _netlink_errors() as exc:
+        raise _netlink_error(exc, _GETLINK, f"index {index}") from None
+    for msg in msgs:
+        mtu: int | None = msg.get("mtu")
+        mac: str | None = msg.get("address")
+        return mtu, mac
+    return None, None
 
 
 def _is_kind(ipr: IPRoute, index: int, kind: str) -> bool:

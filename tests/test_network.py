@@ -1,4 +1,5 @@
-"""pflask.network against the real kernel (root; real netlink).
+"""pflask.network against the real kernel (root; real netlink), then the
+whole chain through real `pflask run` containers (last section).
 
 Traffic only flows between network namespaces these tests create: a
 `Netns` is a forked child that unshares a new network namespace and then
@@ -9,13 +10,15 @@ must be the same after each test (fixtures `links_clean` and `host_clean`).
 
 This kernel may lack dummy or ipvlan: a "virtual link" is a dummy when the
 kernel has it, else an ifb (both are virtual: destroyed with their
-namespace); ipvlan tests skip when the kernel has no ipvlan.
+namespace); without ipvlan the ipvlan tests check the kernel's refusal
+arrives as a clear error instead.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -23,9 +26,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
 
 from pflask import libc, network
 from pflask.network import HostLinks, NetworkError
@@ -194,7 +200,15 @@ def make_virtual_link(name: str) -> int:
 
 
 OUR_LINKS = frozenset(
-    {"pft-dummy0", "pft-dummy1", "pft-eth7", "pft-master0", *(f"pft-vh{i}" for i in range(10))}
+    {
+        "pft-dummy0",
+        "pft-dummy1",
+        "pft-eth7",
+        "pft-master0",
+        "pft-ivprobe",
+        *(f"pft-vh{i}" for i in range(10)),
+        *(f"pft-r{kind}{i}" for kind in "vmfk" for i in range(10)),
+    }
 )
 """The host links these tests make (only these are ever deleted by the fixture)."""
 
@@ -452,24 +466,44 @@ def test_veth_create_and_configure_cost(netns: Callable[[], Netns], links: HostL
 # --------------------------------------------------------------------------- move
 
 
+def link_settings(name: str) -> tuple[int, str]:
+    """(MTU, MAC) of host link `name`, from sysfs."""
+    with open(f"/sys/class/net/{name}/mtu") as f:
+        mtu = int(f.read())
+    with open(f"/sys/class/net/{name}/address") as f:
+        return mtu, f.read().strip()
+
+
 @pytest.mark.parametrize("name", ["eth7", "eth0"])  # eth0 also exists on the host
 def test_move_and_back(netns: Callable[[], Netns], links: HostLinks, name: str) -> None:
     container = netns()
-    index = make_virtual_link("pft-dummy0")
+    # A veth end (ifb refuses MAC changes); its peer pft-dummy1 stays here.
+    sh("ip", "link", "add", "pft-dummy0", "type", "veth", "peer", "name", "pft-dummy1")
+    index = host_index("pft-dummy0")
     try:
+        original = link_settings("pft-dummy0")
         links.move("pft-dummy0", name, container.pid)
         assert "pft-dummy0" not in host_links()
-        assert f"{name}:" in container.ip("-o", "link", "show", name)
-        container.call(network.configure, name, ("10.232.0.2/24",), (), 1300, None, True)
+        assert f": {name}@" in container.ip("-o", "link", "show", name)
+        container.call(
+            network.configure, name, ("10.232.0.2/24",), (), 1300, "02:00:00:23:20:02", True
+        )
         assert "10.232.0.2/24" in container.ip("-o", "addr", "show", "dev", name)
+        assert "mtu 1300" in container.ip("-o", "link", "show", name)
 
         links.cleanup()  # the container is alive: moved back, original name
         assert host_index("pft-dummy0") == index
         assert name not in container.ip("-o", "link")
+        # What the container changed is put back; the kernel took it down
+        # and dropped its addresses on the way.
+        assert link_settings("pft-dummy0") == original
+        assert "state DOWN" in sh("ip", "-o", "link", "show", "pft-dummy0")
+        assert "10.232.0.2" not in sh("ip", "-o", "addr", "show", "dev", "pft-dummy0")
         links.cleanup()
         assert host_index("pft-dummy0") == index
     finally:
-        subprocess.run(["ip", "link", "del", "pft-dummy0"], capture_output=True)
+        for end in ("pft-dummy0", "pft-dummy1"):
+            subprocess.run(["ip", "link", "del", end], capture_output=True)
 
 
 def test_cleanup_after_the_container_died(
@@ -548,16 +582,34 @@ def test_macvlan_bridge_traffic(netns: Callable[[], Netns], links: HostLinks, ma
     tcp(one, two, "10.234.0.1")
 
 
+def kernel_has_ipvlan(master: str) -> bool:
+    """Whether this kernel makes ipvlan links, asked with iproute2, not pflask."""
+    probe = subprocess.run(
+        ["ip", "link", "add", "pft-ivprobe", "link", master, "type", "ipvlan"],
+        capture_output=True,
+    )
+    if probe.returncode == 0:
+        sh("ip", "link", "del", "pft-ivprobe")
+    return probe.returncode == 0
+
+
 @pytest.mark.parametrize("mode", sorted(network.IPVLAN_MODES))
 def test_ipvlan(netns: Callable[[], Netns], links: HostLinks, master: str, mode: str) -> None:
+    """A working ipvlan where the kernel has the driver; where it has not
+    (this test machine's kernel), the kernel's refusal as a clear error,
+    with nothing left behind."""
     container = netns()
-    try:
-        links.macvlan(master, "iv0", mode, container.pid, kind="ipvlan")
-    except NetworkError as exc:
-        if exc.errno == 95:  # EOPNOTSUPP
-            assert "the kernel has no ipvlan support" in str(exc)
-            pytest.skip(f"this kernel has no ipvlan: {exc}")
-        raise
+    if not kernel_has_ipvlan(master):
+        with pytest.raises(NetworkError) as info:
+            links.macvlan(master, "iv0", mode, container.pid, kind="ipvlan")
+        text = str(info.value)
+        assert info.value.errno == 95  # EOPNOTSUPP
+        assert text.startswith(f"netlink RTM_NEWLINK ipvlan iv0 on {master} mode {mode}"), text
+        assert "the kernel has no ipvlan support" in text
+        links.cleanup()
+        assert "iv0" not in container.ip("-o", "link")
+        return
+    links.macvlan(master, "iv0", mode, container.pid, kind="ipvlan")
     assert f"ipvlan  mode {mode} " in container.ip("-d", "-o", "link", "show", "iv0")
     container.call(network.configure, "iv0", ("10.237.0.2/24",), (), None, None, True)
     links.cleanup()
@@ -689,3 +741,702 @@ def test_container_gone(links: HostLinks) -> None:
     with pytest.raises(NetworkError, match="shares the host's network namespace"):
         links.veth("pft-vh8", "eth0", os.getpid())
     links.cleanup()
+
+
+# =========================================================================== pflask run
+#
+# The whole chain: manifest or classic flags -> compiler -> executor -> this
+# module, in real containers on the busybox root.  Traffic only ever flows
+# between a container and a namespace the test made (`Netns`): a veth's host
+# end is moved there while the container waits on stdin, a moved link's or a
+# macvlan master's peer lives there from the start, or pflask itself runs
+# inside it (so its "host" is the test's namespace).  Host links named here
+# are pft-r*; host_clean and links_clean check nothing is left.
+
+
+def container_name(name: str) -> str:
+    """Unique on this machine: other test sessions may run containers now."""
+    return f"net{os.getpid()}-{name}"
+
+
+def manifest(directory: Path, name: str, root: Path, **fields: Any) -> Path:
+    path = directory / f"{name}.yaml"
+    data = {"version": 1, "name": container_name(name), "root": {"path": str(root)}, **fields}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o644)
+    return path
+
+
+def script(text: str) -> list[str]:
+    return ["/bin/sh", "-c", text]
+
+
+class Background:
+    """pflask running while the test watches: stdin is a pipe, stdout is read
+    line by line (the container announces `ready`), and the process group is
+    SIGKILLed if the test ends early."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout.fileno()
+        self._buffer = b""
+
+    def line(self, timeout: float = 15) -> str:
+        """The container's next line of output."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._out], [], [], left)[0]:
+                raise AssertionError(f"no line from the container in {timeout} s")
+            chunk = os.read(self._out, 4096)
+            if not chunk:
+                stderr = self.proc.stderr.read() if self.proc.stderr else b""
+                raise AssertionError(f"container output ended early: {stderr.decode()}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def wait_ready(self) -> list[str]:
+        """Lines up to `ready`: what the container printed about itself."""
+        lines = []
+        while (line := self.line()) != "ready":
+            lines.append(line)
+        return lines
+
+    def container_pid(self) -> int:
+        """The container's PID 1 as the host sees it: pflask's one child by now."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            children = [int(pid) for pid in f.read().split()]
+        assert len(children) == 1, children
+        return children[0]
+
+    def finish(self, text: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        out, err = self.proc.communicate(text, timeout=timeout)
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, (self._buffer + out).decode(), err.decode()
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate()
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., Background]]:
+    """Start pflask (with these arguments) in the background; killed at the end."""
+    started: list[Background] = []
+
+    def start(*args: str | os.PathLike[str]) -> Background:
+        job = Background([*pflask_cmd(), *(os.fspath(a) for a in args)])
+        started.append(job)
+        return job
+
+    yield start
+    for job in started:
+        job.kill()
+
+
+@pytest.fixture
+def made_links() -> Iterator[Callable[..., int]]:
+    """Make a host link with `ip link add NAME ARGS...` (its ifindex);
+    whatever is left of them is deleted at the end."""
+    names: list[str] = []
+
+    def make(name: str, *args: str) -> int:
+        sh("ip", "link", "add", name, *args)
+        names.append(name)
+        index = host_index(name)
+        assert index is not None
+        return index
+
+    yield make
+    for name in reversed(names):
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def veth_pair(make: Callable[..., int], name: str, peer_name: str, peer: Netns) -> int:
+    """A veth pair whose `peer_name` end is in the test namespace `peer`;
+    the ifindex of `name`, which stays on the host."""
+    index = make(name, "type", "veth", "peer", "name", peer_name)
+    sh("ip", "link", "set", peer_name, "netns", str(peer.pid))
+    return index
+
+
+def peer_end(peer: Netns, link: str, *addresses: str) -> None:
+    """Configure the test namespace's end of a link, with a TCP echo server
+    waiting on PORT (any address) for one connection."""
+    peer.call(network.loopback_up)
+    peer.call(network.configure, link, addresses, (), None, None, True)
+    peer.call(listen, "0.0.0.0", PORT)
+    peer.start(echo_once)
+
+
+def link_names(ip_o_link: str) -> list[str]:
+    """Link names from `ip -o link` output (busybox or iproute2)."""
+    fields = [line.split(": ") for line in ip_o_link.splitlines()]
+    return [f[1].split("@")[0] for f in fields if len(f) > 1 and f[0].isdigit()]
+
+
+def host_link_state(name: str) -> str:
+    return sh("ip", "-o", "link", "show", name)
+
+
+def check_traffic(output: str, peer: Netns, *pinged: str) -> None:
+    for address in pinged:
+        assert f"--- {address} ping statistics ---\n1 packets transmitted, 1 packets received" in (
+            output
+        ), output
+    assert "HELLO" in output.splitlines(), output
+    assert peer.result() == b"hello\n"
+
+
+def first_action(v4: str, v6: str | None = None, beyond: str | None = None) -> str:
+    """Traffic as the command's very first instructions, no sleep, no retry:
+    ping the peer (IPv4, IPv6, an address beyond the gateway), then a TCP
+    round trip to its echo server.  Ends with `&& ` for what follows."""
+    pings = [f"ping -c1 -W3 {v4}"]
+    pings += [f"ping6 -c1 -W3 {v6}"] if v6 else []
+    pings += [f"ping -c1 -W3 {beyond}"] if beyond else []
+    return " && ".join([*pings, f"echo hello | nc {v4} {PORT}"]) + " && "
+
+
+INSPECT = (
+    "ip -o link show lo; ip -o link show {link}; ip -o addr show {link}; ip route; ip -6 route"
+)
+
+
+# --------------------------------------------------------------------------- veth
+
+
+def test_run_veth_manifest(
+    shared_tmp: Path,
+    busybox_root: Path,
+    netns: Callable[[], Netns],
+    background: Callable[..., Background],
+) -> None:
+    """Everything a veth entry says, seen from inside and from the host end."""
+    path = manifest(
+        shared_tmp,
+        "veth",
+        busybox_root,
+        network={
+            "interfaces": [
+                {
+                    "type": "veth",
+                    "host": "pft-rv0",
+                    "host_address": ["10.241.0.1/24", "fd42:241::1/64"],
+                    "name": "eth0",
+                    "address": ["10.241.0.2/24", "fd42:241::2/64"],
+                    "gateway": ["10.241.0.1", "fd42:241::1"],
+                    "mtu": 1400,
+                    "mac": "02:00:00:24:10:02",
+                }
+            ]
+        },
+    )
+    command = (
+        INSPECT.format(link="eth0")
+        + "; echo ready; read go; "
+        + first_action("10.241.0.1", "fd42:241::1", "10.249.0.1")
+        + "true"
+    )
+    job = background("run", path, "--", *script(command))
+    inside = "\n".join(job.wait_ready())
+
+    # Inside: lo up, eth0 with its MTU, MAC, addresses and default routes.
+    lo, eth0 = inside.splitlines()[:2]
+    assert ": lo: <LOOPBACK,UP" in lo
+    assert ",UP" in eth0 and "mtu 1400" in eth0 and "link/ether 02:00:00:24:10:02" in eth0
+    assert "inet 10.241.0.2/24" in inside and "inet6 fd42:241::2/64" in inside
+    assert "default via 10.241.0.1 dev eth0" in inside
+    assert "default via fd42:241::1 dev eth0" in inside
+
+    # The host end: on the host, its addresses (usable: no DAD), up.
+    shown = sh("ip", "-o", "addr", "show", "dev", "pft-rv0")
+    assert "10.241.0.1/24" in shown
+    (global6,) = [line for line in shown.splitlines() if "fd42:241::1/64" in line]
+    assert "tentative" not in global6
+    assert ",UP" in host_link_state("pft-rv0")
+
+    # Off the host: the test's namespace takes the host end (moving drops
+    # its addresses) and an address beyond the gateway.
+    peer = netns()
+    sh("ip", "link", "set", "pft-rv0", "netns", str(peer.pid))
+    peer.call(network.configure, "lo", ("10.249.0.1/32",), (), None, None, True)
+    peer_end(peer, "pft-rv0", "10.241.0.1/24", "fd42:241::1/64")
+    result = job.finish(b"go\n")
+    assert result.returncode == 0, describe(result)
+    check_traffic(result.stdout, peer, "10.241.0.1", "fd42:241::1", "10.249.0.1")
+    # The pair went with the container's namespace: gone from the peer too.
+    wait_for(lambda: link_names(peer.ip("-o", "link")) == ["lo"], message="the veth pair to go")
+
+
+def test_run_veth_usable_at_once(
+    shared_tmp: Path, busybox_root: Path, netns: Callable[[], Netns]
+) -> None:
+    """pflask runs inside a test namespace, so the veth's host end (and the
+    traffic) stays there; the command's first instruction uses the network."""
+    peer = netns()
+    peer.call(network.loopback_up)
+    peer.call(listen, "0.0.0.0", PORT)
+    peer.start(echo_once)
+    path = manifest(
+        shared_tmp,
+        "veth-first",
+        busybox_root,
+        network={
+            "interfaces": [
+                {
+                    "type": "veth",
+                    "host": "pft-rv1",
+                    "host_address": ["10.242.0.1/24", "fd42:242::1/64"],
+                    "name": "eth0",
+                    "address": ["10.242.0.2/24", "fd42:242::2/64"],
+                }
+            ]
+        },
+    )
+    command = first_action("10.242.0.1", "fd42:242::1") + "ip -o addr"
+    enter = ["nsenter", f"--net=/proc/{peer.pid}/ns/net"]
+    result = run_as([*enter, *pflask_cmd(), "run", str(path), "--", *script(command)])
+    assert result.returncode == 0, describe(result)
+    check_traffic(result.stdout, peer, "10.242.0.1", "fd42:242::1")
+    # pflask's "host" was the peer's namespace: the host end was made and
+    # removed there.
+    assert link_names(peer.ip("-o", "link")) == ["lo"]
+
+
+def test_run_veth_classic(
+    busybox_root: Path, netns: Callable[[], Netns], background: Callable[..., Background]
+) -> None:
+    """--netif veth:OUTSIDE:INSIDE: a pair, both ends up, nothing configured."""
+    command = "ip -o link show eth0; ip -o addr show eth0; echo ready; read go; " + (
+        "ip addr add 10.243.0.2/24 dev eth0 && " + first_action("10.243.0.1") + "true"
+    )
+    job = background("-r", busybox_root, "--netif", "veth:pft-rv2:eth0", "--", *script(command))
+    inside = job.wait_ready()
+    assert ",UP" in inside[0] and "scope global" not in "\n".join(inside[1:])
+    assert ",UP" in host_link_state("pft-rv2")
+    assert "scope global" not in sh("ip", "-o", "addr", "show", "dev", "pft-rv2")
+    peer = netns()
+    sh("ip", "link", "set", "pft-rv2", "netns", str(peer.pid))
+    peer_end(peer, "pft-rv2", "10.243.0.1/24")
+    result = job.finish(b"go\n")
+    assert result.returncode == 0, describe(result)
+    check_traffic(result.stdout, peer, "10.243.0.1")
+
+
+def test_run_veth_host_end_down(
+    shared_tmp: Path, busybox_root: Path, background: Callable[..., Background]
+) -> None:
+    path = manifest(
+        shared_tmp,
+        "veth-down",
+        busybox_root,
+        network={
+            "interfaces": [
+                {"type": "veth", "host": "pft-rv3", "host_up": False, "name": "eth0", "up": False}
+            ]
+        },
+    )
+    job = background("run", path, "--", *script("ip -o link show eth0; echo ready; read go"))
+    inside = job.wait_ready()
+    assert ",UP" not in inside[0]
+    assert "state DOWN" in host_link_state("pft-rv3")
+    assert job.finish(b"go\n").returncode == 0
+    assert "pft-rv3" not in host_links()
+
+
+# --------------------------------------------------------------------------- move
+
+
+MOVE_MANIFEST = {
+    "type": "move",
+    "device": "pft-rm0",
+    "name": "eth0",  # also the name of the host's own eth0
+    "address": ["10.244.0.2/24", "fd42:244::2/64"],
+    "gateway": "10.244.0.1",
+    "mtu": 1300,
+    "mac": "02:00:00:24:40:02",
+}
+
+
+@pytest.mark.parametrize("spec", ["manifest", "classic"])
+def test_run_move(
+    spec: str,
+    shared_tmp: Path,
+    busybox_root: Path,
+    netns: Callable[[], Netns],
+    made_links: Callable[..., int],
+) -> None:
+    """A host link moved in and renamed, usable at once, returned afterwards
+    under its own name and ifindex, its MTU and MAC as before.  The link is a
+    veth end whose peer is in a test namespace: being virtual, it would be
+    destroyed rather than returned if pflask did not hold the namespace."""
+    peer = netns()
+    index = veth_pair(made_links, "pft-rm0", "pft-rm1", peer)
+    before = link_settings("pft-rm0")
+    peer_end(peer, "pft-rm1", "10.244.0.1/24", "fd42:244::1/64")
+    if spec == "manifest":
+        pinged: tuple[str, ...] = ("10.244.0.1", "fd42:244::1")
+        first = first_action(*pinged)
+        path = manifest(shared_tmp, "move", busybox_root, network={"interfaces": [MOVE_MANIFEST]})
+        result = run_pflask("run", path, "--", *script(first + INSPECT.format(link="eth0")))
+    else:
+        # Classic flags configure nothing: the command adds an address itself
+        # (IPv4 only: an IPv6 one it added would go through DAD first).
+        pinged = ("10.244.0.1",)
+        setup, first = "ip addr add 10.244.0.2/24 dev eth0 && ", first_action(*pinged)
+        result = run_pflask(
+            "-r",
+            busybox_root,
+            "--netif",
+            "pft-rm0:eth0",
+            "--",
+            *script(setup + first + "ip -o link show eth0"),
+        )
+    assert result.returncode == 0, describe(result)
+    check_traffic(result.stdout, peer, *pinged)
+    if spec == "manifest":
+        assert "mtu 1300" in result.stdout and "02:00:00:24:40:02" in result.stdout
+        assert "inet 10.244.0.2/24" in result.stdout and "fd42:244::2/64" in result.stdout
+        assert "default via 10.244.0.1 dev eth0" in result.stdout
+    # Back on the host, as it was; the kernel took it down and dropped the
+    # container's addresses.  Its peer never noticed.
+    assert host_index("pft-rm0") == index
+    assert link_settings("pft-rm0") == before
+    assert "state DOWN" in host_link_state("pft-rm0")
+    assert "10.244.0.2" not in sh("ip", "-o", "addr", "show", "dev", "pft-rm0")
+    assert "pft-rm1" in link_names(peer.ip("-o", "link"))
+
+
+def test_run_move_keeping_its_name(busybox_root: Path, made_links: Callable[..., int]) -> None:
+    """--netif=DEV: the link keeps its name inside (an ifb: virtual too)."""
+    index = made_links("pft-rm2", "type", "ifb")
+    result = run_pflask("-r", busybox_root, "--netif=pft-rm2", "--", "ip", "-o", "link")
+    assert result.returncode == 0, describe(result)
+    assert link_names(result.stdout) == ["lo", "pft-rm2"]
+    assert host_index("pft-rm2") == index
+
+
+# --------------------------------------------------------------------------- macvlan, ipvlan
+
+
+@pytest.mark.parametrize("spec", ["manifest", "classic"])
+def test_run_macvlan(
+    spec: str,
+    shared_tmp: Path,
+    busybox_root: Path,
+    netns: Callable[[], Netns],
+    made_links: Callable[..., int],
+) -> None:
+    """A macvlan on a host master; the master is a veth whose other end is
+    in a test namespace, so the macvlan's frames end up there."""
+    peer = netns()
+    veth_pair(made_links, "pft-rm3", "pft-rm4", peer)
+    sh("ip", "link", "set", "pft-rm3", "up")
+    peer_end(peer, "pft-rm4", "10.245.0.1/24", "fd42:245::1/64")
+    if spec == "manifest":
+        pinged: tuple[str, ...] = ("10.245.0.1", "fd42:245::1")
+        first = first_action(*pinged)
+        iface = {
+            "type": "macvlan",
+            "master": "pft-rm3",
+            "name": "mv0",
+            "mode": "private",
+            "address": ["10.245.0.2/24", "fd42:245::2/64"],
+            "mtu": 1400,
+            "mac": "02:00:00:24:50:02",
+        }
+        path = manifest(shared_tmp, "macvlan", busybox_root, network={"interfaces": [iface]})
+        result = run_pflask("run", path, "--", *script(first + INSPECT.format(link="mv0")))
+    else:
+        pinged = ("10.245.0.1",)
+        setup, first = "ip addr add 10.245.0.2/24 dev mv0 && ", first_action(*pinged)
+        result = run_pflask(
+            "-r",
+            busybox_root,
+            "--netif",
+            "macvlan:pft-rm3:mv0",
+            "--",
+            *script(setup + first + "ip -o link show mv0"),
+        )
+    assert result.returncode == 0, describe(result)
+    check_traffic(result.stdout, peer, *pinged)
+    if spec == "manifest":
+        assert "mtu 1400" in result.stdout and "02:00:00:24:50:02" in result.stdout
+    mv0 = [line for line in result.stdout.splitlines() if ": mv0@" in line]
+    assert len(mv0) == 1 and ",UP" in mv0[0], result.stdout
+
+
+@pytest.mark.parametrize("mode", sorted(network.MACVLAN_MODES))
+def test_run_macvlan_mode(
+    mode: str,
+    shared_tmp: Path,
+    busybox_root: Path,
+    made_links: Callable[..., int],
+    background: Callable[..., Background],
+) -> None:
+    made_links("pft-rm5", "type", "ifb")
+    iface = {"type": "macvlan", "master": "pft-rm5", "name": "mv0", "mode": mode}
+    path = manifest(shared_tmp, "modes", busybox_root, network={"interfaces": [iface]})
+    job = background("run", path, "--", *script("echo ready; read go"))
+    job.wait_ready()
+    details = sh("nsenter", f"--net=/proc/{job.container_pid()}/ns/net", "ip", "-d", "-o", "link")
+    assert f"macvlan mode {mode} " in details, details
+    assert job.finish(b"go\n").returncode == 0
+
+
+@pytest.mark.parametrize("spec", ["manifest", "classic"])
+def test_run_ipvlan(
+    spec: str, shared_tmp: Path, busybox_root: Path, made_links: Callable[..., int]
+) -> None:
+    """ipvlan where the kernel has it; here (no ipvlan driver) the kernel's
+    refusal, as exit 125 naming the step and the link, after which the veth
+    made before it is gone too."""
+    made_links("pft-rm6", "type", "ifb")
+    sh("ip", "link", "set", "pft-rm6", "up")
+    if spec == "manifest":
+        interfaces = [
+            {"type": "veth", "host": "pft-rv4", "name": "eth0"},
+            {"type": "ipvlan", "master": "pft-rm6", "name": "iv0", "mode": "l3"},
+        ]
+        path = manifest(shared_tmp, "ipvlan", busybox_root, network={"interfaces": interfaces})
+        args: list[str | os.PathLike[str]] = ["run", path, "--"]
+        step, mode = "step 3", "l3"
+    else:
+        args = ["-r", busybox_root, "--netif", "ipvlan:pft-rm6:iv0", "--"]
+        step, mode = "step 2", "l2"
+    result = run_pflask(*args, "ip", "-o", "link", "show", "iv0")
+    if kernel_has_ipvlan("pft-rm6"):
+        assert result.returncode == 0, describe(result)
+        assert "iv0" in result.stdout
+    else:
+        assert result.returncode == 125, describe(result)
+        assert result.stderr.startswith(f"pflask: {step} (ipvlan iv0 on pft-rm6 (mode {mode})): ")
+        assert "ENOTSUP" in result.stderr or "EOPNOTSUPP" in result.stderr
+        assert "the kernel has no ipvlan support (Unknown device type)" in result.stderr
+    assert "pft-rv4" not in host_links()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+FAILURES = {
+    "veth host name taken": (
+        [{"type": "veth", "host": "pft-rf0", "name": "eth0"}],
+        125,
+        ["step 2 (veth pft-rf0 (host) <-> eth0 (container))", "host link pft-rf0 already exists"],
+    ),
+    "master missing after a veth and a move": (
+        [
+            {"type": "veth", "host": "pft-rv5", "name": "eth0"},
+            {"type": "move", "device": "pft-rf1", "name": "eth1"},
+            {"type": "macvlan", "master": "pft-nomaster", "name": "mv0"},
+        ],
+        125,
+        ["step 4 (macvlan mv0 on pft-nomaster (mode bridge))", "no host link pft-nomaster"],
+    ),
+    "host address the kernel refuses": (
+        [{"type": "veth", "host": "pft-rv6", "name": "eth0", "host_address": "ff02::1/64"}],
+        125,
+        ["step 2 (veth pft-rv6", "RTM_NEWADDR ff02::1/64 on pft-rv6: EADDRNOTAVAIL", "multicast"],
+    ),
+    "gateway unreachable, inside": (
+        [
+            {"type": "veth", "host": "pft-rv7", "name": "eth0"},
+            {
+                "type": "move",
+                "device": "pft-rf1",
+                "name": "eth1",
+                "address": "10.246.0.2/24",
+                "gateway": "10.9.9.9",
+            },
+        ],
+        125,
+        ["(configure eth1: 10.246.0.2/24, default via 10.9.9.9, up)", "ENETUNREACH"],
+    ),
+    "move of a missing link": (
+        [{"type": "move", "device": "pft-nosuch", "name": "eth0"}],
+        125,
+        ["step 2 (move host link pft-nosuch into the container as eth0)", "no host link"],
+    ),
+    "bad address (manifest)": (
+        [{"type": "veth", "host": "pft-rv8", "name": "eth0", "address": "10.0.0.300/24"}],
+        2,
+        ["network.interfaces[0].address: '10.0.0.300/24' is not an address/prefix"],
+    ),
+    "name used twice (manifest)": (
+        [
+            {"type": "veth", "host": "pft-rv8", "name": "eth0"},
+            {"type": "move", "device": "pft-rf1", "name": "eth0"},
+        ],
+        2,
+        ["interface name 'eth0' is already used by interfaces[0]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_run_failure_leaves_nothing(
+    case: str, shared_tmp: Path, busybox_root: Path, made_links: Callable[..., int]
+) -> None:
+    """A clear error (125 for setup, 2 for the manifest), and no link is
+    left: the veths made are gone, the moved link is back, the link that was
+    in the way is untouched."""
+    interfaces, status, fragments = FAILURES[case]
+    taken = made_links("pft-rf0", "type", "ifb")
+    moved = made_links("pft-rf1", "type", "ifb")
+    path = manifest(shared_tmp, "fails", busybox_root, network={"interfaces": interfaces})
+    result = run_pflask("run", path, "--", "true")
+    assert result.returncode == status, describe(result)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("pflask: ") and len(result.stderr.splitlines()) == 1
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert (host_index("pft-rf0"), host_index("pft-rf1")) == (taken, moved)
+    assert not [name for name in host_links() if name.startswith("pft-rv")]
+
+
+def test_run_failure_classic(busybox_root: Path, made_links: Callable[..., int]) -> None:
+    taken = made_links("pft-rf2", "type", "ifb")
+    result = run_pflask("-r", busybox_root, "--netif", "veth:pft-rf2:eth0", "--", "true")
+    assert result.returncode == 125, describe(result)
+    assert "step 2 (veth pft-rf2 (host) <-> eth0 (container))" in result.stderr
+    assert "host link pft-rf2 already exists" in result.stderr
+    assert host_index("pft-rf2") == taken
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+
+def test_sigkilled_pflask_leaves_no_link(
+    shared_tmp: Path,
+    busybox_root: Path,
+    made_links: Callable[..., int],
+    background: Callable[..., Background],
+) -> None:
+    """No cleanup runs when pflask is SIGKILLed; the container dies with it
+    (PDEATHSIG) and so does its network namespace, and the kernel removes
+    the veth pair (host end included) and the macvlan.  A moved *virtual*
+    link is destroyed with the namespace (a physical one would come back,
+    named as it was inside, or devN): the price of SIGKILL."""
+    made_links("pft-rk0", "type", "ifb")
+    made_links("pft-rk1", "type", "ifb")
+    sh("ip", "link", "set", "pft-rk1", "up")
+    interfaces = [
+        {"type": "veth", "host": "pft-rk2", "name": "eth0", "host_address": "10.247.0.1/24"},
+        {"type": "move", "device": "pft-rk0", "name": "eth1"},
+        {"type": "macvlan", "master": "pft-rk1", "name": "mv0"},
+    ]
+    path = manifest(shared_tmp, "killed", busybox_root, network={"interfaces": interfaces})
+    job = background("run", path, "--", *script("echo ready; exec sleep 60"))
+    job.wait_ready()
+    assert "pft-rk2" in host_links() and "pft-rk0" not in host_links()
+    os.kill(job.proc.pid, signal.SIGKILL)
+    job.proc.wait(timeout=10)
+    wait_for(lambda: "pft-rk2" not in host_links(), message="the veth's host end to go")
+    assert "pft-rk0" not in host_links()  # the moved ifb: destroyed by the kernel
+    assert "pft-rk1" in host_links()  # the master is the host's own
+    # The dead pflask's state record is stale: the next `pflask ps` drops it.
+    listing = run_pflask("ps")
+    assert listing.returncode == 0, describe(listing)
+    assert container_name("killed") not in listing.stdout
+
+
+def test_stopped_pflask_gives_links_back(
+    shared_tmp: Path,
+    busybox_root: Path,
+    made_links: Callable[..., int],
+    background: Callable[..., Background],
+) -> None:
+    """SIGTERM (docker stop, systemctl stop) reaches the command; once it has
+    ended pflask undoes the links as after a normal exit."""
+    index = made_links("pft-rk3", "type", "ifb")
+    interfaces = [
+        {"type": "veth", "host": "pft-rk4", "name": "eth0"},
+        {"type": "move", "device": "pft-rk3", "name": "eth1"},
+    ]
+    path = manifest(shared_tmp, "stopped", busybox_root, network={"interfaces": interfaces})
+    job = background("run", path, "--", *script("echo ready; exec sleep 60"))
+    job.wait_ready()
+    os.kill(job.proc.pid, signal.SIGTERM)
+    result = job.finish()
+    assert result.returncode == 128 + signal.SIGTERM, describe(result)
+    assert host_index("pft-rk3") == index
+    assert "pft-rk4" not in host_links()
+
+
+# --------------------------------------------------------------------------- unprivileged
+
+
+@pytest.mark.parametrize("spec", ["manifest", "classic"])
+def test_unprivileged_isolated_lo(
+    spec: str, shared_tmp: Path, busybox_root: Path, test_user: Any
+) -> None:
+    command = script(
+        "ip -o link; ping -c1 -W3 127.0.0.1 && ping6 -c1 -W3 ::1 && readlink /proc/self/ns/net"
+    )
+    if spec == "manifest":
+        path = manifest(shared_tmp, "lo", busybox_root, namespaces={"net": True})
+        result = run_pflask("run", path, "--", *command, user="pflask-test")
+    else:
+        result = run_pflask("-r", busybox_root, "--netif", "--", *command, user="pflask-test")
+    assert result.returncode == 0, describe(result)
+    assert link_names(result.stdout) == ["lo"]
+    assert ": lo: <LOOPBACK,UP" in result.stdout
+    assert "1 packets received" in result.stdout
+    assert result.stdout.split()[-1] != os.readlink("/proc/self/ns/net")
+
+
+UNPRIVILEGED_LINKS = {
+    "veth": ({"type": "veth", "host": "pft-rv9", "name": "eth0"}, "veth:pft-rv9:eth0"),
+    "move": ({"type": "move", "device": "eth0", "name": "eth1"}, "eth0:eth1"),
+    "macvlan": ({"type": "macvlan", "master": "eth0", "name": "mv0"}, "macvlan:eth0:mv0"),
+    "ipvlan": ({"type": "ipvlan", "master": "eth0", "name": "iv0"}, "ipvlan:eth0:iv0"),
+}
+
+
+@pytest.mark.parametrize("spec", ["manifest", "classic"])
+@pytest.mark.parametrize("kind", list(UNPRIVILEGED_LINKS))
+def test_unprivileged_links_need_root(
+    kind: str, spec: str, shared_tmp: Path, busybox_root: Path, test_user: Any
+) -> None:
+    iface, flag = UNPRIVILEGED_LINKS[kind]
+    if spec == "manifest":
+        path = manifest(shared_tmp, "links", busybox_root, network={"interfaces": [iface]})
+        result = run_pflask("run", path, "--", "true", user="pflask-test")
+    else:
+        result = run_pflask("-r", busybox_root, "--netif", flag, "--", "true", user="pflask-test")
+    assert result.returncode == 2, describe(result)
+    assert "network.interfaces: creating or moving network links needs root" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_pyroute2_only_with_interfaces(shared_tmp: Path, busybox_root: Path) -> None:
+    """`python -X importtime` reports every import in pflask and in the
+    container's processes before exec: lo alone needs no pyroute2."""
+    lo = manifest(shared_tmp, "lo-only", busybox_root, namespaces={"net": True})
+    veth = manifest(
+        shared_tmp,
+        "one-veth",
+        busybox_root,
+        network={"interfaces": [{"type": "veth", "host": "pft-rv9", "name": "eth0"}]},
+    )
+    for path, wanted in ((lo, False), (veth, True)):
+        result = run_as(
+            [sys.executable, "-X", "importtime", "-m", "pflask", "run", str(path), "--", "true"]
+        )
+        assert result.returncode == 0, describe(result)
+        assert ("| pyroute2" in result.stderr) is wanted, path.name
