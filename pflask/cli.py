@@ -111,9 +111,7 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
     return file, overrides, command, switches
 
 
-def _compile_aside(
-    file: str, overrides: tuple[str, ...], ctx: Context, entry: str | None
-) -> Plan:
+def _compile_aside(file: str, overrides: tuple[str, ...], ctx: Context, entry: str | None) -> Plan:
     """Compile in a child process and take only the plan back.
 
     YAML, jsonschema and the compiler take some 12 MB; done in the process that
@@ -228,6 +226,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--to", required=True, choices=("yaml", "toml"))
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    p = sub.add_parser(
+        "ps",
+        help="list running containers: name, pid, root, uptime, command",
+        description="Running containers are recorded in /run/pflask (root), else in "
+        "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID.",
+    )
+    p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    p = sub.add_parser("stop", help="stop a container: its stop signal, SIGKILL after a timeout")
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    p.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds before SIGKILL (default: the manifest's stop.timeout)",
+    )
+    p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p = sub.add_parser(
+        "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
+    )
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
     return parser
 
 
@@ -242,6 +263,10 @@ def _subcommand(args: list[str]) -> int:
         "plan": _plan,
         "schema": _schema,
         "convert": _convert,
+        "ps": _ps,
+        "stop": _stop,
+        "exec": _exec,
+        "attach": _attach,
     }.get(ns.subcommand)
     if handler is None:
         raise UsageError(f"{ns.subcommand}: not available in this version")
@@ -314,6 +339,89 @@ def _convert(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _ps(ns: argparse.Namespace) -> int:
+    import time
+
+    from pflask import state
+
+    now = time.time()
+    records = state.running()
+    if ns.json:
+        import json
+
+        rows = [
+            {
+                "name": r.name,
+                "pid": r.pid or None,
+                "supervisor": r.supervisor,
+                "root": r.root,
+                "started": r.started,
+                "uptime": round(max(0.0, now - r.started), 3),
+                "command": list(r.command),
+                "detached": r.detached,
+                "terminal": r.console,
+                "stop_signal": r.stop_signal,
+            }
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    import shlex
+
+    table = [("NAME", "PID", "ROOT", "UPTIME", "COMMAND")]
+    for r in records:
+        table.append(
+            (
+                r.name,
+                str(r.pid or "-"),
+                r.root or "/",
+                _duration(now - r.started),
+                shlex.join(r.command),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]).rstrip())
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    """Uptime as ps users read it: 42s, 3m07s, 2h05m, 4d03h."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _stop(ns: argparse.Namespace) -> int:
+    from pflask import state, stop
+
+    if ns.timeout is not None and ns.timeout < 0:
+        raise UsageError("stop: --timeout must be 0 or more seconds")
+    stop.stop(state.find(ns.name), ns.timeout)
+    return 0
+
+
+def _exec(ns: argparse.Namespace) -> int:
+    from pflask import nsenter
+
+    command = list(ns.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return nsenter.run(ns.name, command or ["/bin/sh"])
+
+
+def _attach(ns: argparse.Namespace) -> int:
+    from pflask import attach
+
+    return attach.attach(ns.name)
+
+
 # --- the original command line --------------------------------------------------------------
 
 
@@ -325,9 +433,10 @@ def classic_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="pflask",
         usage="pflask [OPTIONS] [--] [COMMAND [ARG...]]\n"
-        "       pflask {run,validate,plan,schema,convert} ...",
+        "       pflask {run,validate,plan,schema,convert,ps,stop,exec,attach} ...",
         description="Run COMMAND (default: a shell) in new Linux namespaces. "
-        "Subcommands: run FILE, validate, plan, schema, convert (see pflask SUBCOMMAND -h).",
+        "Subcommands: run FILE, validate, plan, schema, convert, ps, stop NAME, "
+        "exec NAME, attach NAME (see pflask SUBCOMMAND -h).",
     )
     from pflask import __version__
 
@@ -338,7 +447,9 @@ def classic_command(args: list[str]) -> int:
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     if ns.attach:
-        raise UsageError("--attach: not available in this version")
+        from pflask import attach
+
+        return attach.attach(ns.attach)
     data = classic.to_manifest(ns)
     return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line")
 

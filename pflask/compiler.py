@@ -7,9 +7,19 @@ what lets the start-up cache store plans.
 
 The order (see docs/architecture.md for who runs what):
 namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> fork
-PID 1 -> propagation -> root -> system mounts -> user mounts -> masked and
-read-only paths -> pivot_root -> hostname -> network -> rlimits -> user ->
-capabilities -> no_new_privs -> environment -> workdir -> reaper -> exec.
+PID 1 -> [host] machined registration -> propagation -> root -> system mounts
+-> user mounts -> masked and read-only paths -> pivot_root -> hostname ->
+network -> rlimits -> user -> capabilities -> no_new_privs -> environment ->
+workdir -> reaper -> exec.
+
+Booting an OS (an init such as systemd as PID 1 in a root of its own, see
+`boots`) adds what systemd's container interface asks of a container manager
+beyond an ordinary root: a cgroup of its own behind the cgroup namespace,
+mounted read-write (`_cgroup`, `_system_mounts`), a boot id of its own (the
+BootId step), and no audit capabilities (`_capabilities`).  The rest it needs
+every root already gets: `container=` in the environment, read-only /sys and
+/proc/sys, a private /dev with a devpts, /run on a tmpfs, and SIGRTMIN+3 as
+the stop signal.
 """
 
 from __future__ import annotations
@@ -46,6 +56,10 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
+# What a booting OS does without (systemd's container interface, "What You
+# Shouldn't Do"): audit is not virtualised for containers.
+BOOT_DROPPED_CAPABILITIES = ("-audit_control", "-audit_read")
+
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEFAULT_ID_RANGE = (100000, 65536)  # root's fallback when it has no /etc/subuid range
 
@@ -79,34 +93,32 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         )
         if on
     ]
-    defer_cgroupns = m.cgroup is not None and "cgroup" in namespaces
+    pid1_is_command = m.pid1 == "command" or (m.pid1 == "auto" and is_init(command))
+    boot = boots(m, command, pid1_is_command)
+    cgroup = _cgroup(m, ctx, boot)
+    defer_cgroupns = cgroup is not None and "cgroup" in namespaces
     first = [n for n in namespaces if not (defer_cgroupns and n == "cgroup")]
     steps.append(p.Unshare(namespaces=tuple(first)))
 
     if userns:
         steps.extend(_id_maps(m, ctx))
-    if m.cgroup is not None:
-        steps.append(
-            p.Cgroup(
-                name=m.name,
-                controllers=m.cgroup.controllers,
-                memory=m.cgroup.memory,
-                pids=m.cgroup.pids,
-                cpu=m.cgroup.cpu,
-            )
-        )
+    if cgroup is not None:
+        steps.append(cgroup)
     steps.extend(_host_links(m, userns, ctx))
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
     if m.namespaces.pid:
         steps.append(p.Fork())
+    if m.root.path is not None and ctx.uid == 0:
+        # A container with a root of its own is a machine to the host's tools.
+        steps.append(p.RegisterMachine(name=m.name, root=m.root.path))
 
     root = m.root.path
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave"))
         if root is not None:
             steps.append(p.EphemeralRoot(path=root) if m.root.ephemeral else p.BindRoot(path=root))
-        steps.extend(_system_mounts(m, userns, net))
+        steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
         for index, mount in enumerate(m.mounts):
             steps.append(_user_mount(m, index, mount, userns))
         if root is not None:
@@ -121,6 +133,9 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             steps.append(p.MaskPaths(paths=tuple(container_path(x) for x in masked)))
         if readonly:
             steps.append(p.ReadonlyPaths(paths=tuple(container_path(x) for x in readonly)))
+        if boot:
+            # Its own boot id, or its journal takes every boot for one (see boot.py).
+            steps.append(p.BootId())
         if root is not None:
             if m.root.readonly:
                 steps.append(p.RemountRoot(readonly=True))
@@ -144,20 +159,17 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             )
     if m.security.rlimits:
         steps.append(p.Rlimits(limits=m.security.rlimits))
+    keep = _capabilities(m, boot)
     if m.user is not None:
         # PR_SET_KEEPCAPS before setuid, or the switch empties the permitted set.
-        steps.append(p.SwitchUser(user=m.user, keep_caps=m.capabilities is not None))
-    if m.capabilities is not None:
-        from pflask import capabilities
-
-        keep = capabilities.parse(list(m.capabilities))
-        steps.append(p.Capabilities(keep=tuple(sorted(keep))))
+        steps.append(p.SwitchUser(user=m.user, keep_caps=keep is not None))
+    if keep is not None:
+        steps.append(p.Capabilities(keep=keep))
     if m.security.no_new_privileges:
         steps.append(p.NoNewPrivs())
     steps.append(_environment(m))
     if m.workdir is not None:
         steps.append(p.Chdir(path=container_path(m.workdir)))
-    pid1_is_command = m.pid1 == "command" or (m.pid1 == "auto" and is_init(command))
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
     steps.append(p.Exec(argv=command))
@@ -173,6 +185,66 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         root=root,
         command=command,
     )
+
+
+def boots(m: Manifest, command: tuple[str, ...], pid1_is_command: bool) -> bool:
+    """Whether this container boots an OS: an init as PID 1 of its own PID
+    namespace, in a root of its own.
+
+    Such a container gets what systemd's container interface asks of a
+    container manager on top of the usual root (see `_cgroup`,
+    `_system_mounts` and `_capabilities`).
+    """
+    return (
+        pid1_is_command
+        and is_init(command)
+        and m.namespaces.pid
+        and m.namespaces.mount
+        and m.root.path is not None
+    )
+
+
+def _cgroup(m: Manifest, ctx: Context, boot: bool) -> p.Cgroup | None:
+    """The container's own cgroup: the manifest's, or for a boot an empty one.
+
+    systemd as PID 1 must be able to create init.scope, system.slice and the
+    rest below its root cgroup; it can only do that in a cgroup of its own,
+    seen through a cgroup namespace (so that /proc/PID/cgroup and the mounted
+    tree agree) and mounted read-write.  A group with no controllers is a
+    cgroup2 group (`cgroups.create`), which on a hybrid host is the otherwise
+    empty unified tree: it delegates process tracking, not resource control.
+    Only root gets one made automatically: an ordinary user's own cgroup is
+    normally not writable (not delegated) and an init such as busybox's needs
+    none.
+    """
+    if m.cgroup is not None:
+        return p.Cgroup(
+            name=m.name,
+            controllers=m.cgroup.controllers,
+            memory=m.cgroup.memory,
+            pids=m.cgroup.pids,
+            cpu=m.cgroup.cpu,
+        )
+    if boot and ctx.uid == 0 and m.namespaces.cgroup:
+        return p.Cgroup(name=m.name)
+    return None
+
+
+def _capabilities(m: Manifest, boot: bool) -> tuple[str, ...] | None:
+    """The capabilities to keep, or None to leave the full set alone.
+
+    A booting OS loses the audit capabilities unless the manifest says
+    otherwise: the kernel's audit subsystem is not namespaced, and with them
+    systemd and journald try to use it and fail (systemd's container
+    interface asks managers to drop them for a clean boot).
+    """
+    from pflask import capabilities
+
+    if m.capabilities is not None:
+        return tuple(sorted(capabilities.parse(list(m.capabilities))))
+    if boot:
+        return tuple(sorted(capabilities.parse(list(BOOT_DROPPED_CAPABILITIES))))
+    return None
 
 
 def _error(m: Manifest, field: str, message: str) -> ManifestError:
@@ -296,8 +368,14 @@ def _host_links(m: Manifest, userns: bool, ctx: Context) -> list[p.Step]:
     return steps
 
 
-def _system_mounts(m: Manifest, userns: bool, net: bool) -> list[p.Step]:
-    """What a real OS expects under a root; with the host's root, only a new /proc."""
+def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> list[p.Step]:
+    """What a real OS expects under a root; with the host's root, only a new /proc.
+
+    `delegated`: the container has a cgroup of its own behind a cgroup
+    namespace and boots an init that manages it, so cgroup2 is mounted
+    read-write; it can write only below its own group, which is the root of
+    what it sees.
+    """
     proc_flags = ("nosuid", "nodev", "noexec")
     if m.root.path is None:
         if not m.namespaces.pid:
@@ -325,7 +403,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool) -> list[p.Step]:
             p.MountFs(
                 fstype="cgroup2",
                 target="/sys/fs/cgroup",
-                flags=("ro", "nosuid", "nodev", "noexec"),
+                flags=(*(() if delegated else ("ro",)), "nosuid", "nodev", "noexec"),
             )
         )
     pts_data = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
@@ -339,6 +417,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool) -> list[p.Step]:
         p.DevNodes(target="/dev", nodes=DEV_NODES),
         p.MountFs(fstype="devpts", target="/dev/pts", flags=("nosuid", "noexec"), data=pts_data),
         p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
+        *([p.Console()] if m.terminal != "false" else []),
         p.MountFs(fstype="tmpfs", target="/dev/shm", flags=("nosuid", "nodev"), data="mode=1777"),
     ]
     if m.namespaces.ipc:

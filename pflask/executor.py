@@ -14,6 +14,12 @@ The process model (docs/architecture.md has the picture):
   line means the command started.
 - S forwards signals, escalates a stop to SIGKILL after the timeout, waits,
   cleans up what the host steps made, and returns the command's status.
+- S records the container under its name (pflask.state) before anything is
+  made and removes the record after everything is cleaned up.
+- With a terminal, the container's pty master reaches S (pflask.terminal),
+  which copies it to the user's terminal, or with `detach` serves it to
+  `pflask attach` (pflask.attach) from a background S while the pflask the
+  user started returns as soon as the command runs.
 
 No policy lives here: the compiler decided every step and its order.
 """
@@ -24,7 +30,7 @@ import os
 import sys
 import time
 
-from pflask import libc, plan
+from pflask import libc, mounts, plan
 from pflask.errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP, SetupError
 from pflask.signals import FORWARDED, signal_number
 
@@ -34,7 +40,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from pflask.attach import Server
     from pflask.mounts import Root
+    from pflask.state import Claim
+    from pflask.terminal import Proxy
     from pflask.users import User
 else:
     import _signal
@@ -46,6 +55,8 @@ MODULES = {
     "uid_map": "idmap",
     "gid_map": "idmap",
     "cgroup": "cgroups",
+    "register_machine": "machined",
+    "boot_id": "boot",
     "veth": "network",
     "move_link": "network",
     "macvlan": "network",
@@ -69,13 +80,71 @@ MODULES = {
     "switch_user": "users",
     "capabilities": "capabilities",
     "environment": "users",
+    "console": "terminal",
 }
 
 
 def run(the_plan: plan.Plan, verbose: bool = False) -> int:
-    """Run the plan's container in the foreground and return its exit status."""
+    """Run the plan's container and return its exit status (detached: 0 once it runs)."""
     preload(the_plan)
+    if verbose:
+        import shlex  # noqa: F401  (the exec step's trace quotes argv after pivot_root)
+    mounts.preflight(the_plan.steps)  # host sources checked before anything is mounted
+    if the_plan.detach:
+        return detach(the_plan, verbose)
     return Supervisor(the_plan, verbose).run()
+
+
+def detach(the_plan: plan.Plan, verbose: bool) -> int:
+    """Start the container under a background supervisor; return once it runs.
+
+    The background S is a child in a session of its own (no controlling
+    terminal, so no hangup when the user's terminal goes).  It keeps our
+    stderr until the command has been executed, so setup errors still reach
+    the user, then tells us the verdict on a pipe: "0" (we print the name and
+    exit 0) or the setup failure's status (125, 126, 127; or 125 if it died).
+    """
+    verdict_r, verdict_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        os.close(verdict_r)
+        os.setsid()
+        _background(the_plan, verbose, verdict_w)
+    os.close(verdict_w)
+    chunks = []
+    while chunk := os.read(verdict_r, 64):
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    os.close(verdict_r)
+    verdict = b"".join(chunks).strip()
+    if not verdict.isdigit():
+        print("pflask: the background supervisor died during setup", file=sys.stderr)
+        return EXIT_SETUP
+    if verdict == b"0":
+        print(the_plan.name)
+    return int(verdict)
+
+
+def _background(the_plan: plan.Plan, verbose: bool, verdict: int) -> None:
+    """The background S: supervise, tell the foreground pflask how setup went, exit."""
+    from pflask.errors import PflaskError
+
+    supervisor = Supervisor(the_plan, verbose, verdict=verdict)
+    status = EXIT_SETUP
+    try:
+        status = supervisor.run()
+    except PflaskError as e:
+        for line in str(e).splitlines():
+            print(f"pflask: {line}", file=sys.stderr)
+        status = e.status
+    except BaseException as e:  # a bug: the foreground pflask still gets an answer
+        print(f"pflask: {type(e).__name__}: {e}", file=sys.stderr)
+    finally:
+        supervisor.report(status)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def preload(the_plan: plan.Plan) -> None:
@@ -108,10 +177,24 @@ def _exit_status(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _container_status(status: int, pid_namespace: bool) -> int:
+    """The container's exit status: its PID 1's, except that a halted OS exits 0.
+
+    reboot(2) inside a PID namespace ends the namespace's init with SIGINT for
+    a halt or power-off (SIGHUP for a reboot).  That is the only way it can
+    die of SIGINT: the kernel drops signals an init has no handler for
+    (pid_namespaces(7)).  So SIGINT there means "shut down cleanly", as
+    `systemctl poweroff` or SIGRTMIN+3 to systemd ends, and not 130.
+    """
+    if pid_namespace and os.WIFSIGNALED(status) and os.WTERMSIG(status) == _signal.SIGINT:
+        return 0
+    return _exit_status(status)
+
+
 class Supervisor:
     """S: forks the container, runs the host steps, forwards signals, cleans up."""
 
-    def __init__(self, the_plan: plan.Plan, verbose: bool) -> None:
+    def __init__(self, the_plan: plan.Plan, verbose: bool, verdict: int = -1) -> None:
         self.plan = the_plan
         self.verbose = verbose
         self.cleanups: list[Callable[[], None]] = []
@@ -121,6 +204,22 @@ class Supervisor:
         self.links: Any = None
         self.group: Any = None
         self.wakeup_r = -1
+        self.verdict = verdict  # detached: where the foreground pflask waits for the verdict
+        self.detached = verdict >= 0
+        self.claim: Claim | None = None
+        self.channel = -1  # the container sends its pty master here
+        self.io: Proxy | Server | None = None
+        self.resized = False
+
+    def report(self, status: int) -> None:
+        """Detached: tell the foreground pflask how setup went (once)."""
+        if self.verdict >= 0:
+            try:
+                os.write(self.verdict, f"{status}\n".encode())
+            except OSError:
+                pass  # it was killed: nobody to tell
+            os.close(self.verdict)
+            self.verdict = -1
 
     # -- signals -------------------------------------------------------------------------
 
@@ -140,13 +239,31 @@ class Supervisor:
         for signum in FORWARDED:
             _signal.signal(signum, self._forward)
 
+    def _on_resize(self, _signum: int, _frame: object) -> None:
+        self.resized = True  # acted on in the select loop, woken by the wakeup fd
+
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        from pflask import state
+
+        self.claim = state.claim(self.plan, self.detached)  # refuses a name in use
+        try:
+            if self.detached:
+                self.claim.socket  # noqa: B018  (a path too long for bind(2) fails now)
+            return self._run()
+        finally:
+            self.claim.release()
+
+    def _run(self) -> int:
         steps = self.plan.steps
         forks = any(isinstance(s, plan.Fork) for s in steps)
         if forks:
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        if self.detached:
+            _null_stdio(0)  # input comes from `pflask attach`, if at all
+        channel, slave, master = self._open_terminal()
+        inherited = [fd for fd in (self.verdict, self.channel, master) if fd >= 0]
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         # Signals wake the select loop through this pipe, so a stop request's
@@ -158,37 +275,164 @@ class Supervisor:
         child = os.fork()
         if child == 0:
             _signal.set_wakeup_fd(-1)
-            for fd in (control_w, status_r, self.wakeup_r, wakeup_w):
+            for fd in (control_w, status_r, self.wakeup_r, wakeup_w, *inherited):
                 os.close(fd)
-            Container(self.plan, self.verbose, control_r, status_w, supervisor).run()
+            Container(
+                self.plan,
+                self.verbose,
+                control_r,
+                status_w,
+                supervisor,
+                channel,
+                slave,
+                self.detached,
+            ).run()
             os._exit(EXIT_SETUP)  # not reached: run() execs or exits
         os.close(control_r)
         os.close(status_w)
+        for fd in (channel, slave):
+            if fd >= 0:
+                os.close(fd)
+        if master >= 0:
+            self._use_master(master)
         self.pid = child
         reader = _Lines(status_r, self._select)
         try:
             return self._supervise(child, control_w, reader, forks)
         finally:
+            if self.io is not None:
+                self.io.close()  # the user's terminal as it was, whatever happened
             _signal.set_wakeup_fd(-1)
             for fd in (control_w, self.wakeup_r, wakeup_w):
                 os.close(fd)
+            if self.channel >= 0:
+                os.close(self.channel)
             reader.close()
             self._cleanup()
 
+    # -- the terminal -------------------------------------------------------------------------
+
+    def _wants_terminal(self) -> bool:
+        """terminal: true, or auto with a terminal on stdin or a detached container."""
+        wanted = self.plan.terminal
+        if wanted == "auto":
+            return self.detached or os.isatty(0)
+        return wanted == "true"
+
+    def _open_terminal(self) -> tuple[int, int, int]:
+        """(the container's end of the master's channel, a host pty's slave and master).
+
+        With a Console step the container makes the pty in its own devpts and
+        sends the master back over a socket pair (our end: self.channel);
+        without one (no root) the pty comes from the host's /dev/ptmx now and
+        the container inherits the slave.
+        """
+        if not self._wants_terminal():
+            return -1, -1, -1
+        from pflask import terminal
+
+        if any(isinstance(s, plan.Console) for s in self.plan.steps):
+            self.channel, theirs = terminal.channel()
+            return theirs, -1, -1
+        master, slave = terminal.open_host_pty()
+        return -1, slave, master
+
+    def _use_master(self, master: int) -> None:
+        """The pty master has arrived: copy it to our terminal, or serve it to attach."""
+        from pflask import terminal
+
+        # systemd as PID 1 opens /dev/console only while it writes: unless a
+        # slave stays open here, the master hangs up (EIO) between its writes
+        # and the output after that would be lost.
+        held = terminal.peer(master)
+        self.cleanups.append(lambda: os.close(held))
+        if self.detached:
+            from pflask.attach import Server
+
+            self.io = Server(master, os.geteuid())
+        else:
+            from pflask.terminal import Proxy
+
+            self.io = Proxy(master)
+            if os.isatty(0):
+                _signal.signal(_signal.SIGWINCH, self._on_resize)
+                _signal.signal(_signal.SIGTSTP, self._on_suspend)
+
+    def _on_suspend(self, _signum: int, _frame: object) -> None:
+        """Stopped from outside (kill -TSTP; Ctrl-Z itself goes to the container):
+        give the terminal back while stopped, take it again when continued."""
+        from pflask.terminal import Proxy
+
+        io = self.io
+        if not isinstance(io, Proxy):
+            return
+        io.suspend()
+        os.kill(os.getpid(), _signal.SIGSTOP)
+        io.resume()
+
+    def _receive_master(self) -> None:
+        from pflask import terminal
+
+        master = terminal.receive_fd(self.channel)
+        os.close(self.channel)
+        self.channel = -1
+        if master is not None:
+            self._use_master(master)
+
+    def _started(self, container: int) -> None:
+        """The command runs: record its PID 1, start copying, let a detached pflask go."""
+        import select
+
+        from pflask import state
+
+        if self.channel >= 0 and select.select([self.channel], [], [], 0)[0]:
+            self._receive_master()  # sent before exec; not yet picked up
+        io = self.io
+        assert self.claim is not None
+        if self.detached and io is not None:
+            from pflask.attach import Server
+
+            assert isinstance(io, Server)
+            io.listen(self.claim.socket)
+        self.claim.update(
+            pid=container, pid_start=state.start_time(container), console=io is not None
+        )
+        if io is not None:
+            io.start()
+        if self.detached:
+            self.report(0)
+            for fd in (0, 1, 2):
+                _null_stdio(fd)  # the user's terminal is not ours to hold any more
+
     def _select(self, fd: int) -> None:
-        """Wait until `fd` is readable; meanwhile enforce a stop request's deadline."""
+        """Wait until `fd` is readable; meanwhile enforce a stop request's deadline
+        and keep the terminal's bytes flowing."""
         import select
 
         while True:
             timeout = None
             if self.stop_deadline is not None:
                 timeout = max(0.0, self.stop_deadline - time.monotonic())
-            ready, _, _ = select.select([fd, self.wakeup_r], [], [], timeout)
+            readers, writers = [fd, self.wakeup_r], []
+            if self.channel >= 0:
+                readers.append(self.channel)
+            io = self.io
+            if io is not None:
+                readers += io.readers()
+                writers = io.writers()
+            ready, writable, _ = select.select(readers, writers, [], timeout)
             if self.wakeup_r in ready:
                 try:
                     os.read(self.wakeup_r, 256)
                 except BlockingIOError:
                     pass
+                if self.resized and io is not None:
+                    self.resized = False
+                    io.resize()
+            if self.channel >= 0 and self.channel in ready:
+                self._receive_master()
+            if io is not None:
+                io.handle(ready, writable)
             if fd in ready:
                 return
             if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
@@ -201,7 +445,7 @@ class Supervisor:
             return self._failed(child, message)
         try:
             for number, step in enumerate(self.plan.steps, 1):
-                if step.where == plan.HOST:
+                if step.where == plan.HOST and not isinstance(step, plan.RegisterMachine):
                     _trace(self.verbose, number, step)
                     try:
                         self._host_step(step, child)
@@ -223,19 +467,25 @@ class Supervisor:
             self.pid = container
             os.waitpid(child, 0)  # C1 exits once it has forked PID 1
             os.write(control_w, b"a")  # PID 1 has been adopted: it may arm PDEATHSIG
+        self._register_machine(container)
         error = reader.line()  # EOF: the command was executed
         if error:
             self._report(error)
+        else:
+            self._started(container)
         status = self._wait(container)
+        code = int(error.split(" ", 1)[0]) if error else _container_status(status, forks)
+        if self.io is not None:
+            self.io.finish(code)  # last output, terminal restored before we print
         if error:
-            return int(error.split(" ", 1)[0])
+            return code
         if self.group is not None and self.group.oom_killed():
             print(
                 f"pflask: the container hit its memory limit and the kernel's OOM killer "
                 f"killed a process in it (exit status {_exit_status(status)})",
                 file=sys.stderr,
             )
-        return _exit_status(status)
+        return code
 
     def _failed(self, child: int, message: str) -> int:
         """The container could not be set up: report, reap, exit 125 (126/127)."""
@@ -297,6 +547,15 @@ class Supervisor:
             else:
                 raise SetupError(f"unknown host step {step.kind}")
 
+    def _register_machine(self, leader: int) -> None:
+        """machined needs the container's PID 1, so this host step runs last."""
+        for step in self.plan.steps:
+            if isinstance(step, plan.RegisterMachine):
+                from pflask import machined
+
+                if machined.register_or_warn(step.name, leader, step.root):
+                    self.cleanups.append(machined.unregistering(step.name))
+
     def _links(self) -> Any:
         if self.links is None:
             from pflask import network
@@ -324,11 +583,21 @@ class Supervisor:
             print(f"pflask: cleanup: {error}", file=sys.stderr)
 
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, _signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _null_stdio(fd: int) -> None:
+    """Point `fd` at /dev/null (a detached supervisor holds no terminal)."""
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 class _Lines:
@@ -358,7 +627,15 @@ class Container:
     """The container side: C1, then PID 1, then (with a reaper) the command."""
 
     def __init__(
-        self, the_plan: plan.Plan, verbose: bool, control: int, status: int, supervisor: int
+        self,
+        the_plan: plan.Plan,
+        verbose: bool,
+        control: int,
+        status: int,
+        supervisor: int,
+        channel: int = -1,
+        console: int = -1,
+        detached: bool = False,
     ) -> None:
         self.plan = the_plan
         self.verbose = verbose
@@ -369,6 +646,15 @@ class Container:
         self.user: User | None = None
         self.env: dict[str, str] | None = None
         self.command = 0  # the command's pid, once PID 1 has forked it
+        self.channel = channel  # the Console step sends the pty master to S over this
+        self.console = console  # the pty slave: the command's terminal at exec
+        self.detached = detached
+
+    def _use_console(self) -> None:
+        """The pty is stdin, stdout and stderr from now on, for every process to come;
+        no process keeps the user's terminal (a detached one would hold it open)."""
+        for fd in (0, 1, 2):
+            os.dup2(self.console, fd)
 
     def _send(self, text: str) -> None:
         os.write(self.status, (text + "\n").encode())
@@ -389,6 +675,15 @@ class Container:
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL)
         if os.getppid() != self.supervisor:
             os._exit(EXIT_SETUP)
+        if self.console >= 0:
+            self._use_console()
+        elif self.detached:
+            # Not the user's terminal nor pflask's stdout: a container that
+            # outlives the pflask the user started holds none of its files
+            # (an ssh logout or a $(...) would wait for it).  Its terminal, if
+            # any, comes with the Console step.
+            for fd in (0, 1, 2):
+                _null_stdio(fd)
         steps = self.plan.steps
         number, first = 1, steps[0]
         try:
@@ -509,27 +804,17 @@ class Container:
         )
 
     def _loop(self, step: plan.LoopMount) -> None:
-        from pflask import loop, mounts
+        from pflask import loop
 
-        root = self._root()
-        fstype = loop.probe(step.source) if step.fstype == "auto" else step.fstype
-        fd, device = loop.attach(step.source, step.readonly)
-        try:
-            target = root.make(step.target)
-            try:
-                flags = mounts.ms_flags(step.flags) | (libc.MS_RDONLY if step.readonly else 0)
-                libc.mount(
-                    device,
-                    mounts.fd_path(target),
-                    fstype,
-                    flags,
-                    step.options or None,
-                    what=f"{step.source} ({device}, {fstype}) on {root.host_path(step.target)}",
-                )
-            finally:
-                os.close(target)
-        finally:
-            os.close(fd)  # autoclear: the device goes when the mount goes
+        loop.mount_image(
+            self._root(),
+            step.source,
+            step.target,
+            step.fstype,
+            step.readonly,
+            step.options,
+            step.flags,
+        )
 
     def _dev_nodes(self, step: plan.DevNodes) -> None:
         from pflask import mounts
@@ -540,6 +825,41 @@ class Container:
         from pflask import mounts
 
         mounts.symlink(self._root(), step.value, step.path)
+
+    def _console(self, step: plan.Console) -> None:
+        """A pty from the container's devpts: the slave onto /dev/console, the master to S."""
+        if self.channel < 0:
+            return  # pflask runs without a terminal this time
+        from pflask import mounts, terminal
+
+        root = self._root()
+        master = root.open(step.ptmx, os.O_RDWR | os.O_NOCTTY)
+        try:
+            slave = terminal.peer(master)
+            target = root.make(step.path, directory=False, mode=0o600)
+            try:
+                mounts.bind_fd(
+                    slave,
+                    target,
+                    readonly=False,
+                    recursive=False,
+                    flags=(),
+                    what=f"pty -> {root.host_path(step.path)}",
+                )
+            finally:
+                os.close(target)
+            terminal.send_fd(self.channel, master)
+        finally:
+            os.close(master)
+        os.close(self.channel)
+        self.channel = -1
+        self.console = slave
+        self._use_console()
+
+    def _boot_id(self, step: plan.BootId) -> None:
+        from pflask import boot
+
+        boot.fresh_boot_id(self._root(), step.scratch, step.path)
 
     def _mask_paths(self, step: plan.MaskPaths) -> None:
         from pflask import mounts
@@ -599,11 +919,17 @@ class Container:
             os.setgroups(list(user.groups))
         except PermissionError:
             # setgroups(2) is denied in a user namespace whose gid_map the
-            # unprivileged user wrote itself; then only "no groups" is possible.
-            if user.groups:
+            # unprivileged user wrote itself; then the list cannot change, which
+            # is only fine when no group beyond the primary one was wanted.
+            if set(user.groups) - {user.gid}:
                 raise
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
+        # Changing uid made us non-dumpable, and a reaper PID 1 never execs to
+        # become dumpable again: without this, `pflask exec` (setns(2) on a
+        # pidfd needs ptrace read access) could not enter the container as its
+        # ordinary owner.  It grants nothing: the command, same uid, is dumpable.
+        libc.prctl(PR_SET_DUMPABLE, 1)
         self.user = user
 
     def _capabilities(self, step: plan.Capabilities) -> None:
@@ -644,10 +970,17 @@ class Container:
         self.command = child
         os.close(self.status)  # the command's copy alone tells S whether exec worked
         os.close(self.control)
+        if self.console >= 0:
+            os.close(self.console)  # the command's session owns the pty
         _reap(child)
 
     def _exec(self, step: plan.Exec) -> None:
         env = self.env if self.env is not None else dict(os.environ)
+        if self.console >= 0:
+            # A session of its own with the pty as controlling terminal: Ctrl-C
+            # typed there is SIGINT for the foreground job inside.
+            os.login_tty(self.console)
+            self.console = -1
         libc.close_range_cloexec(3)  # only 0, 1 and 2 reach the command
         argv = list(step.argv)
         try:

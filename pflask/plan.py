@@ -121,6 +121,23 @@ class Fork(Step):
         return "fork PID 1 of the new PID namespace"
 
 
+class RegisterMachine(Step):
+    """Register the container with systemd-machined where the host runs it.
+
+    A host step that needs the container's PID 1 (machined's "leader"): the
+    supervisor runs it once that process exists, and withdraws the
+    registration when the container ends.
+    """
+
+    kind = "register_machine"
+    where = HOST
+    name: str
+    root: str | None = None
+
+    def describe(self) -> str:
+        return f"register {self.name} with systemd-machined, if the host runs it"
+
+
 class Reaper(Step):
     """Fork the command; PID 1 stays behind to reap zombies and forward signals."""
 
@@ -350,6 +367,37 @@ class Symlink(Step):
         return f"symlink {self.path} -> {self.value}"
 
 
+class Console(Step):
+    """The container's terminal, when pflask runs with one (decided at run time).
+
+    A pty from the container's own devpts instance (`ptmx`), its slave bound
+    onto `path` (/dev/console) and made the command's controlling terminal;
+    the master goes to the supervisor.  Skipped when there is no terminal.
+    """
+
+    kind = "console"
+    ptmx: str = "/dev/pts/ptmx"
+    path: str = "/dev/console"
+
+    def describe(self) -> str:
+        return f"terminal (when used): a pty from {self.ptmx}, bound onto {self.path}"
+
+
+class BootId(Step):
+    """A fresh random boot id bound read-only over the kernel's, for a booting OS.
+
+    The value is made at run time (plans are cached); `scratch` is where the
+    file is written before it is bound and unlinked (the container's /run).
+    """
+
+    kind = "boot_id"
+    path: str = "/proc/sys/kernel/random/boot_id"
+    scratch: str = "/run/.boot_id"
+
+    def describe(self) -> str:
+        return f"a fresh random boot id over {self.path}"
+
+
 class MaskPaths(Step):
     """Make kernel paths inaccessible: /dev/null over files, an empty ro tmpfs over dirs."""
 
@@ -490,6 +538,7 @@ STEPS: dict[str, type[Step]] = {
         GidMap,
         Cgroup,
         Fork,
+        RegisterMachine,
         Reaper,
         Veth,
         MoveLink,
@@ -505,6 +554,8 @@ STEPS: dict[str, type[Step]] = {
         LoopMount,
         DevNodes,
         Symlink,
+        Console,
+        BootId,
         MaskPaths,
         ReadonlyPaths,
         PivotRoot,

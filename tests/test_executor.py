@@ -359,13 +359,19 @@ def test_pid1_command_ignoring_sigterm_is_killed_after_the_timeout(box: Path) ->
 
 
 def test_killing_pflask_kills_the_container(box: Path) -> None:
-    proc = start(["run", box, "--", *sh("echo ready; sleep 60 & sleep 60")])
+    proc = start(["run", box, "--", *sh("sleep 60 & echo ready; sleep 60")])
     wait_started(proc)
-    inside = container_processes(proc.pid)
-    assert len(inside) >= 3  # PID 1, sh, two sleeps
+
+    def all_three() -> list[int]:  # PID 1 and both sleeps (sh execs the last one)
+        found = container_processes(proc.pid)
+        return found if len(found) >= 3 else []
+
+    inside = wait_for(all_three)
     proc.kill()
     proc.wait()
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in inside), timeout=5)
+    # Its state record is stale now: the next pflask to look (here ps) removes it.
+    assert run_pflask("ps").returncode == 0
 
 
 def test_zombies_are_reaped(box: Path) -> None:

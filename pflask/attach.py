@@ -1,0 +1,435 @@
+"""Detached containers' terminals: the supervisor's socket and `pflask attach`.
+
+A detached container keeps its pty in the background supervisor, which
+serves it on a unix socket (NAME.sock in the state directory, mode 0600 in a
+0700 directory).  `pflask attach` connects any terminal to it; Ctrl-@ (a NUL
+byte, as in the original pflask) detaches again and the container runs on.
+Attaching again from elsewhere takes the pty over (the earlier client is told
+and leaves), so a terminal lost with its ssh session never locks anyone out.
+
+Only the container's owner or root may attach: the supervisor checks the
+peer's credentials (SO_PEERCRED) on every connection, whatever the socket's
+permissions say.
+
+While nobody is attached the supervisor keeps reading the pty, so the
+container never blocks on a full terminal, and keeps the last 64 KiB of
+output for the next attach to show first.
+
+The wire format, both ways, is frames: 1 type byte, a 4-byte big-endian
+length, the payload.  To the supervisor: `i` input, `w` window size
+(rows, columns: 2 bytes each).  To the client: `o` output, `x` the
+container's exit status (decimal), `e` a refusal, `d` taken over elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pflask.errors import PflaskError
+from pflask.terminal import (
+    DEFAULT_SIZE,
+    RawMode,
+    read_master,
+    set_window_size,
+    window_size,
+    write_all,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import _socket
+
+    from pflask.state import Container
+else:
+    import _socket
+
+DETACH_KEY = b"\0"  # Ctrl-@
+BACKLOG = 1 << 16  # output kept while nobody is attached
+CLIENT_LIMIT = 1 << 20  # output queued for a client that does not read: then it is dropped
+_HEADER = 5
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def _frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
+    """Take every complete frame off the front of `buffer`."""
+    found = []
+    while len(buffer) >= _HEADER:
+        size = int.from_bytes(buffer[1:_HEADER], "big")
+        if len(buffer) < _HEADER + size:
+            break
+        found.append((bytes(buffer[:1]), bytes(buffer[_HEADER : _HEADER + size])))
+        del buffer[: _HEADER + size]
+    return found
+
+
+def _size_payload(size: tuple[int, int]) -> bytes:
+    return size[0].to_bytes(2, "big") + size[1].to_bytes(2, "big")
+
+
+def peer_uid(sock: _socket.socket) -> int:
+    """The connecting process's uid, from the kernel (SO_PEERCRED: pid, uid, gid)."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder)
+
+
+# --- the supervisor's side -------------------------------------------------------------------
+
+
+class _Client:
+    __slots__ = ("inbox", "outbox", "sock")
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def flush(self) -> bool:
+        """Send what is queued; False if the client is gone."""
+        try:
+            sent = self.sock.send(self.outbox)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        del self.outbox[:sent]
+        return True
+
+    def close(self, last: bytes = b"") -> None:
+        """Send a last frame as best we can (one second at most), then hang up."""
+        if last or self.outbox:
+            self.outbox += last
+            try:
+                self.sock.settimeout(1.0)
+                self.sock.sendall(self.outbox)
+            except OSError:
+                pass
+        self.sock.close()
+
+
+class Server:
+    """The detached supervisor's pty: served to one attached client at a time.
+
+    Plugs into the supervisor's select loop like terminal.Proxy does.
+    """
+
+    def __init__(self, master: int, owner: int) -> None:
+        os.set_blocking(master, False)
+        self.master = master
+        self.owner = owner
+        self.listener: _socket.socket | None = None
+        self.client: _Client | None = None
+        self.backlog = bytearray()
+        self.pending = bytearray()  # input for the pty
+        self.open = True
+        set_window_size(master, DEFAULT_SIZE)
+
+    def listen(self, path: str) -> None:
+        sock = _socket.socket(
+            _socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
+        )
+        try:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(8)
+        except OSError as e:
+            sock.close()
+            raise PflaskError(f"attach socket {path}: {e.strerror}") from None
+        self.listener = sock
+
+    def start(self) -> None:
+        """Nothing to do: the pty is read from the start, attached or not."""
+
+    def readers(self) -> list[int]:
+        fds = [self.master] if self.open else []
+        if self.listener is not None:
+            fds.append(self.listener.fileno())
+        if self.client is not None:
+            fds.append(self.client.fileno())
+        return fds
+
+    def writers(self) -> list[int]:
+        fds = [self.master] if self.pending and self.open else []
+        if self.client is not None and self.client.outbox:
+            fds.append(self.client.fileno())
+        return fds
+
+    def handle(self, readable: list[int], writable: list[int]) -> None:
+        if self.master in readable:
+            self._output()
+        if self.listener is not None and self.listener.fileno() in readable:
+            self._accept()
+        client = self.client
+        if client is not None and client.fileno() in readable:
+            self._receive(client)
+        client = self.client
+        if client is not None and client.fileno() in writable and not client.flush():
+            self._drop()
+        if self.master in writable and self.pending:
+            try:
+                written = os.write(self.master, self.pending)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written, self.pending = 0, bytearray()
+            del self.pending[:written]
+
+    def resize(self) -> None:
+        """SIGWINCH of the supervisor means nothing: clients send their own size."""
+
+    def _output(self) -> None:
+        data = read_master(self.master)
+        if data is None:
+            self.open = False
+        elif data:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            self.backlog += data
+            del self.backlog[:-BACKLOG]
+            return
+        client.outbox += frame(b"o", data)
+        if len(client.outbox) > CLIENT_LIMIT:
+            self._drop()  # not reading: let it go rather than stall the container
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            # socket.accept() lives in the socket module, which costs ~10 ms to import.
+            fd, _ = self.listener._accept()  # type: ignore[attr-defined]
+        except OSError:
+            return
+        sock = _socket.socket(fileno=fd)
+        sock.setblocking(False)
+        os.set_inheritable(fd, False)
+        client = _Client(sock)
+        uid = peer_uid(sock)
+        if uid not in (self.owner, 0):
+            client.close(frame(b"e", f"uid {uid} may not attach to uid {self.owner}'s".encode()))
+            return
+        if self.client is not None:
+            self.client.close(frame(b"d"))
+        self.client = client
+        if self.backlog:
+            client.outbox += frame(b"o", bytes(self.backlog))
+            self.backlog.clear()
+
+    def _receive(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop()  # detached
+            return
+        client.inbox += data
+        for kind, payload in _frames(client.inbox):
+            if kind == b"i":
+                self.pending += payload
+            elif kind == b"w" and len(payload) == 4:
+                size = (int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:], "big"))
+                if size[0] and size[1]:
+                    set_window_size(self.master, size)
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            self.client.sock.close()
+            self.client = None
+
+    def finish(self, status: int | None = None) -> None:
+        """The container is gone: its last output and its status to the attached client."""
+        while self.open:
+            data = read_master(self.master)
+            if not data:
+                break
+            self._deliver(data)
+        if self.client is not None:
+            last = frame(b"x", str(status).encode()) if status is not None else b""
+            self.client.close(last)
+            self.client = None
+
+    def close(self) -> None:
+        self.finish()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+
+# --- pflask attach ------------------------------------------------------------------------------
+
+
+class _Detach(Exception):
+    """The user pressed Ctrl-@, or pflask attach was told to stop."""
+
+
+def attach(spec: str) -> int:
+    """Connect this terminal to a detached container until Ctrl-@ or its end.
+
+    Returns 0 after detaching, the container's exit status if it ended while
+    attached.
+    """
+    from pflask import state
+
+    record = state.find(spec)
+    if not record.detached or not record.console:
+        why = (
+            "it was started without a terminal (terminal: false)"
+            if record.detached
+            else "it is not detached: its terminal is the one `pflask run` was started from"
+        )
+        raise PflaskError(f"cannot attach to {record.name}: {why}")
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(record.socket)
+    except OSError as e:
+        sock.close()
+        raise PflaskError(
+            f"cannot attach to {record.name}: {record.socket}: {e.strerror}"
+        ) from None
+    session = _Session(sock, record)
+    try:
+        return session.run()
+    finally:
+        sock.close()
+
+
+class _Session:
+    """One attach: the user's terminal in raw mode, copied both ways through the socket."""
+
+    def __init__(self, sock: _socket.socket, record: Container) -> None:
+        self.sock = sock
+        self.record = record
+        self.raw = RawMode(0)
+        self.inbox = bytearray()
+        self.reading = True
+        self.resized = False
+        self.stop = False
+        self.message = ""
+
+    def _on_winch(self, _signum: int, _frame: object) -> None:
+        self.resized = True
+
+    def _on_stop(self, _signum: int, _frame: object) -> None:
+        self.stop = True
+
+    def _send_size(self) -> None:
+        size = window_size(0)
+        if size is not None:
+            self.sock.sendall(frame(b"w", _size_payload(size)))
+
+    def run(self) -> int:
+        import select
+
+        if TYPE_CHECKING:
+            import signal as _signal
+        else:
+            import _signal
+
+        wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        old_wakeup = _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        handlers = {
+            _signal.SIGWINCH: self._on_winch,
+            _signal.SIGTERM: self._on_stop,
+            _signal.SIGHUP: self._on_stop,
+            _signal.SIGINT: self._on_stop,
+        }
+        previous = {signum: _signal.signal(signum, h) for signum, h in handlers.items()}
+        status: int | None = None
+        detached = False
+        try:
+            self._send_size()
+            self.raw.enter()
+            while status is None and not self.stop:
+                readers = [self.sock.fileno(), wakeup_r] + ([0] if self.reading else [])
+                try:
+                    ready = select.select(readers, [], [])[0]
+                except InterruptedError:
+                    continue
+                if wakeup_r in ready:
+                    _drain(wakeup_r)
+                    if self.resized:
+                        self.resized = False
+                        self._send_size()
+                try:
+                    if 0 in ready:
+                        self._input()
+                    if self.sock.fileno() in ready:
+                        status = self._output()
+                except _Detach:
+                    detached = True
+                    break
+            if self.stop:
+                detached = True
+        finally:
+            self.raw.restore()
+            for signum, handler in previous.items():
+                _signal.signal(signum, handler)
+            _signal.set_wakeup_fd(old_wakeup)
+            os.close(wakeup_r)
+            os.close(wakeup_w)
+        if detached:
+            name = self.record.name
+            why = self.message or "detached from"
+            print(f"\npflask: {why} {name} (pflask attach {name} to return)", file=sys.stderr)
+            return 0
+        return status if status is not None else 0
+
+    def _input(self) -> None:
+        data = os.read(0, 4096)
+        if not data:
+            self.reading = False  # input ended: keep showing output until the end
+            return
+        key = data.find(DETACH_KEY)
+        if key >= 0:
+            if key:
+                self.sock.sendall(frame(b"i", data[:key]))
+            raise _Detach
+        self.sock.sendall(frame(b"i", data))
+
+    def _output(self) -> int | None:
+        """Copy output; the container's status once it has ended."""
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            raise PflaskError(f"{self.record.name}: the supervisor closed the connection")
+        self.inbox += data
+        for kind, payload in _frames(self.inbox):
+            if kind == b"o":
+                write_all(1, payload)
+            elif kind == b"x":
+                return int(payload or b"0")
+            elif kind == b"d":
+                self.message = "another terminal attached to"
+                raise _Detach
+            elif kind == b"e":
+                raise PflaskError(
+                    f"cannot attach to {self.record.name}: {payload.decode(errors='replace')}"
+                )
+        return None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 256):
+            pass
+    except BlockingIOError:
+        pass

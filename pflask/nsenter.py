@@ -1,0 +1,288 @@
+"""`pflask exec NAME -- COMMAND`: a new process inside a running container.
+
+The container's PID 1 is the reference, held by a pidfd (so a pid reused
+meanwhile is never entered; its start time is checked once the pidfd pins
+it).  One setns(2) on that pidfd (Linux 5.8) joins every namespace the plan
+made, at once: the kernel enters the user namespace first and checks the
+rest against it, which is what an ordinary owner needs (the other
+namespaces belong to that user namespace), and it asks for no ptrace access
+to PID 1, which matters once PID 1 runs as a subordinate uid (`user:` with
+a reaper PID 1) that /proc/PID/ns would refuse to show its owner.  Joining
+the mount namespace puts us at its root as PID 1 sees it, pivot_root
+included.  Having joined a user namespace we become its root, as nsenter(1)
+does; the plan's `user:` follows later.  A PID namespace is entered by
+children only, so the command is forked: it is PID >1 in there, and dies
+with the container's PID 1.
+
+The plan recorded with the container gives the rules the command runs under,
+as the container's own command did: rlimits, user, capabilities,
+no_new_privs, environment and working directory.  With a terminal on stdin
+(and `terminal:` not false) the command gets a new pty from the
+container's devpts, proxied in raw mode like `pflask run`'s.  The exit
+status is the command's own (128+N for a signal), 126/127 when it cannot be
+executed, 125 when joining fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pflask import libc, plan
+from pflask.errors import EXIT_SETUP, SetupError
+from pflask.signals import FORWARDED
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+
+    from pflask.state import Container as Record
+    from pflask.terminal import Proxy
+else:
+    import _signal
+
+# The plan's steps that shape the command's process (not the container).
+PROCESS_STEPS = ("rlimits", "switch_user", "capabilities", "no_new_privs", "environment")
+
+
+def namespaces(the_plan: plan.Plan) -> tuple[str, ...]:
+    """Every namespace the plan's Unshare steps made."""
+    found: list[str] = []
+    for step in the_plan.steps:
+        if isinstance(step, plan.Unshare):
+            found.extend(n for n in step.namespaces if n not in found)
+    return tuple(found)
+
+
+def enter(pidfd: int, names: tuple[str, ...], what: str) -> None:
+    """Join the namespaces `names` of the process behind `pidfd`, as their root."""
+    if names:
+        libc.setns(pidfd, libc.namespace_flags(names), f"{what} ({','.join(names)})")
+    if "user" in names:
+        _become_root()
+
+
+def _become_root() -> None:
+    """uid and gid 0 of the joined user namespace (nsenter(1) does the same)."""
+    os.setresgid(0, 0, 0)
+    try:
+        os.setgroups([])
+    except PermissionError:
+        pass  # setgroups denied in this namespace: the groups cannot change anyway
+    os.setresuid(0, 0, 0)
+
+
+def join_cgroups(pid: int) -> None:
+    """Move ourselves into PID 1's cgroup in every hierarchy (its limits apply to us)."""
+    from pflask import cgroups
+
+    path = f"/proc/{pid}/cgroup"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise libc.SyscallError("open(2)", e.errno or 0, path) from None
+    for hierarchy in cgroups.detect(proc_cgroup=text).hierarchies():
+        procs = os.path.join(hierarchy.cgroup, "cgroup.procs")
+        try:
+            with open(procs, "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            raise libc.SyscallError("write(2)", e.errno or 0, procs) from None
+
+
+def _preload(the_plan: plan.Plan, terminal: bool) -> None:
+    """Everything the command's side needs, imported while our own root is reachable."""
+    import select  # noqa: F401
+
+    from pflask import capabilities, executor, rlimits, users  # noqa: F401
+
+    if terminal:
+        import fcntl  # noqa: F401
+        import termios  # noqa: F401
+
+        from pflask import terminal as _terminal  # noqa: F401
+
+
+def _wants_terminal(the_plan: plan.Plan) -> bool:
+    return the_plan.terminal != "false" and os.isatty(0)
+
+
+def _ptmx(the_plan: plan.Plan) -> str:
+    """The container's own devpts when it has one, else the (shared) host's."""
+    for step in the_plan.steps:
+        if isinstance(step, plan.Console):
+            return step.ptmx
+    return "/dev/ptmx"
+
+
+def run(spec: str, argv: list[str]) -> int:
+    """Run `argv` in the container `spec` (name or pid); return its exit status."""
+    from pflask import state
+
+    record = state.find(spec)
+    if not record.container_alive():
+        raise state.NotRunning(f"{record.name} has no running PID 1 yet (still starting)")
+    the_plan = record.plan()
+    terminal = _wants_terminal(the_plan)
+    _preload(the_plan, terminal)
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        raise state.NotRunning(f"{record.name} has just stopped") from None
+    try:
+        if state.start_time(record.pid) != record.data.get("pid_start"):
+            raise state.NotRunning(f"{record.name} has just stopped")
+        try:
+            if any(isinstance(s, plan.Cgroup) for s in the_plan.steps):
+                join_cgroups(record.pid)
+            enter(pidfd, namespaces(the_plan), f"PID 1 of {record.name} ({record.pid})")
+            workdir = _workdir(the_plan)
+            if workdir is not None:
+                os.chdir(workdir)
+        except OSError as e:
+            raise SetupError(f"exec in {record.name}: {e}") from None
+    finally:
+        os.close(pidfd)
+    return Session(the_plan, record, argv, terminal).run()
+
+
+def _workdir(the_plan: plan.Plan) -> str | None:
+    """The plan's workdir; else the container's root; None (stay) without a root."""
+    for step in the_plan.steps:
+        if isinstance(step, plan.Chdir):
+            return step.path
+    return "/" if the_plan.root is not None else None
+
+
+class Session:
+    """E, inside the container's namespaces: forks the command, copies its pty, waits."""
+
+    def __init__(
+        self, the_plan: plan.Plan, record: Record, argv: list[str], terminal: bool
+    ) -> None:
+        self.plan = the_plan
+        self.record = record
+        self.argv = argv
+        self.terminal = terminal
+        self.child = 0
+        self.io: Proxy | None = None
+        self.resized = False
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        if self.child:
+            try:
+                os.kill(self.child, signum)
+            except ProcessLookupError:
+                pass
+
+    def _on_resize(self, _signum: int, _frame: object) -> None:
+        self.resized = True
+
+    def run(self) -> int:
+        master = slave = -1
+        if self.terminal:
+            from pflask import terminal
+
+            try:
+                master = os.open(_ptmx(self.plan), terminal.PTY_FLAGS)
+                slave = terminal.peer(master)
+            except OSError as e:
+                raise SetupError(f"exec in {self.record.name}: a pty: {e}") from None
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        for signum in FORWARDED:
+            _signal.signal(signum, self._forward)
+        child = os.fork()
+        if child == 0:
+            os.close(status_r)
+            if master >= 0:
+                os.close(master)
+            self._command(status_w, slave)
+        self.child = child
+        os.close(status_w)
+        if slave >= 0:
+            os.close(slave)
+        if master >= 0:
+            from pflask.terminal import Proxy
+
+            self.io = Proxy(master)
+            _signal.signal(_signal.SIGWINCH, self._on_resize)
+        try:
+            return self._wait(status_r)
+        finally:
+            os.close(status_r)
+            if self.io is not None:
+                self.io.close()
+
+    def _command(self, status: int, slave: int) -> None:
+        """X: the plan's process rules, then exec; errors go to E as `CODE message`."""
+        from pflask.executor import Container
+
+        for signum in (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ):
+            _signal.signal(signum, _signal.SIG_DFL)
+        if slave < 0:
+            os.setsid()  # as `pflask run`: signals reach it through pflask, once
+        runner = Container(self.plan, False, -1, status, 0, console=slave)
+        steps = [s for s in self.plan.steps if s.kind in PROCESS_STEPS]
+        for step in (*steps, plan.Exec(argv=tuple(self.argv))):
+            try:
+                runner._step(step)
+            except (OSError, LookupError, ValueError) as e:
+                runner._fail(EXIT_SETUP, f"{step.describe()}: {e}")
+            except Exception as e:
+                runner._fail(EXIT_SETUP, f"{step.describe()}: {e} ({type(e).__name__})")
+        os._exit(EXIT_SETUP)
+
+    def _wait(self, status_r: int) -> int:
+        import select
+
+        from pflask.executor import _exit_status
+
+        wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        pidfd = os.pidfd_open(self.child)
+        error = b""
+        status_open = True
+        try:
+            while True:
+                readers = [pidfd, wakeup_r] + ([status_r] if status_open else [])
+                writers: list[int] = []
+                io = self.io
+                if io is not None:
+                    readers += io.readers()
+                    writers = io.writers()
+                ready, writable, _ = select.select(readers, writers, [])
+                if wakeup_r in ready:
+                    try:
+                        os.read(wakeup_r, 256)
+                    except BlockingIOError:
+                        pass
+                    if self.resized and io is not None:
+                        self.resized = False
+                        io.resize()
+                if status_open and status_r in ready:
+                    chunk = os.read(status_r, 4096)
+                    error += chunk
+                    if not chunk:
+                        status_open = False
+                        if not error and io is not None:
+                            io.start()  # the command runs: raw mode from now on
+                if io is not None:
+                    io.handle(ready, writable)
+                if pidfd in ready:
+                    break
+            status = os.waitpid(self.child, 0)[1]
+            while status_open and (chunk := os.read(status_r, 4096)):
+                error += chunk
+        finally:
+            _signal.set_wakeup_fd(-1)
+            os.close(pidfd)
+            os.close(wakeup_r)
+            os.close(wakeup_w)
+        if self.io is not None:
+            self.io.finish()
+        if error:
+            code, _, message = error.decode(errors="replace").strip().partition(" ")
+            print(f"pflask: {message}", file=sys.stderr)
+            return int(code) if code.isdigit() else EXIT_SETUP
+        return _exit_status(status)

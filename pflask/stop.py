@@ -1,0 +1,96 @@
+"""`pflask stop NAME`: the stop signal to PID 1, SIGKILL after the timeout, wait for the end.
+
+The signal is the plan's `stop_signal`: SIGRTMIN+3 when PID 1 is an init
+such as systemd (its "halt" request), SIGTERM otherwise.  PID 1 is signalled
+directly through a pidfd (never a pid that might have been reused), so
+`stop` works the same for a foreground and a detached container and does
+not depend on the supervisor being responsive.  SIGKILL to PID 1 ends the
+whole PID namespace.  `stop` returns once the supervisor has exited, which is
+after it has cleaned up (cgroups, links, the state record): when it returns,
+the name is free again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pflask import libc
+from pflask.errors import PflaskError
+from pflask.signals import signal_number
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+
+    from pflask.state import Container
+else:
+    import _signal
+
+CLEANUP_TIMEOUT = 30.0  # seconds the supervisor may take to clean up after PID 1 died
+
+
+def _pidfd(pid: int, start: object) -> int | None:
+    """A pidfd for `pid` if it is still the process started at `start`."""
+    from pflask.state import start_time
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if start_time(pid) != start:  # checked after opening: the fd now pins the process
+        os.close(fd)
+        return None
+    return fd
+
+
+def _wait(fd: int, timeout: float | None) -> bool:
+    """Whether the process behind pidfd `fd` exited within `timeout` seconds."""
+    import select
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if select.select([fd], [], [], left)[0]:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def _signal_pidfd(fd: int, signum: int) -> None:
+    try:
+        libc.pidfd_send_signal(fd, signum)
+    except ProcessLookupError:
+        pass  # exited meanwhile
+    except libc.SyscallError as e:
+        if e.errno != 3:  # ESRCH: exited meanwhile
+            raise
+
+
+def stop(record: Container, timeout: float | None = None) -> None:
+    """Stop the container and wait until its supervisor is gone."""
+    timeout = record.stop_timeout if timeout is None else timeout
+    supervisor = _pidfd(record.supervisor, record.data.get("supervisor_start"))
+    if supervisor is None:
+        return  # already gone
+    try:
+        pid1 = _pidfd(record.pid, record.data.get("pid_start")) if record.pid else None
+        if pid1 is None:
+            # Still being set up (or PID 1 already gone): the supervisor knows
+            # what to signal, and its SIGTERM handling escalates on its own.
+            _signal_pidfd(supervisor, _signal.SIGTERM)
+        else:
+            try:
+                _signal_pidfd(pid1, signal_number(record.stop_signal))
+                if not _wait(pid1, timeout):
+                    _signal_pidfd(pid1, _signal.SIGKILL)
+                    _wait(pid1, None)
+            finally:
+                os.close(pid1)
+        if not _wait(supervisor, CLEANUP_TIMEOUT):
+            raise PflaskError(
+                f"{record.name}: PID 1 is gone but its pflask (pid {record.supervisor}) "
+                f"has not finished cleaning up after {CLEANUP_TIMEOUT:g}s"
+            )
+    finally:
+        os.close(supervisor)
