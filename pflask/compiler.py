@@ -6,11 +6,11 @@ command line fills, so the same inputs always give the same plan, which is
 what lets the start-up cache store plans.
 
 The order (see docs/architecture.md for who runs what):
-namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> fork
-PID 1 -> [host] machined registration -> propagation -> root -> system mounts
--> user mounts -> masked and read-only paths -> pivot_root -> hostname ->
-network -> rlimits -> user -> capabilities -> no_new_privs -> environment ->
-workdir -> reaper -> exec.
+namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> root of
+the user namespace -> fork PID 1 -> [host] machined registration -> propagation
+-> root -> system mounts -> user mounts -> masked and read-only paths ->
+pivot_root -> hostname -> network -> rlimits -> user -> capabilities ->
+no_new_privs -> environment -> workdir -> reaper -> exec.
 
 Booting an OS (an init such as systemd as PID 1 in a root of its own, see
 `boots`) adds what systemd's container interface asks of a container manager
@@ -107,6 +107,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     steps.extend(_host_links(m, userns, ctx))
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
+    if userns:
+        steps.append(p.BecomeRoot())
     if m.namespaces.pid:
         steps.append(p.Fork())
     if m.root.path is not None and ctx.uid == 0:

@@ -112,6 +112,20 @@ class Cgroup(Step):
         return f"cgroup for {self.name}, container moved in: {what}"
 
 
+class BecomeRoot(Step):
+    """Take uid and gid 0 of the new user namespace once its maps are written.
+
+    The process that made the namespace keeps its host ids; when those are not
+    in the map (root mapping 0 to 100000, say) it would be "nobody" inside,
+    and files it creates would get ids the namespace cannot express.
+    """
+
+    kind = "become_root"
+
+    def describe(self) -> str:
+        return "become uid/gid 0 of the user namespace"
+
+
 class Fork(Step):
     """Fork: the following steps run in the child, PID 1 of the new PID namespace."""
 
@@ -537,6 +551,7 @@ STEPS: dict[str, type[Step]] = {
         UidMap,
         GidMap,
         Cgroup,
+        BecomeRoot,
         Fork,
         RegisterMachine,
         Reaper,

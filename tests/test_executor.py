@@ -408,3 +408,32 @@ def test_host_mount_table_is_unchanged_and_nothing_leaks(box: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert " /tmp tmpfs" in result.stdout
     assert Path("/proc/self/mountinfo").read_text() == before
+
+
+def test_root_with_its_own_user_namespace_is_root_inside(box: Path) -> None:
+    # 0 inside is 100000 outside: the host's root is not mapped, so pflask
+    # must take uid 0 of the namespace before it creates anything.
+    result = run_pflask(
+        "run",
+        box,
+        "--set",
+        "namespaces.user=true",
+        "--",
+        *sh("id -u; id -g; cat /proc/self/uid_map; touch /tmp/x && stat -c %u /tmp/x"),
+    )
+    assert result.returncode == 0, result.stderr
+    uid, gid, *uid_map, owner = result.stdout.split()
+    assert (uid, gid, owner) == ("0", "0", "0")
+    assert uid_map == ["0", "100000", "65536"]
+
+
+def test_root_with_an_id_map_and_no_root_directory(shared_tmp: Path) -> None:
+    path = manifest(
+        shared_tmp,
+        idmap={
+            "uid": [{"inside": 0, "outside": 100000, "count": 65536}],
+            "gid": [{"inside": 0, "outside": 100000, "count": 65536}],
+        },
+    )
+    result = run_pflask("run", path, "--", "id", "-u")
+    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
