@@ -2,12 +2,13 @@
 
 An entry is found by a key over everything the command line and the invoking
 user contribute (manifest path, `--set`s, command, uid/gid, subordinate id
-ranges, shell, pflask's version) and trusted only if every file the manifest
-read (itself and its `extends`) still has the same content and every variable
-it consulted still has the same value.  Entries are `marshal`ed plain data
-(builtin, no import cost; plans hold only scalars and tuples), and are
-ignored unless they are regular files owned by the invoking user and
-writable by nobody else, in a directory of the same kind.
+ranges, shell, pflask's version and its compiler's source files) and trusted
+only if every file the manifest read (itself and its `extends`) still has the
+same content and every variable it consulted still has the same value.
+Entries are `marshal`ed plain data (builtin, no import cost; plans hold only
+scalars and tuples), and are ignored unless they are regular files owned by
+the invoking user and writable by nobody else, in a directory of the same
+kind.
 """
 
 from __future__ import annotations
@@ -39,9 +40,27 @@ def directory() -> str:
     return os.path.join(base, "pflask")
 
 
+# The modules whose code decides what a plan is.  Their modification times
+# join the key, so an edited checkout (an editable install keeps its version
+# number) never runs a plan an older compiler made.
+_COMPILER = ("loader", "semantics", "manifest", "compiler", "plan", "context", "classic")
+
+
+def _code_stamp() -> tuple[int, ...]:
+    here = os.path.dirname(__file__)
+    stamps = []
+    for name in _COMPILER:
+        try:
+            stamps.append(os.stat(f"{here}/{name}.py").st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return tuple(stamps)
+
+
 def key(*parts: Any) -> str:
     """A file name for an entry: a hash of the inputs (marshal-able values)."""
-    return blake2b(marshal.dumps((FORMAT, __version__, parts)), digest_size=20).hexdigest()
+    inputs = (FORMAT, __version__, _code_stamp(), parts)
+    return blake2b(marshal.dumps(inputs), digest_size=20).hexdigest()
 
 
 def digest(path: str) -> bytes | None:

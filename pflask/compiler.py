@@ -98,7 +98,11 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     cgroup = _cgroup(m, ctx, boot)
     defer_cgroupns = cgroup is not None and "cgroup" in namespaces
     first = [n for n in namespaces if not (defer_cgroupns and n == "cgroup")]
-    steps.append(p.Unshare(namespaces=tuple(first)))
+    # Without a user namespace the supervisor can make the PID namespace
+    # itself, so the first process is PID 1 and no Fork step is needed; a PID
+    # namespace owned by a new user namespace has to come after it, hence Fork.
+    pid1_first = m.namespaces.pid and not userns
+    steps.append(p.Unshare(namespaces=tuple(first), pid1=pid1_first))
 
     if userns:
         steps.extend(_id_maps(m, ctx))
@@ -109,7 +113,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.Unshare(namespaces=("cgroup",)))
     if userns:
         steps.append(p.BecomeRoot())
-    if m.namespaces.pid:
+    if m.namespaces.pid and not pid1_first:
         steps.append(p.Fork())
     if m.root.path is not None and ctx.uid == 0:
         # A container with a root of its own is a machine to the host's tools.

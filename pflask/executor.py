@@ -1,17 +1,21 @@
 """Carry out a plan: start the container's processes, run each step, supervise.
 
-The process model (docs/architecture.md has the picture):
+The process model (docs/architecture.md has the pictures):
 
-- S, the supervisor, stays in the host's namespaces.  It forks C1, which
-  unshares the namespaces and waits; S runs the host steps (id maps, cgroup,
-  links) against C1's pid and says "go".
-- With a PID namespace C1 forks C2, PID 1 of the new namespace, reports its
-  pid and exits.  S is a child subreaper, so C2 becomes S's child; C2 then
-  arms PR_SET_PDEATHSIG (it would have fired at C1's exit) and checks S is
-  still alive.  Without a PID namespace C1 itself goes on.
-- The container process runs the container steps in order and finally execs.
-  Failures travel back as one line on a close-on-exec pipe, so EOF without a
-  line means the command started.
+- S, the supervisor, stays in the host's namespaces.  As root it unshares
+  the PID namespace itself and forks the container's first process, which is
+  PID 1 of it at once; with a user namespace that process (C1) unshares the
+  user namespace first and the PID namespace's PID 1 comes one fork later.
+- The first process unshares the other namespaces and waits while S runs the
+  host steps (id maps, cgroup, links) against its pid, then goes on.
+- With a user namespace, C1 forks C2 (PID 1), reports its pid and exits.  S
+  is a child subreaper, so C2 becomes S's child; C2 then arms
+  PR_SET_PDEATHSIG (it would have fired at C1's exit) and checks S is still
+  alive.
+- The container process runs the container steps in order and finally execs,
+  or (reaper) spawns the command and stays as PID 1.  Failures travel back as
+  one line on a close-on-exec pipe, so EOF without a line means the command
+  started.
 - S forwards signals, escalates a stop to SIGKILL after the timeout, waits,
   cleans up what the host steps made, and returns the command's status.
 - S records the container under its name (pflask.state) before anything is
@@ -38,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal  # typeshed describes the same functions there
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
     from pflask.attach import Server
     from pflask.mounts import Root
@@ -87,8 +91,6 @@ MODULES = {
 def run(the_plan: plan.Plan, verbose: bool = False) -> int:
     """Run the plan's container and return its exit status (detached: 0 once it runs)."""
     preload(the_plan)
-    if verbose:
-        import shlex  # noqa: F401  (the exec step's trace quotes argv after pivot_root)
     mounts.preflight(the_plan.steps)  # host sources checked before anything is mounted
     if the_plan.detach:
         return detach(the_plan, verbose)
@@ -149,12 +151,11 @@ def _background(the_plan: plan.Plan, verbose: bool, verdict: int) -> None:
 
 def preload(the_plan: plan.Plan) -> None:
     """Import what the steps need now, while pflask's files are reachable."""
-    import importlib
-
-    for name in sorted({MODULES[s.kind] for s in the_plan.steps if s.kind in MODULES}):
-        importlib.import_module(f"pflask.{name}")
-    if any(s.kind in ("switch_user", "capabilities") for s in the_plan.steps):
-        importlib.import_module("pflask.capabilities")
+    names = {MODULES[s.kind] for s in the_plan.steps if s.kind in MODULES}
+    if "switch_user" in (s.kind for s in the_plan.steps):
+        names.add("capabilities")
+    for name in sorted(names):
+        __import__(f"pflask.{name}")  # importlib itself would cost more than it saves
     if any(s.kind == "configure_link" for s in the_plan.steps):
         from pflask import network
 
@@ -257,6 +258,8 @@ class Supervisor:
 
     def _run(self) -> int:
         steps = self.plan.steps
+        first = steps[0]
+        assert isinstance(first, plan.Unshare)
         forks = any(isinstance(s, plan.Fork) for s in steps)
         if forks:
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
@@ -270,9 +273,13 @@ class Supervisor:
         # deadline is honoured even while pflask is blocked waiting.
         self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        supervisor = os.getpid()
         self._install_handlers()
+        if first.pid1:
+            # Only our next child lands in it (pid_namespaces(7)): it is PID 1.
+            libc.unshare(libc.CLONE_NEWPID)
         child = os.fork()
+        if first.pid1 and child:
+            _own_pid_namespace_for_children()
         if child == 0:
             _signal.set_wakeup_fd(-1)
             for fd in (control_w, status_r, self.wakeup_r, wakeup_w, *inherited):
@@ -282,7 +289,6 @@ class Supervisor:
                 self.verbose,
                 control_r,
                 status_w,
-                supervisor,
                 channel,
                 slave,
                 self.detached,
@@ -298,7 +304,7 @@ class Supervisor:
         self.pid = child
         reader = _Lines(status_r, self._select)
         try:
-            return self._supervise(child, control_w, reader, forks)
+            return self._supervise(child, control_w, reader, forks, forks or first.pid1)
         finally:
             if self.io is not None:
                 self.io.close()  # the user's terminal as it was, whatever happened
@@ -439,7 +445,9 @@ class Supervisor:
                 self.stop_deadline = None
                 _kill(self.pid)
 
-    def _supervise(self, child: int, control_w: int, reader: _Lines, forks: bool) -> int:
+    def _supervise(
+        self, child: int, control_w: int, reader: _Lines, forks: bool, pid_namespace: bool
+    ) -> int:
         message = reader.line()  # "unshared", or an error from the first step
         if message != "unshared":
             return self._failed(child, message)
@@ -474,7 +482,7 @@ class Supervisor:
         else:
             self._started(container)
         status = self._wait(container)
-        code = int(error.split(" ", 1)[0]) if error else _container_status(status, forks)
+        code = int(error.split(" ", 1)[0]) if error else _container_status(status, pid_namespace)
         if self.io is not None:
             self.io.finish(code)  # last output, terminal restored before we print
         if error:
@@ -584,6 +592,17 @@ class Supervisor:
 
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # execvp(3)'s, when the environment has none
+
+
+def _own_pid_namespace_for_children() -> None:
+    """Our later children (the janitor's tools, busctl) belong to the host's
+    PID namespace again, not to the container's."""
+    fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, libc.CLONE_NEWPID, "/proc/self/ns/pid")
+    finally:
+        os.close(fd)
 
 
 def _kill(pid: int) -> None:
@@ -632,7 +651,6 @@ class Container:
         verbose: bool,
         control: int,
         status: int,
-        supervisor: int,
         channel: int = -1,
         console: int = -1,
         detached: bool = False,
@@ -641,7 +659,6 @@ class Container:
         self.verbose = verbose
         self.control = control
         self.status = status
-        self.supervisor = supervisor
         self.root: Root | None = None
         self.user: User | None = None
         self.env: dict[str, str] | None = None
@@ -649,6 +666,7 @@ class Container:
         self.channel = channel  # the Console step sends the pty master to S over this
         self.console = console  # the pty slave: the command's terminal at exec
         self.detached = detached
+        self.reap = False  # set by the Reaper step: PID 1 stays, the command is PID 2
 
     def _use_console(self) -> None:
         """The pty is stdin, stdout and stderr from now on, for every process to come;
@@ -656,10 +674,18 @@ class Container:
         for fd in (0, 1, 2):
             os.dup2(self.console, fd)
 
+    def _exit_unless_supervised(self) -> None:
+        """Called with PDEATHSIG armed: if S died before, its pipe is at EOF
+        (getppid() cannot tell: it is 0 for a parent outside our PID namespace)."""
+        import select
+
+        if select.select([self.control], [], [], 0)[0]:  # S never writes first
+            os._exit(EXIT_SETUP)
+
     def _send(self, text: str) -> None:
         os.write(self.status, (text + "\n").encode())
 
-    def _fail(self, code: int, text: str) -> None:
+    def _fail(self, code: int, text: str) -> NoReturn:
         self._send(f"{code} {text}")
         os._exit(code)
 
@@ -673,8 +699,7 @@ class Container:
         for signum in (*FORWARDED, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL)
-        if os.getppid() != self.supervisor:
-            os._exit(EXIT_SETUP)
+        self._exit_unless_supervised()
         if self.console >= 0:
             self._use_console()
         elif self.detached:
@@ -689,7 +714,11 @@ class Container:
         try:
             assert isinstance(first, plan.Unshare)
             _trace(self.verbose, number, first)
-            libc.unshare(libc.namespace_flags(first.namespaces))
+            flags = libc.namespace_flags(first.namespaces)
+            if first.pid1:  # the supervisor made it: we are its PID 1 already
+                flags &= ~libc.CLONE_NEWPID
+                self._handle_signals_as_pid1()
+            libc.unshare(flags)
         except OSError as e:
             self._fail(EXIT_SETUP, _step_error(number, first, e))
         self._send("unshared")
@@ -732,14 +761,14 @@ class Container:
         # armed only after S has adopted us, then S's liveness is checked again.
         self._await(b"a")
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL)
-        import select
-
-        if select.select([self.control], [], [], 0)[0]:  # EOF: S died meanwhile
-            os._exit(EXIT_SETUP)
+        self._exit_unless_supervised()
         os.setsid()  # a session of its own, as its parent had
-        # PID 1 gets no signal it has no handler for, so handle them from now
-        # on: before the command exists a signal ends setup as it would have
-        # ended the command; afterwards PID 1 passes it on (see _reaper).
+        self._handle_signals_as_pid1()
+
+    def _handle_signals_as_pid1(self) -> None:
+        """PID 1 gets no signal it has no handler for, so handle them: before the
+        command exists a signal ends setup as it would have ended the command;
+        afterwards PID 1 passes it on (see _spawn_and_reap)."""
         for signum in FORWARDED:
             _signal.signal(signum, self._on_signal)
 
@@ -965,25 +994,50 @@ class Container:
         env.update(step.set)
         self.env = env
 
+    def _spawn_and_reap(self, argv: tuple[str, ...], env: dict[str, str]) -> None:
+        """Start the command as PID 2 and stay as PID 1: reap, forward, exit with it.
+
+        posix_spawn(3) (a vfork) rather than fork: no copy of this
+        interpreter's page tables, and an exec failure comes back here
+        directly.  Everything set up so far (root, user, capabilities, limits,
+        cwd) is inherited; signal dispositions go back to their defaults.
+        With a pty the command must make it its controlling terminal from the
+        descriptor it has (reopening it by name can be refused to the
+        container's user), which only a forked child can do: it returns here
+        and execs through the Exec step like a command that is PID 1.
+        """
+        _signal.signal(_signal.SIGWINCH, self._on_signal)
+        if self.console >= 0:
+            child = os.fork()
+            if child == 0:
+                for signum in (*FORWARDED, _signal.SIGWINCH):
+                    _signal.signal(signum, _signal.SIG_DFL)
+                return
+            self.command = child
+        else:
+            libc.close_range_cloexec(3)  # only 0, 1 and 2 reach the command
+            defaults = (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ)
+            try:
+                program = _which(argv[0], env.get("PATH", DEFAULT_PATH))
+                self.command = os.posix_spawn(program, list(argv), env, setsigdef=defaults)
+            except OSError as e:
+                self._cannot_start(argv[0], e)
+        os.close(self.status)  # EOF once the command runs: S knows it started
+        os.close(self.control)
+        if self.console >= 0:
+            os.close(self.console)  # the command's session owns the pty
+        _reap(self.command)
+
     def _chdir(self, step: plan.Chdir) -> None:
         os.chdir(step.path)
 
     def _reaper(self, step: plan.Reaper) -> None:
-        _signal.signal(_signal.SIGWINCH, self._on_signal)
-        child = os.fork()
-        if child == 0:
-            for signum in (*FORWARDED, _signal.SIGWINCH):
-                _signal.signal(signum, _signal.SIG_DFL)
-            return
-        self.command = child
-        os.close(self.status)  # the command's copy alone tells S whether exec worked
-        os.close(self.control)
-        if self.console >= 0:
-            os.close(self.console)  # the command's session owns the pty
-        _reap(child)
+        self.reap = True  # the Exec step spawns the command and PID 1 stays
 
     def _exec(self, step: plan.Exec) -> None:
         env = self.env if self.env is not None else dict(os.environ)
+        if self.reap:
+            self._spawn_and_reap(step.argv, env)
         if self.console >= 0:
             # A session of its own with the pty as controlling terminal: Ctrl-C
             # typed there is SIGINT for the foreground job inside.
@@ -992,14 +1046,33 @@ class Container:
         libc.close_range_cloexec(3)  # only 0, 1 and 2 reach the command
         argv = list(step.argv)
         try:
-            os.execvpe(argv[0], argv, env)
-        except FileNotFoundError:
-            self._fail(EXIT_NOTFOUND, f"{argv[0]}: command not found")
-        except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            self._fail(EXIT_NOEXEC, f"{argv[0]}: cannot execute: {e.strerror}")
+            # _which, not execvpe: os.get_exec_path imports warnings, out of reach here.
+            os.execve(_which(argv[0], env.get("PATH", DEFAULT_PATH)), argv, env)
         except OSError as e:
-            code = EXIT_NOEXEC if e.errno == 8 else EXIT_SETUP  # ENOEXEC
-            self._fail(code, f"{argv[0]}: cannot execute: {e.strerror}")
+            self._cannot_start(argv[0], e)
+
+    def _cannot_start(self, name: str, error: OSError) -> NoReturn:
+        """The command could not be executed: 127 not found, 126 not executable."""
+        if isinstance(error, FileNotFoundError):
+            self._fail(EXIT_NOTFOUND, f"{name}: command not found")
+        # EACCES, ENOEXEC, ENOTDIR, EISDIR: there is a file, it cannot run.
+        code = EXIT_NOEXEC if error.errno in (13, 8, 20, 21) else EXIT_SETUP
+        self._fail(code, f"{name}: cannot execute: {error.strerror}")
+
+
+def _which(name: str, path: str) -> str:
+    """The program execvp(3) would run; PermissionError if only unexecutable ones exist."""
+    if "/" in name:
+        return name
+    denied = False
+    for directory in path.split(":"):
+        candidate = f"{directory or '.'}/{name}"
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+        denied = denied or os.path.exists(candidate)
+    if denied:
+        raise PermissionError(13, "Permission denied")
+    raise FileNotFoundError(2, "No such file or directory")
 
 
 def _reap(child: int) -> None:

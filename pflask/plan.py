@@ -47,22 +47,34 @@ def _size(value: int) -> str:
 
 
 def _argv(argv: tuple[str, ...]) -> str:
-    import shlex
-
-    return shlex.join(argv)
+    """argv as a shell would read it (shlex.join, without importing shlex and
+    re: this also runs after pivot_root, where pflask's imports are out of reach)."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+    return " ".join(
+        arg if arg and set(arg) <= safe else "'" + arg.replace("'", "'\"'\"'") + "'" for arg in argv
+    )
 
 
 # --- processes and namespaces -------------------------------------------------
 
 
 class Unshare(Step):
-    """Create namespaces.  The first Unshare starts the container's process."""
+    """Create namespaces.  The first Unshare starts the container's process.
+
+    `pid1`: the supervisor unshares the PID namespace itself before it forks,
+    so the container's first process is PID 1 of it at once, with no process
+    in between (possible when no user namespace must own the PID namespace).
+    """
 
     kind = "unshare"
     namespaces: tuple[str, ...]
+    pid1: bool = False
 
     def describe(self) -> str:
-        return f"unshare namespaces: {', '.join(self.namespaces)}"
+        names = ", ".join(self.namespaces)
+        if self.pid1:
+            return f"start PID 1 of the new PID namespace; unshare namespaces: {names}"
+        return f"unshare namespaces: {names}"
 
 
 class UidMap(Step):
@@ -158,7 +170,7 @@ class Reaper(Step):
     kind = "reaper"
 
     def describe(self) -> str:
-        return "fork the command as PID 2; PID 1 reaps zombies and forwards signals"
+        return "the command runs as PID 2; PID 1 reaps zombies and forwards signals"
 
 
 # --- network ------------------------------------------------------------------

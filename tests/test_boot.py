@@ -152,7 +152,9 @@ def test_machines_are_registered_after_pid_1_exists() -> None:
     the_plan = compile_data({"root": {"path": "/os"}})
     kinds = [s.kind for s in the_plan.steps]
     assert steps(the_plan, p.RegisterMachine) == [p.RegisterMachine(name="os", root="/os")]
-    assert kinds.index("register_machine") > kinds.index("fork")
+    # After the first process exists (as root it is PID 1 at once: no fork step).
+    assert kinds.index("register_machine") > kinds.index("unshare")
+    assert the_plan.steps[0].pid1
     assert "register_machine" not in [s.kind for s in compile_data({}).steps]
     assert "systemd-machined" in the_plan.render()
 

@@ -184,3 +184,15 @@ def test_each_user_has_its_own_cache(shared_tmp: Path, test_user: UserInfo) -> N
     assert result.stdout == "mine\n", result.stderr
     owned = list((test_user.home / ".cache" / "pflask").iterdir())
     assert owned and all(p.stat().st_uid == test_user.uid for p in owned)
+
+
+def test_a_changed_compiler_is_part_of_the_key(tmp_path: Path) -> None:
+    before = cache.key("/m.yaml", ())
+    compiler = Path(cache.__file__).with_name("compiler.py")
+    stat = compiler.stat()
+    try:
+        os.utime(compiler, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert cache.key("/m.yaml", ()) != before
+    finally:
+        os.utime(compiler, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache.key("/m.yaml", ()) == before

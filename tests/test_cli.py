@@ -133,6 +133,7 @@ def test_plan_text_and_stable_json() -> None:
     assert list(data) == sorted(data)
     assert data["steps"][0] == {
         "namespaces": ["mount", "pid", "ipc", "uts", "cgroup"],
+        "pid1": True,
         "step": "unshare",
         "where": "container",
     }
@@ -252,7 +253,10 @@ def test_verbose_traces_each_step() -> None:
     result = run_pflask("run", EXAMPLES / "hello.yaml", "-v", "--", "true")
     assert result.returncode == 0, result.stderr
     trace = [line for line in result.stderr.splitlines() if line.startswith("pflask: step ")]
-    first = "pflask: step 1: [container] unshare namespaces: mount, pid, ipc, uts, cgroup"
+    first = (
+        "pflask: step 1: [container] start PID 1 of the new PID namespace; "
+        "unshare namespaces: mount, pid, ipc, uts, cgroup"
+    )
     assert trace[0] == first
     assert trace[-1].endswith("exec true")
 

@@ -47,7 +47,7 @@ def test_order_of_a_full_container() -> None:
         "cgroup",
         "veth",
         "unshare",
-        "fork",
+        "register_machine",
         "propagation",
         "bind_root",
         "mount",
@@ -75,7 +75,10 @@ def test_order_of_a_full_container() -> None:
 
 def test_defaults_as_the_original() -> None:
     the_plan = compile_data({})
-    assert the_plan.steps[0] == p.Unshare(namespaces=("mount", "pid", "ipc", "uts", "cgroup"))
+    assert the_plan.steps[0] == p.Unshare(
+        namespaces=("mount", "pid", "ipc", "uts", "cgroup"), pid1=True
+    )
+    assert "fork" not in kinds(the_plan)  # root: the supervisor makes the PID namespace
     assert "uid_map" not in kinds(the_plan)
     env = step(the_plan, p.Environment)
     assert env.clear is False and ("container", "pflask") in env.set
@@ -244,3 +247,10 @@ def test_plan_survives_the_cache_wire_format() -> None:
     the_plan = compile_data({"root": {"path": "/r"}, "cgroup": {"memory": "1G"}, "user": "1:2"})
     wire = marshal.loads(marshal.dumps(the_plan.to_wire()))
     assert p.Plan.from_wire(wire) == the_plan
+
+
+def test_an_ordinary_user_gets_pid_1_by_a_fork_after_the_user_namespace() -> None:
+    the_plan = compile_data({}, USER)
+    assert the_plan.steps[0].pid1 is False
+    order = kinds(the_plan)
+    assert order.index("gid_map") < order.index("become_root") < order.index("fork")
