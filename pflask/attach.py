@@ -34,6 +34,7 @@ from pflask.terminal import (
     set_window_size,
     window_size,
     write_all,
+    write_pending,
 )
 
 TYPE_CHECKING = False
@@ -176,13 +177,7 @@ class Server:
         if client is not None and client.fileno() in writable and not client.flush():
             self._drop()
         if self.master in writable and self.pending:
-            try:
-                written = os.write(self.master, self.pending)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                written, self.pending = 0, bytearray()
-            del self.pending[:written]
+            write_pending(self.master, self.pending)
 
     def resize(self) -> None:
         """SIGWINCH of the supervisor means nothing: clients send their own size."""

@@ -247,7 +247,7 @@ def last_cap() -> int:
 def _libc_prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     """prctl(2) returning -1 instead of raising: for probing."""
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, 0, 0))
-    return int(libc._libc.prctl(ctypes.c_int(option), *args))
+    return int(libc.LIBC.prctl(ctypes.c_int(option), *args))
 
 
 def _prctl(what: str, option: int, arg2: int = 0, arg3: int = 0) -> int:
@@ -262,7 +262,7 @@ def _capget() -> tuple[int, int, int]:
     """(effective, permitted, inheritable) of this thread as 64-bit masks."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = _CapDataPair()
-    if libc._libc.capget(ctypes.byref(header), ctypes.byref(data)) < 0:
+    if libc.LIBC.capget(ctypes.byref(header), ctypes.byref(data)) < 0:
         raise SyscallError("capget(2)", ctypes.get_errno())
     lo, hi = data
     return (
@@ -280,7 +280,7 @@ def _capset(effective: int, permitted: int, inheritable: int, what: str) -> None
         data[word].effective = (effective >> shift) & 0xFFFFFFFF
         data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    if libc._libc.capset(ctypes.byref(header), ctypes.byref(data)) < 0:
+    if libc.LIBC.capset(ctypes.byref(header), ctypes.byref(data)) < 0:
         raise SyscallError("capset(2)", ctypes.get_errno(), what)
 
 

@@ -101,8 +101,9 @@ SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+# libc itself, for the modules that wrap calls of their own (capget, setrlimit).
+LIBC = ctypes.CDLL(None, use_errno=True)
+_syscall = LIBC.syscall
 _syscall.restype = ctypes.c_long
 
 
@@ -135,11 +136,11 @@ def _b(path: str | None) -> bytes | None:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare(2)", _clone_names(flags))
+    _check(LIBC.unshare(ctypes.c_int(flags)), "unshare(2)", _clone_names(flags))
 
 
 def setns(fd: int, nstype: int = 0, what: str | None = None) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns(2)", what)
+    _check(LIBC.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns(2)", what)
 
 
 def mount(
@@ -150,12 +151,12 @@ def mount(
     data: str | None = None,
     what: str | None = None,
 ) -> None:
-    result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    result = LIBC.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
     _check(result, "mount(2)", what or target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2(2)", target)
+    _check(LIBC.umount2(_b(target), ctypes.c_int(flags)), "umount2(2)", target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -165,17 +166,17 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname(2)", name)
+    _check(LIBC.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname(2)", name)
 
 
 def setdomainname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname(2)", name)
+    _check(LIBC.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname(2)", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
-    return _check(_libc.prctl(ctypes.c_int(option), *args), "prctl(2)", str(option))
+    return _check(LIBC.prctl(ctypes.c_int(option), *args), "prctl(2)", str(option))
 
 
 class _MountAttr(ctypes.Structure):

@@ -566,58 +566,36 @@ def symlink(root: Root, value: str, path: str) -> None:
         os.close(parent)
 
 
-def mask(root: Root, paths: tuple[str, ...]) -> None:
-    """Hide kernel files behind /dev/null and directories behind an empty read-only tmpfs."""
+def _existing(root: Root, paths: tuple[str, ...]) -> Iterator[tuple[str, int]]:
+    """(path, O_PATH fd) for each path that exists in the root; the fd is closed after."""
     for path in paths:
         try:
             fd = root.open(path)
         except libc.SyscallError as e:
-            if e.errno in (2, 20):
+            if e.errno in (2, 20):  # ENOENT, ENOTDIR: nothing there to protect
                 continue
             raise
         try:
-            if os.path.isdir(fd_path(fd)):
-                libc.mount(
-                    "tmpfs",
-                    fd_path(fd),
-                    "tmpfs",
-                    libc.MS_RDONLY,
-                    "size=0,mode=000",
-                    what=f"mask {root.host_path(path)}",
-                )
-            else:
-                bind_fd(
-                    "/dev/null",
-                    fd,
-                    readonly=True,
-                    recursive=False,
-                    flags=(),
-                    what=f"mask {root.host_path(path)}",
-                )
+            yield path, fd
         finally:
             os.close(fd)
+
+
+def mask(root: Root, paths: tuple[str, ...]) -> None:
+    """Hide kernel files behind /dev/null and directories behind an empty read-only tmpfs."""
+    for path, fd in _existing(root, paths):
+        what = f"mask {root.host_path(path)}"
+        if os.path.isdir(fd_path(fd)):
+            libc.mount("tmpfs", fd_path(fd), "tmpfs", libc.MS_RDONLY, "size=0,mode=000", what=what)
+        else:
+            bind_fd("/dev/null", fd, readonly=True, recursive=False, flags=(), what=what)
 
 
 def make_readonly(root: Root, paths: tuple[str, ...]) -> None:
     """Bind each existing path onto itself, read-only, submounts included."""
-    for path in paths:
-        try:
-            fd = root.open(path)
-        except libc.SyscallError as e:
-            if e.errno in (2, 20):
-                continue
-            raise
-        try:
-            bind_fd(
-                fd,
-                fd,
-                readonly=True,
-                recursive=True,
-                flags=(),
-                what=f"read-only {root.host_path(path)}",
-            )
-        finally:
-            os.close(fd)
+    for path, fd in _existing(root, paths):
+        what = f"read-only {root.host_path(path)}"
+        bind_fd(fd, fd, readonly=True, recursive=True, flags=(), what=what)
 
 
 def remount_root_readonly(root: Root) -> None:

@@ -97,7 +97,7 @@ def apply(limits: tuple[tuple[str, int, int], ...]) -> None:
     process has CAP_SYS_RESOURCE (so run this before capabilities are
     dropped); the error is a `SyscallError` naming the limit.
     """
-    setrlimit = libc._libc.setrlimit
+    setrlimit = libc.LIBC.setrlimit
     for name, soft, hard in limits:
         limit = _Rlimit(_raw(soft), _raw(hard))
         if setrlimit(ctypes.c_int(RESOURCES[name]), ctypes.byref(limit)) < 0:
@@ -113,7 +113,7 @@ def set_no_new_privs() -> None:
     processes, and it cannot be undone.  Capabilities kept through the
     ambient set still survive execve: they are not new privileges.
     """
-    result = libc._libc.prctl(
+    result = libc.LIBC.prctl(
         ctypes.c_int(libc.PR_SET_NO_NEW_PRIVS), *(ctypes.c_ulong(a) for a in (1, 0, 0, 0))
     )
     if result < 0:

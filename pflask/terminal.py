@@ -203,6 +203,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def write_pending(master: int, pending: bytearray) -> None:
+    """Write what the pty accepts now (the master is non-blocking) and keep the
+    rest for later; a pty that is gone takes nothing more."""
+    try:
+        written = os.write(master, pending)
+    except BlockingIOError:
+        written = 0
+    except OSError:
+        written = len(pending)
+    del pending[:written]
+
+
 def read_master(master: int) -> bytes | None:
     """Output from the pty: b"" when nothing is waiting, None once every slave is closed."""
     try:
@@ -277,13 +289,7 @@ class Proxy:
             elif data:
                 self.pending += data
         if self.master in writable and self.pending:
-            try:
-                written = os.write(self.master, self.pending)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                written, self.pending = 0, bytearray()
-            del self.pending[:written]
+            write_pending(self.master, self.pending)
 
     def output(self) -> None:
         data = read_master(self.master)

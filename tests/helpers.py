@@ -238,6 +238,49 @@ def wait_for(
         time.sleep(interval)
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def shell(script: str) -> list[str]:
+    """argv running *script* with the container's /bin/sh."""
+    return ["/bin/sh", "-c", script]
+
+
+def in_child(body: Callable[[int], None]) -> tuple[int, str]:
+    """Run `body(write_fd)` in a forked child; return its exit code and what it wrote.
+
+    An exception in the child is written to the pipe as "!Type: message" and
+    the exit code is 1; `body` may also execv with stdout on the pipe.  The
+    test process itself keeps its privileges and namespaces.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            os.close(r)
+            body(w)
+        except BaseException as exc:
+            os.write(w, f"!{type(exc).__name__}: {exc}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+
+
+def ok(result: tuple[int, str]) -> str:
+    """The output of an in_child() that succeeded."""
+    code, out = result
+    assert code == 0, out
+    return out
+
+
 # --------------------------------------------------------------------------- busybox
 
 

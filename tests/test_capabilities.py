@@ -13,6 +13,7 @@ import os
 import tempfile
 
 import pytest
+from helpers import in_child, ok
 
 from pflask import capabilities as caps
 from pflask import libc, rlimits
@@ -20,45 +21,12 @@ from pflask.libc import SyscallError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 USER = 1000
 SET_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
-
-
-def in_child(body: Callable[[int], None]) -> tuple[int, str]:
-    """Run `body(write_fd)` in a forked child; return its exit code and what it wrote.
-
-    An exception in the child is written to the pipe as "!Type: message" and
-    the exit code is 1; `body` may also execv with stdout on the pipe.
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 0
-        try:
-            os.close(r)
-            body(w)
-        except BaseException as exc:
-            os.write(w, f"!{type(exc).__name__}: {exc}".encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
-
-
-def ok(result: tuple[int, str]) -> str:
-    code, out = result
-    assert code == 0, out
-    return out
 
 
 def report_status(fd: int) -> None:

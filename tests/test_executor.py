@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import pflask_cmd, run_pflask, user_env, user_info, wait_for
+from helpers import shell as sh
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -31,10 +32,6 @@ def manifest(directory: Path, name: str = "box", **fields: Any) -> Path:
     unique = f"{name}-{os.getpid()}-{directory.name[:20]}"
     path.write_text(yaml.safe_dump({"version": 1, "name": unique, **fields}))
     return path
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
 
 
 @pytest.fixture

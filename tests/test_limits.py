@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
+from helpers import shell as sh
 
 from pflask import cgroups
 
@@ -40,10 +41,6 @@ def manifest(directory: Path, name: str, **fields: Any) -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "name": f"{name}-{TAG}", **fields}))
     return path
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import describe, pflask_cmd, run_pflask
+from helpers import shell as sh
 
 from pflask import loop
 
@@ -29,10 +30,6 @@ def manifest(directory: Path, **fields: Any) -> Path:
     fields.setdefault("name", f"loop{os.getpid()}-{directory.name[1:5]}")
     path.write_text(yaml.safe_dump({"version": 1, **fields}))
     return path
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
 
 
 def kernel_has(fstype: str) -> bool:

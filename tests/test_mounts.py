@@ -31,6 +31,7 @@ from helpers import (
     user_env,
     user_info,
 )
+from helpers import shell as sh
 
 from pflask import libc, mounts
 
@@ -46,10 +47,6 @@ def manifest(directory: Path, **fields: Any) -> Path:
     fields.setdefault("name", f"mnt{os.getpid()}-{directory.name[1:5]}")
     path.write_text(yaml.safe_dump({"version": 1, **fields}))
     return path
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
 
 
 def run_ok(*args: Any, user: str | None = None) -> subprocess.CompletedProcess[str]:

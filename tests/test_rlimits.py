@@ -6,42 +6,14 @@ import os
 import resource
 
 import pytest
+from helpers import in_child, ok
 
 from pflask import rlimits
 from pflask.libc import SyscallError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-
-def in_child(body: Callable[[int], None]) -> tuple[int, str]:
-    """Run `body(write_fd)` in a forked child; return its exit code and what it wrote."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 0
-        try:
-            os.close(r)
-            body(w)
-        except BaseException as exc:
-            os.write(w, f"!{type(exc).__name__}: {exc}".encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
-
-
-def ok(result: tuple[int, str]) -> str:
-    code, out = result
-    assert code == 0, out
-    return out
+    pass
 
 
 def exec_sh(fd: int, script: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import UserInfo, describe, pflask_cmd, run_as, run_pflask
+from helpers import shell as sh
 
 from pflask import capabilities
 
@@ -41,10 +42,6 @@ def manifest(directory: Path, name: str = "box", **fields: Any) -> Path:
     data = {"version": 1, "name": f"sec-{name}-{os.getpid()}", **fields}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
 
 
 @pytest.fixture
