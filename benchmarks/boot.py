@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nspawn_env import private_nspawn_namespace
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 PFLASK = str(Path(sys.executable).with_name("pflask"))
@@ -51,31 +53,6 @@ DEFAULT_ROOT = "/var/cache/pflask-test/debian"
 NAME = "bootbench"
 PROMPT = b"login: "
 TIMEOUT = 60.0
-
-
-def private_nspawn_namespace() -> None:
-    """systemd-nspawn wants /run/systemd/nspawn on a tmpfs, which this host's
-    /run may not give it: re-run the benchmark in a private mount namespace
-    with one."""
-    if os.environ.get("PFLASK_BOOT_BENCH_NS"):
-        return
-    os.environ["PFLASK_BOOT_BENCH_NS"] = "1"
-    script = 'mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && exec "$@"'
-    os.execvp(
-        "unshare",
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            sys.executable,
-            *sys.argv,
-        ],
-    )
 
 
 def systemd_is_init() -> bool:

@@ -34,35 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from nspawn_env import private_nspawn_namespace
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 VENV = Path(sys.executable).parent
 PFLASK = str(VENV / "pflask")
 PYTHON = str(VENV / "python")
-
-
-def private_nspawn_run() -> None:
-    """systemd-nspawn insists /run/systemd/nspawn be on a tmpfs (this VM's /run
-    is not): run the whole benchmark in a private mount namespace that has one."""
-    if os.environ.get("PFLASK_BENCH_NS") or not shutil.which("systemd-nspawn"):
-        return
-    os.environ["PFLASK_BENCH_NS"] = "1"
-    script = 'mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && exec "$@"'
-    os.execvp(
-        "unshare",
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            sys.executable,
-            *sys.argv,
-        ],
-    )
 
 
 def sh(*argv: str) -> None:
@@ -262,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/startup.py: run as root (runc, nspawn and loop setups need it)")
-    private_nspawn_run()
+    private_nspawn_namespace()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pfbench-") as tmp:
         work = Path(tmp)
