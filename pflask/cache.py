@@ -130,5 +130,27 @@ def store(
         with os.fdopen(fd, "wb") as f:
             f.write(marshal.dumps(entry))
         os.rename(temporary, os.path.join(folder, entry_key))
+        prune(folder)
     except (OSError, ValueError):
         pass
+
+
+MAX_ENTRIES = 256  # a few MB at most; scripts that vary `-- COMMAND` make one per command
+
+
+def prune(folder: str, keep: int = MAX_ENTRIES) -> None:
+    """Drop the oldest entries (and stray temporaries) beyond `keep`.
+
+    Runs only after a cache miss, so the cost of listing the directory is
+    never paid by a cached start.
+    """
+    with os.scandir(folder) as it:
+        entries = [(e.stat(follow_symlinks=False).st_mtime_ns, e.path) for e in it]
+    if len(entries) <= keep:
+        return
+    entries.sort()
+    for _, path in entries[: len(entries) - keep // 2]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

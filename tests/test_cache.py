@@ -196,3 +196,19 @@ def test_a_changed_compiler_is_part_of_the_key(tmp_path: Path) -> None:
     finally:
         os.utime(compiler, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert cache.key("/m.yaml", ()) == before
+
+
+def test_the_cache_does_not_grow_without_bound(manifest: Path, cache_dir: Path) -> None:
+    folder = cache_dir / "pflask"
+    folder.mkdir(parents=True, mode=0o700)
+    for i in range(cache.MAX_ENTRIES + 5):
+        old = folder / f"{i:040x}"
+        old.write_bytes(b"stale")
+        os.utime(old, ns=(i, i))  # older than anything written now
+    assert run(manifest, cache_dir, "--", "echo", "new").stdout == "new\n"
+    left = entries(cache_dir)
+    assert len(left) <= cache.MAX_ENTRIES // 2 + 1
+    assert any(
+        marshal.loads(p.read_bytes()) != b"stale" for p in left if p.read_bytes() != b"stale"
+    )
+    assert not (folder / f"{0:040x}").exists()  # the oldest went first
