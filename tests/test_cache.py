@@ -208,7 +208,5 @@ def test_the_cache_does_not_grow_without_bound(manifest: Path, cache_dir: Path) 
     assert run(manifest, cache_dir, "--", "echo", "new").stdout == "new\n"
     left = entries(cache_dir)
     assert len(left) <= cache.MAX_ENTRIES // 2 + 1
-    assert any(
-        marshal.loads(p.read_bytes()) != b"stale" for p in left if p.read_bytes() != b"stale"
-    )
+    assert [p for p in left if p.read_bytes() != b"stale"]  # the new plan stays
     assert not (folder / f"{0:040x}").exists()  # the oldest went first
