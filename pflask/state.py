@@ -8,8 +8,8 @@ Where records live:
   directory gone since a logout): /run/user/UID/pflask when the login
   manager made /run/user/UID for this user, else /tmp/pflask-UID, made 0700
   and refused unless it is a real directory owned by the user (tmux and
-  podman fall back the same way).  That last one is removed again when its
-  last container is gone, as /tmp is shared.
+  podman fall back the same way).  Each is removed again when its last
+  container is gone: nothing of pflask stays on the host.
 
 A record, NAME.state, is a `marshal`ed dict (cheap to read and write on the
 `pflask run` path, unlike JSON).  It is written to a temporary file and
@@ -58,14 +58,13 @@ class NotRunning(PflaskError):
 
 
 class Directory:
-    """The state directory of one user; `transient` ones are removed when empty."""
+    """The state directory of one user; removed again when its last container is gone."""
 
-    __slots__ = ("path", "transient", "uid")
+    __slots__ = ("path", "uid")
 
-    def __init__(self, path: str, uid: int, transient: bool = False) -> None:
+    def __init__(self, path: str, uid: int) -> None:
         self.path = path
         self.uid = uid
-        self.transient = transient
 
     def file(self, name: str, suffix: str = SUFFIX) -> str:
         return f"{self.path}/{name}{suffix}"
@@ -75,10 +74,9 @@ class Directory:
 
     def ensure(self) -> None:
         """Make the directory (0700) or check that the one found is ours."""
-        if not self.transient:
-            parent = os.path.dirname(self.path)
-            if not os.path.isdir(parent):
-                raise PflaskError(f"state directory {self.path}: {parent} does not exist")
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise PflaskError(f"state directory {self.path}: {parent} does not exist")
         try:
             os.mkdir(self.path, 0o700)
             return
@@ -96,8 +94,8 @@ class Directory:
     def lock(self) -> int:
         """An fd of the directory holding flock(LOCK_EX); close it to unlock.
 
-        A transient directory may have been removed by the last container of
-        another pflask between our mkdir and our lock: then make it again.
+        The directory may have been removed by the last container of another
+        pflask between our mkdir and our lock: then make it again.
         """
         import fcntl
 
@@ -129,7 +127,7 @@ def directory(uid: int | None = None, env: dict[str, str] | None = None) -> Dire
             return Directory(f"{login}/pflask", uid)
     except OSError:
         pass
-    return Directory(f"/tmp/pflask-{uid}", uid, transient=True)
+    return Directory(f"/tmp/pflask-{uid}", uid)
 
 
 def every_directory() -> list[Directory]:
@@ -144,7 +142,7 @@ def every_directory() -> list[Directory]:
             if pattern and name.isdigit():
                 found.append(Directory(f"{base}/{pattern.format(name)}", int(name)))
             elif not pattern and name.startswith("pflask-") and name[7:].isdigit():
-                found.append(Directory(f"{base}/{name}", int(name[7:]), transient=True))
+                found.append(Directory(f"{base}/{name}", int(name[7:])))
     return [d for d in found if d.exists()]
 
 
@@ -307,11 +305,11 @@ def _remove(where: Directory, name: str) -> None:
 
 
 def _remove_if_empty(where: Directory) -> None:
-    if where.transient:
-        try:
-            os.rmdir(where.path)
-        except OSError:
-            pass  # not empty (another container), or already gone
+    """Nothing of pflask stays on the host once no container runs (called locked)."""
+    try:
+        os.rmdir(where.path)
+    except OSError:
+        pass  # not empty (another container), or already gone
 
 
 def _clean_temporaries(where: Directory) -> None:
@@ -351,15 +349,12 @@ class Claim:
     def release(self) -> None:
         """Remove the record and the socket: the container is gone."""
         where = self.directory
-        if where.transient:
-            fd = where.lock()
-            try:
-                _remove(where, self.name)
-                _remove_if_empty(where)
-            finally:
-                os.close(fd)
-        else:
+        fd = where.lock()
+        try:
             _remove(where, self.name)
+            _remove_if_empty(where)
+        finally:
+            os.close(fd)
 
 
 def claim(the_plan: Plan, detached: bool) -> Claim:
@@ -415,7 +410,10 @@ def _records(where: Directory) -> list[Container]:
     except OSError:
         return []
     found, stale = [], []
+    leftovers = False  # a temporary of a pflask killed while writing its record
     for entry in names:
+        if entry.startswith(".") and entry.endswith(".tmp"):
+            leftovers = True
         if entry.startswith(".") or not entry.endswith(SUFFIX):
             continue
         record = _load(f"{where.path}/{entry}", where)
@@ -425,7 +423,7 @@ def _records(where: Directory) -> list[Container]:
             stale.append(entry[: -len(SUFFIX)])
         else:
             found.append(record)
-    if stale:
+    if stale or leftovers:
         _clean(where, stale)
     return found
 
@@ -437,6 +435,7 @@ def _clean(where: Directory, names: list[str]) -> None:
     except (OSError, PflaskError):
         return  # not ours to clean (root reading another user's directory is fine too)
     try:
+        _clean_temporaries(where)
         for name in names:
             record = _load(where.file(name), where)
             if record is not None and (record.data.get("corrupt") or not record.alive()):

@@ -474,9 +474,9 @@ def _cgroups(root: str = "/sys/fs/cgroup", depth: int = 4) -> list[str]:
 
 
 def _named_entries() -> list[str]:
-    """Entries of /tmp, /run and /run/user/* with "pflask" in their name.  An
-    empty pflask state root (/run/pflask, /run/user/N/pflask) counts as absent:
-    its entries are listed instead."""
+    """Entries of /tmp, /run and /run/user/* with "pflask" in their name, and
+    what a pflask state directory holds (pflask removes the directory itself
+    with its last container, so an empty one is a leak too)."""
     found: list[str] = []
     dirs = ["/tmp", "/run", *(f"/run/user/{u}" for u in _listdir("/run/user"))]
     for d in dirs:
@@ -484,15 +484,9 @@ def _named_entries() -> list[str]:
             if "pflask" not in name.lower():
                 continue
             path = f"{d}/{name}"
-            if (
-                name == "pflask"
-                and d != "/tmp"
-                and os.path.isdir(path)
-                and not os.path.islink(path)
-            ):
+            found.append(path)
+            if os.path.isdir(path) and not os.path.islink(path):
                 found.extend(f"{path}/{sub}" for sub in _listdir(path))
-            else:
-                found.append(path)
     return found
 
 

@@ -315,21 +315,22 @@ def test_host_state_sees_named_entries_and_cgroups() -> None:
     assert wait_until_clean(before) == ""
 
 
-def test_host_state_ignores_an_empty_state_root() -> None:
+def test_host_state_sees_a_state_root_and_what_it_holds() -> None:
     root = Path("/run/pflask")
-    existed = root.exists()
+    assert not root.exists(), "a pflask state directory is left from elsewhere"
     before = HostState.capture()
-    root.mkdir(exist_ok=True)
+    root.mkdir()
     try:
-        assert before.diff(HostState.capture()) == ""
+        assert before.diff(HostState.capture()) == f"+ entries: {root}"
         (root / "probe").mkdir()
         try:
-            assert before.diff(HostState.capture()) == f"+ entries: {root}/probe"
+            assert before.diff(HostState.capture()) == (
+                f"+ entries: {root}\n+ entries: {root}/probe"
+            )
         finally:
             (root / "probe").rmdir()
     finally:
-        if not existed:
-            root.rmdir()
+        root.rmdir()
 
 
 def test_remove_tree_does_not_descend_into_mounts(shared_tmp: Path) -> None:
