@@ -452,10 +452,8 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             optional=mount.optional,
         )
     if isinstance(mount, TmpMount):
-        data = [f"size={mount.size}"] if mount.size is not None else []
-        data += [f"mode={mount.mode}"] if mount.mode is not None else []
-        data += [f"uid={mount.uid}"] if mount.uid is not None else []
-        data += [f"gid={mount.gid}"] if mount.gid is not None else []
+        options = {"size": mount.size, "mode": mount.mode, "uid": mount.uid, "gid": mount.gid}
+        data = [f"{key}={value}" for key, value in options.items() if value is not None]
         flags = (*(("ro",) if mount.readonly else ()), *mount.flags)
         return p.MountFs(fstype="tmpfs", target=target, flags=flags, data=",".join(data))
     if isinstance(mount, OverlayMount):

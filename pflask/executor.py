@@ -873,18 +873,7 @@ class Container:
         master = root.open(step.ptmx, os.O_RDWR | os.O_NOCTTY)
         try:
             slave = terminal.peer(master)
-            target = root.make(step.path, directory=False, mode=0o600)
-            try:
-                mounts.bind_fd(
-                    slave,
-                    target,
-                    readonly=False,
-                    recursive=False,
-                    flags=(),
-                    what=f"pty -> {root.host_path(step.path)}",
-                )
-            finally:
-                os.close(target)
+            mounts.bind_file(root, slave, step.path, mode=0o600)
             terminal.send_fd(self.channel, master)
         finally:
             os.close(master)

@@ -540,18 +540,19 @@ def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
             pass
         finally:
             os.close(parent)
-        dst = root.make(path, directory=False)
-        try:
-            bind_fd(
-                f"/dev/{name}",
-                dst,
-                readonly=False,
-                recursive=False,
-                flags=(),
-                what=f"/dev/{name} -> {root.host_path(path)}",
-            )
-        finally:
-            os.close(dst)
+        bind_file(root, f"/dev/{name}", path)
+
+
+def bind_file(root: Root, source: str | int, path: str, mode: int = 0o644) -> None:
+    """Bind a single file (a path, or an fd such as a pty slave) onto `path`,
+    made as an empty file inside the root when missing."""
+    dst = root.make(path, directory=False, mode=mode)
+    try:
+        shown = source if isinstance(source, str) else os.readlink(fd_path(source))
+        what = f"{shown} -> {root.host_path(path)}"
+        bind_fd(source, dst, readonly=False, recursive=False, flags=(), what=what)
+    finally:
+        os.close(dst)
 
 
 def symlink(root: Root, value: str, path: str) -> None:
