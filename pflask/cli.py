@@ -8,6 +8,7 @@ and pflask's runtime modules.  Everything else goes through argparse.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -168,6 +169,12 @@ class Exit(Exception):
 
 
 def run_command(args: list[str]) -> int:
+    # No cyclic garbage collection while the container starts: importing and
+    # building the plan allocate enough for several collections (about 1 ms
+    # here), and a collection in a forked child writes to, and so copies,
+    # pages it shares with its parent.  The supervisor turns it back on once
+    # the command runs (executor.Supervisor._started).
+    gc.disable()
     file, overrides, command, switches = _parse_run(args)
     plan = None
     ctx = context(command)

@@ -387,7 +387,10 @@ class Supervisor:
 
     def _started(self, container: int) -> None:
         """The command runs: record its PID 1, start copying, let a detached pflask go."""
+        import gc
         import select
+
+        gc.enable()  # off while starting (cli.run_command); a supervisor may live long
 
         from pflask import state
 

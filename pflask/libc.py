@@ -1,5 +1,13 @@
 """The thin ctypes layer: the Linux calls Python 3.11's `os` module lacks.
 
+It is built on `_ctypes`, the C half of ctypes, not on `ctypes` itself:
+`import ctypes` defines some forty classes and imports `struct` and `types`,
+about 3 ms of every `pflask run` on this class of machine, while the calls
+here need only a function type, three integer types and `get_errno`.  The
+structures the kernel reads (`struct open_how`, `struct mount_attr`) are
+passed as packed bytes.  Modules off the hot path that need real structures
+(capabilities, rlimits) use `ctypes` and `LIBC`, which imports it on first use.
+
 Every wrapper raises `SyscallError` (an `OSError`) naming the call and the path
 it was given, so a failure deep in container setup reads
 `mount(2) /src -> /work: ENOENT (No such file or directory)` and not a bare
@@ -9,13 +17,18 @@ looked up there.  Nothing here decides policy; the executor does.
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import errno as _errno
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Callable
     from typing import Any
+
+    LIBC: ctypes.CDLL  # see __getattr__
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -101,10 +114,79 @@ SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
-# libc itself, for the modules that wrap calls of their own (capget, setrlimit).
-LIBC = ctypes.CDLL(None, use_errno=True)
-_syscall = LIBC.syscall
-_syscall.restype = ctypes.c_long
+
+if TYPE_CHECKING:
+    _Simple = _ctypes._SimpleCData[int]
+else:
+    _Simple = _ctypes._SimpleCData
+
+
+class _Int(_Simple):
+    _type_ = "i"
+
+
+class _Long(_Simple):
+    _type_ = "l"
+
+
+class _ULong(_Simple):
+    _type_ = "L"
+
+
+_FLAGS = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO  # errno kept for get_errno()
+
+
+class _Function(_ctypes.CFuncPtr):
+    """A libc function returning int."""
+
+    _flags_ = _FLAGS
+    _restype_ = _Int
+
+
+class _LongFunction(_ctypes.CFuncPtr):
+    """A libc function returning long (syscall(2))."""
+
+    _flags_ = _FLAGS
+    _restype_ = _Long
+
+
+class _Program:
+    """What `CFuncPtr` asks of a library: its dlopen(3) handle.  The program's
+    own handle finds libc's functions, as `ctypes.CDLL(None)` does."""
+
+    _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # NULL: the program
+
+
+def _function(name: str, kind: Any = _Function) -> Callable[..., int]:
+    function: Callable[..., int] = kind((name, _Program()))
+    return function
+
+
+_syscall = _function("syscall", _LongFunction)
+_unshare = _function("unshare")
+_setns = _function("setns")
+_mount = _function("mount")
+_umount2 = _function("umount2")
+_sethostname = _function("sethostname")
+_setdomainname = _function("setdomainname")
+_prctl = _function("prctl")
+
+
+def __getattr__(name: str) -> Any:
+    """`LIBC`: libc through `ctypes` proper, imported only by the modules that
+    need its structures (capget(2), setrlimit(2))."""
+    if name == "LIBC":
+        import ctypes
+
+        library = ctypes.CDLL(None, use_errno=True)
+        globals()["LIBC"] = library
+        return library
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _u64s(*values: int) -> bytes:
+    """A C struct of __u64 fields, as the kernel reads it."""
+    return b"".join(v.to_bytes(8, sys.byteorder) for v in values)
 
 
 class SyscallError(OSError):
@@ -127,7 +209,7 @@ def errno_name(err: int) -> str:
 
 def _check(result: int, call: str, detail: str | None) -> int:
     if result < 0:
-        raise SyscallError(call, ctypes.get_errno(), detail)
+        raise SyscallError(call, _ctypes.get_errno(), detail)
     return result
 
 
@@ -136,11 +218,11 @@ def _b(path: str | None) -> bytes | None:
 
 
 def unshare(flags: int) -> None:
-    _check(LIBC.unshare(ctypes.c_int(flags)), "unshare(2)", _clone_names(flags))
+    _check(_unshare(flags), "unshare(2)", _clone_names(flags))
 
 
 def setns(fd: int, nstype: int = 0, what: str | None = None) -> None:
-    _check(LIBC.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns(2)", what)
+    _check(_setns(fd, nstype), "setns(2)", what)
 
 
 def mount(
@@ -151,12 +233,12 @@ def mount(
     data: str | None = None,
     what: str | None = None,
 ) -> None:
-    result = LIBC.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    result = _mount(_b(source), _b(target), _b(fstype), _ULong(flags), _b(data))
     _check(result, "mount(2)", what or target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(LIBC.umount2(_b(target), ctypes.c_int(flags)), "umount2(2)", target)
+    _check(_umount2(_b(target), flags), "umount2(2)", target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -166,137 +248,77 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(LIBC.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname(2)", name)
+    _check(_sethostname(raw, _ULong(len(raw))), "sethostname(2)", name)
 
 
 def setdomainname(name: str) -> None:
     raw = name.encode()
-    _check(LIBC.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname(2)", name)
+    _check(_setdomainname(raw, _ULong(len(raw))), "setdomainname(2)", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
-    return _check(LIBC.prctl(ctypes.c_int(option), *args), "prctl(2)", str(option))
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
+    args = (_ULong(a) for a in (arg2, arg3, arg4, arg5))
+    return _check(_prctl(option, *args), "prctl(2)", str(option))
 
 
 def mount_setattr(
     dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, what: str | None = None
 ) -> None:
     """Change mount attributes, recursively with AT_RECURSIVE (Linux 5.12)."""
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
-    result = _syscall(
-        SYS_mount_setattr,
-        ctypes.c_int(dirfd),
-        _b(path),
-        ctypes.c_uint(flags),
-        ctypes.byref(attr),
-        ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
+    attr = _u64s(attr_set, attr_clr, 0, 0)  # struct mount_attr: set, clr, propagation, userns_fd
+    result = _syscall(SYS_mount_setattr, dirfd, _b(path), flags, attr, len(attr))
     _check(result, "mount_setattr(2)", what or path)
 
 
 def open_tree(dirfd: int, path: str, flags: int, what: str | None = None) -> int:
-    result = _syscall(SYS_open_tree, ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags))
+    result = _syscall(SYS_open_tree, dirfd, _b(path), flags)
     return _check(result, "open_tree(2)", what or path)
 
 
 def move_mount(
     from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int, what: str | None = None
 ) -> None:
-    result = _syscall(
-        SYS_move_mount,
-        ctypes.c_int(from_fd),
-        _b(from_path),
-        ctypes.c_int(to_fd),
-        _b(to_path),
-        ctypes.c_uint(flags),
-    )
+    result = _syscall(SYS_move_mount, from_fd, _b(from_path), to_fd, _b(to_path), flags)
     _check(result, "move_mount(2)", what or to_path)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
 
 
 def openat2(
     dirfd: int, path: str, flags: int, resolve: int, mode: int = 0, what: str | None = None
 ) -> int:
     """Open `path` below `dirfd` with the kernel enforcing `resolve` (Linux 5.6)."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    result = _syscall(
-        SYS_openat2,
-        ctypes.c_int(dirfd),
-        _b(path),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    how = _u64s(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
+    result = _syscall(SYS_openat2, dirfd, _b(path), how, len(how))
     return _check(result, "openat2(2)", what or path)
 
 
 def fsopen(fstype: str) -> int:
-    result = _syscall(SYS_fsopen, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC))
+    result = _syscall(SYS_fsopen, _b(fstype), FSOPEN_CLOEXEC)
     return _check(result, "fsopen(2)", fstype)
 
 
 def fsconfig_string(fd: int, key: str, value: str, what: str | None = None) -> None:
-    result = _syscall(
-        SYS_fsconfig,
-        ctypes.c_int(fd),
-        ctypes.c_uint(FSCONFIG_SET_STRING),
-        _b(key),
-        _b(value),
-        ctypes.c_int(0),
-    )
+    result = _syscall(SYS_fsconfig, fd, FSCONFIG_SET_STRING, _b(key), _b(value), 0)
     _check(result, "fsconfig(2)", what or f"{key}={value}")
 
 
 def fsconfig_create(fd: int, what: str | None = None) -> None:
-    result = _syscall(
-        SYS_fsconfig,
-        ctypes.c_int(fd),
-        ctypes.c_uint(FSCONFIG_CMD_CREATE),
-        None,
-        None,
-        ctypes.c_int(0),
-    )
+    result = _syscall(SYS_fsconfig, fd, FSCONFIG_CMD_CREATE, None, None, 0)
     _check(result, "fsconfig(2) create", what)
 
 
 def fsmount(fd: int, attr_flags: int = 0, what: str | None = None) -> int:
-    result = _syscall(
-        SYS_fsmount, ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)
-    )
+    result = _syscall(SYS_fsmount, fd, FSMOUNT_CLOEXEC, attr_flags)
     return _check(result, "fsmount(2)", what)
 
 
 def close_range_cloexec(first: int) -> None:
     """Mark every fd from `first` up close-on-exec (Linux 5.11), in one call."""
-    result = _syscall(
-        SYS_close_range,
-        ctypes.c_uint(first),
-        ctypes.c_uint(0xFFFFFFFF),
-        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
-    )
+    result = _syscall(SYS_close_range, first, _ULong(0xFFFFFFFF), CLOSE_RANGE_CLOEXEC)
     _check(result, "close_range(2)", None)
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    result = _syscall(
-        SYS_pidfd_send_signal, ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0)
-    )
+    result = _syscall(SYS_pidfd_send_signal, pidfd, sig, None, 0)
     _check(result, "pidfd_send_signal(2)", None)
 
 
