@@ -104,11 +104,13 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     pid1_first = m.namespaces.pid and not userns
     steps.append(p.Unshare(namespaces=tuple(first), pid1=pid1_first))
 
-    if userns:
-        steps.extend(_id_maps(m, ctx))
+    host_first: list[p.Step] = _id_maps(m, ctx) if userns else []
     if cgroup is not None:
-        steps.append(cgroup)
-    steps.extend(_host_links(m, userns, ctx))
+        host_first.append(cgroup)
+    host_first.extend(_host_links(m, userns, ctx))
+    steps.extend(host_first)
+    if host_first:
+        steps.append(p.AwaitHost())
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
     if userns:
@@ -176,6 +178,10 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     steps.append(_environment(m))
     if m.workdir is not None:
         steps.append(p.Chdir(path=container_path(m.workdir)))
+    if not host_first:
+        # The supervisor claims the name while the container sets itself up;
+        # the command must not start before it has.
+        steps.append(p.AwaitHost())
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
     steps.append(p.Exec(argv=command))

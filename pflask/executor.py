@@ -90,7 +90,7 @@ MODULES = {
 
 def run(the_plan: plan.Plan, verbose: bool = False) -> int:
     """Run the plan's container and return its exit status (detached: 0 once it runs)."""
-    preload(the_plan)
+    preload(the_plan, wants_terminal(the_plan, the_plan.detach))
     mounts.preflight(the_plan.steps)  # host sources checked before anything is mounted
     if the_plan.detach:
         return detach(the_plan, verbose)
@@ -149,18 +149,35 @@ def _background(the_plan: plan.Plan, verbose: bool, verdict: int) -> None:
         os._exit(status)
 
 
-def preload(the_plan: plan.Plan) -> None:
-    """Import what the steps need now, while pflask's files are reachable."""
-    names = {MODULES[s.kind] for s in the_plan.steps if s.kind in MODULES}
-    if "switch_user" in (s.kind for s in the_plan.steps):
+def preload(the_plan: plan.Plan, terminal: bool) -> None:
+    """Import what the container's steps need now, while pflask's files are reachable.
+
+    Host steps run in the supervisor, which never leaves the host's root: it
+    imports their modules when it gets to them, after the fork, while the
+    container builds its mounts on the other CPU.  The terminal's module is
+    needed only when there will be a terminal.
+    """
+    kinds = {s.kind for s in the_plan.steps if s.where != plan.HOST}
+    if not terminal:
+        kinds.discard("console")
+    names = {MODULES[kind] for kind in kinds if kind in MODULES}
+    if "switch_user" in kinds:
         names.add("capabilities")
     for name in sorted(names):
         __import__(f"pflask.{name}")  # importlib itself would cost more than it saves
-    if any(s.kind == "configure_link" for s in the_plan.steps):
+    if "configure_link" in kinds:
         from pflask import network
 
         network.preload()  # pyroute2 itself, inherited by the container's processes
     import select  # noqa: F401  (used by the fork step after pivot_root)
+
+
+def wants_terminal(the_plan: plan.Plan, detached: bool) -> bool:
+    """terminal: true, or auto with a terminal on stdin or a detached container."""
+    wanted = the_plan.terminal
+    if wanted == "auto":
+        return detached or os.isatty(0)
+    return wanted == "true"
 
 
 def _trace(verbose: bool, number: int, step: plan.Step) -> None:
@@ -246,15 +263,24 @@ class Supervisor:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        from pflask import state
-
-        self.claim = state.claim(self.plan, self.detached)  # refuses a name in use
         try:
-            if self.detached:
-                self.claim.socket  # noqa: B018  (a path too long for bind(2) fails now)
             return self._run()
         finally:
-            self.claim.release()
+            if self.claim is not None:
+                self.claim.release()
+
+    def _claim(self, pid1: int) -> None:
+        """Record the container under its name, or refuse a name in use.
+
+        Done once the container's first process exists, while it sets itself
+        up: it waits for us at its AwaitHost step before the command starts.
+        `pid1`: the container's PID 1 if that process is it (0: not known yet).
+        """
+        from pflask import state
+
+        self.claim = state.claim(self.plan, self.detached, pid1)
+        if self.detached:
+            self.claim.socket  # noqa: B018  (a path too long for bind(2) fails now)
 
     def _run(self) -> int:
         steps = self.plan.steps
@@ -318,13 +344,6 @@ class Supervisor:
 
     # -- the terminal -------------------------------------------------------------------------
 
-    def _wants_terminal(self) -> bool:
-        """terminal: true, or auto with a terminal on stdin or a detached container."""
-        wanted = self.plan.terminal
-        if wanted == "auto":
-            return self.detached or os.isatty(0)
-        return wanted == "true"
-
     def _open_terminal(self) -> tuple[int, int, int]:
         """(the container's end of the master's channel, a host pty's slave and master).
 
@@ -333,7 +352,7 @@ class Supervisor:
         without one (no root) the pty comes from the host's /dev/ptmx now and
         the container inherits the slave.
         """
-        if not self._wants_terminal():
+        if not wants_terminal(self.plan, self.detached):
             return -1, -1, -1
         from pflask import terminal
 
@@ -390,10 +409,13 @@ class Supervisor:
         import gc
         import select
 
-        gc.enable()  # off while starting (cli.run_command); a supervisor may live long
-
         from pflask import state
 
+        # Collection was off while starting (cli.run_command); a supervisor may
+        # live long, so turn it on, for the objects made from now on: what
+        # start-up made is frozen, not traversed (nor copied) by a collection.
+        gc.freeze()
+        gc.enable()
         if self.channel >= 0 and select.select([self.channel], [], [], 0)[0]:
             self._receive_master()  # sent before exec; not yet picked up
         io = self.io
@@ -403,9 +425,10 @@ class Supervisor:
 
             assert isinstance(io, Server)
             io.listen(self.claim.socket)
-        self.claim.update(
-            pid=container, pid_start=state.start_time(container), console=io is not None
-        )
+        if container != self.claim.data["pid"] or io is not None:
+            self.claim.update(
+                pid=container, pid_start=state.start_time(container), console=io is not None
+            )
         if io is not None:
             io.start()
         if self.detached:
@@ -451,6 +474,12 @@ class Supervisor:
     def _supervise(
         self, child: int, control_w: int, reader: _Lines, forks: bool, pid_namespace: bool
     ) -> int:
+        try:
+            self._claim(0 if forks else child)
+        except BaseException:
+            _kill(child)
+            self._wait(child)
+            raise
         message = reader.line()  # "unshared", or an error from the first step
         if message != "unshared":
             return self._failed(child, message)
@@ -468,7 +497,10 @@ class Supervisor:
             raise
         if self.links is not None:
             self.links.release()  # no netlink sockets held while the container runs
-        os.write(control_w, b"g")
+        try:
+            os.write(control_w, b"g")
+        except BrokenPipeError:
+            pass  # it failed before its AwaitHost step: the status pipe says why
         container = child
         if forks:
             message = reader.line()
@@ -725,7 +757,6 @@ class Container:
         except OSError as e:
             self._fail(EXIT_SETUP, _step_error(number, first, e))
         self._send("unshared")
-        self._await(b"g")
         os.setsid()  # Ctrl-C at the user's terminal reaches pflask only, which forwards it
         for number, step in enumerate(steps[1:], 2):
             if step.where == plan.HOST:
@@ -743,6 +774,9 @@ class Container:
     def _step(self, step: plan.Step) -> None:
         handler = getattr(self, "_" + step.kind)
         handler(step)
+
+    def _await_host(self, step: plan.AwaitHost) -> None:
+        self._await(b"g")
 
     def _unshare(self, step: plan.Unshare) -> None:
         libc.unshare(libc.namespace_flags(step.namespaces))

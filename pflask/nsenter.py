@@ -121,7 +121,7 @@ def run(spec: str, argv: list[str]) -> int:
     from pflask import state
 
     record = state.find(spec)
-    if not record.container_alive():
+    if not record.container_alive() or not record.in_its_root():
         raise state.NotRunning(f"{record.name} has no running PID 1 yet (still starting)")
     the_plan = record.plan()
     terminal = _wants_terminal(the_plan)

@@ -3,8 +3,8 @@
 The compiler makes every decision and records it here; the executor only
 carries the steps out.  Each step says where it runs:
 
-- "host": in the supervisor, in the host's namespaces, while the container's
-  first process waits (uid/gid maps, cgroups, network links);
+- "host": in the supervisor, in the host's namespaces, before the container's
+  AwaitHost step (uid/gid maps, cgroups, network links);
 - "container": in the container's processes, in order (namespaces, mounts,
   pivot_root, hostname, addresses, limits, capabilities, environment, exec).
 
@@ -145,6 +145,22 @@ class Fork(Step):
 
     def describe(self) -> str:
         return "fork PID 1 of the new PID namespace"
+
+
+class AwaitHost(Step):
+    """Wait for the supervisor's go: its host steps are done and the name is claimed.
+
+    Right after the first Unshare when host steps (id maps, cgroups, links)
+    must come before the container's own steps; otherwise just before the
+    command starts, so the container builds its mounts while the supervisor
+    records it under its name, on the other CPU, and nobody sleeps waiting
+    for a message in between.
+    """
+
+    kind = "await_host"
+
+    def describe(self) -> str:
+        return "wait for the supervisor (host steps done, name claimed)"
 
 
 class RegisterMachine(Step):
@@ -565,6 +581,7 @@ STEPS: dict[str, type[Step]] = {
         Cgroup,
         BecomeRoot,
         Fork,
+        AwaitHost,
         RegisterMachine,
         Reaper,
         Veth,

@@ -257,6 +257,21 @@ class Container:
         """PID 1 is still the process that the record names."""
         return self.pid > 0 and start_time(self.pid) == self.data.get("pid_start")
 
+    def in_its_root(self) -> bool:
+        """PID 1 has done its pivot_root(2), if it has a root to do it into.
+
+        The record names PID 1 from the moment it exists, while it still
+        builds its mounts; entering it (`pflask exec`) before would find the
+        host's tree.  Until the pivot its root is the host's own.
+        """
+        if self.root is None:
+            return True
+        try:
+            theirs, ours = os.stat(f"/proc/{self.pid}/root"), os.stat("/")
+        except OSError:
+            return False
+        return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+
 
 def _load(path: str, where: Directory) -> Container | None:
     """A record, or None if it is gone or unreadable (another format, garbage)."""
@@ -357,8 +372,12 @@ class Claim:
             os.close(fd)
 
 
-def claim(the_plan: Plan, detached: bool) -> Claim:
-    """Record `the_plan`'s container under its name, or refuse a name already running."""
+def claim(the_plan: Plan, detached: bool, pid: int = 0) -> Claim:
+    """Record `the_plan`'s container under its name, or refuse a name already running.
+
+    `pid`: the container's PID 1 when it is already known (the supervisor
+    forked it itself), so the record need not be rewritten once it runs.
+    """
     name = the_plan.name
     supervisor = os.getpid()
     import time
@@ -375,8 +394,8 @@ def claim(the_plan: Plan, detached: bool) -> Claim:
         "command": the_plan.command,
         "detached": detached,
         "console": False,
-        "pid": 0,
-        "pid_start": None,
+        "pid": pid,
+        "pid_start": start_time(pid) if pid else None,
         "stop_signal": the_plan.stop_signal,
         "stop_timeout": the_plan.stop_timeout,
         "plan": the_plan.to_wire(),

@@ -46,6 +46,7 @@ def test_order_of_a_full_container() -> None:
         "unshare",
         "cgroup",
         "veth",
+        "await_host",
         "unshare",
         "register_machine",
         "propagation",
@@ -67,10 +68,28 @@ def test_order_of_a_full_container() -> None:
     assert numbered == sorted(numbered)
     assert order.index("pivot_root") < order.index("hostname") < order.index("loopback")
     assert order.index("mask_paths") < order.index("pivot_root")
-    # host steps all come before the container's second unshare (the cgroup namespace)
+    # host steps all come before the container's second unshare (the cgroup namespace),
+    # which waits for them
     assert [s.where for s in the_plan.steps[1:3]] == ["host", "host"]
-    assert the_plan.steps[3] == p.Unshare(namespaces=("cgroup",))
+    assert the_plan.steps[3] == p.AwaitHost()
+    assert the_plan.steps[4] == p.Unshare(namespaces=("cgroup",))
+    assert order.count("await_host") == 1
     assert step(the_plan, p.SwitchUser).keep_caps is True
+
+
+def test_without_host_steps_the_container_waits_only_before_the_command() -> None:
+    """It builds its mounts while the supervisor claims the name; the command
+    starts only once the supervisor says so."""
+    order = kinds(compile_data({"root": {"path": "/srv/root"}}))
+    assert order.count("await_host") == 1
+    assert order[-3:] == ["await_host", "reaper", "exec"]
+    assert order.index("pivot_root") < order.index("await_host")
+
+
+def test_id_maps_come_before_the_container_goes_on() -> None:
+    order = kinds(compile_data({}, USER))
+    assert order[:4] == ["unshare", "uid_map", "gid_map", "await_host"]
+    assert order.count("await_host") == 1
 
 
 def test_defaults_as_the_original() -> None:
@@ -97,7 +116,7 @@ def test_turning_namespaces_off() -> None:
         {"namespaces": {"mount": False, "pid": False, "ipc": False, "uts": False, "cgroup": False}}
     )
     assert the_plan.steps[0] == p.Unshare(namespaces=())
-    assert kinds(the_plan) == ["unshare", "environment", "exec"]
+    assert kinds(the_plan) == ["unshare", "environment", "await_host", "exec"]
 
 
 def test_ordinary_user_gets_a_user_namespace_mapping_itself_to_root() -> None:

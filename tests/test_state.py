@@ -433,6 +433,32 @@ def test_exec_joins_every_namespace_and_the_root(
     assert missing.returncode == 127 and "command not found" in missing.stderr
 
 
+def test_exec_waits_until_pid_1_is_in_its_root(tmp_path: Path) -> None:
+    """The record names PID 1 as soon as it is forked; until its pivot_root
+    `pflask exec` would enter the host's tree, so it says "still starting"."""
+    from pflask import state
+
+    where = state.Directory(str(tmp_path), 0)
+    still_in_hosts_root = {"name": "x", "pid": os.getpid(), "root": str(tmp_path)}
+    assert not state.Container(still_in_hosts_root, where).in_its_root()
+    assert state.Container({**still_in_hosts_root, "root": None}, where).in_its_root()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - child
+        os.chroot(tmp_path)
+        os.write(w, b"x")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(r, 1) == b"x"
+        assert state.Container({**still_in_hosts_root, "pid": child}, where).in_its_root()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(r)
+        os.close(w)
+
+
 def test_exec_runs_as_the_containers_user(
     shared_tmp: Path, busybox_root: Path, detached: Any, test_user: Any
 ) -> None:
