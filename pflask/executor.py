@@ -1007,16 +1007,13 @@ class Container:
             else dict(os.environ)
         )
         if step.user_vars:
-            user = self.user
-            if user is None:
+            if self.user is not None:
+                name, home = self.user.name, self.user.home
+            else:
                 from pflask import users
 
-                try:
-                    user = users.lookup(str(os.getuid()))
-                except LookupError:
-                    user = None
-            if user is not None:
-                env.update(USER=user.name, LOGNAME=user.name, HOME=user.home)
+                name, home = users.name_and_home(os.getuid())
+            env.update(USER=name, LOGNAME=name, HOME=home)
         env.update(step.set)
         self.env = env
 

@@ -129,7 +129,37 @@ class Root:
         except libc.SyscallError as e:
             if e.errno != ENOENT:
                 raise
-        return self.open(self._create(path, directory, mode))
+        made = self._make_last(path, directory, mode)
+        return made if made >= 0 else self.open(self._create(path, directory, mode))
+
+    def _make_last(self, path: str, directory: bool, mode: int) -> int:
+        """The common case, one missing name in an existing directory (/dev/pts
+        on a fresh /dev): create it there and open it; -1 for anything else
+        (missing parents, a dangling symlink), which `_create` walks through."""
+        parent_path, _, name = path.rstrip("/").rpartition("/")
+        if name in ("", ".", ".."):
+            return -1
+        try:
+            parent = self.open(parent_path, os.O_PATH | os.O_DIRECTORY)
+        except libc.SyscallError as e:
+            if e.errno in (ENOENT, ENOTDIR):
+                return -1
+            raise
+        try:
+            try:  # neither call follows a symlink named `name`
+                if directory:
+                    os.mkdir(name, mode, dir_fd=parent)
+                else:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(name, flags, 0o644, dir_fd=parent))
+            except FileExistsError:
+                return -1  # a dangling symlink, or made meanwhile: walk it
+            except OSError as e:
+                call = "mkdir(2)" if directory else "open(2)"
+                raise libc.SyscallError(call, e.errno or 0, self.host_path(path)) from None
+            return libc.openat2(parent, name, os.O_PATH, _RESOLVE, what=self.host_path(path))
+        finally:
+            os.close(parent)
 
     def _create(self, path: str, directory: bool, mode: int) -> str:
         """Walk `path` one component at a time from the root, creating what is
@@ -528,19 +558,18 @@ def _scandir(path: str) -> Iterator[tuple[str, bool]]:
 
 def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
     """Device nodes by mknod(2); in a user namespace (EPERM) bind the host's."""
-    for name in nodes:
-        path = f"{target.rstrip('/')}/{name}"
-        major, minor = DEVICES[name]
-        parent = root.open(target, os.O_PATH | os.O_DIRECTORY)
-        try:
-            os.mknod(name, 0o20666, os.makedev(major, minor), dir_fd=parent)
-            os.chmod(name, 0o666, dir_fd=parent, follow_symlinks=False)
-            continue
-        except PermissionError:
-            pass
-        finally:
-            os.close(parent)
-        bind_file(root, f"/dev/{name}", path)
+    parent = root.open(target, os.O_PATH | os.O_DIRECTORY)
+    umask = os.umask(0)  # 0666 as asked, not as our umask would have it
+    try:
+        for name in nodes:
+            major, minor = DEVICES[name]
+            try:
+                os.mknod(name, 0o20666, os.makedev(major, minor), dir_fd=parent)
+            except PermissionError:
+                bind_file(root, f"/dev/{name}", f"{target.rstrip('/')}/{name}")
+    finally:
+        os.umask(umask)
+        os.close(parent)
 
 
 def bind_file(root: Root, source: str | int, path: str, mode: int = 0o644) -> None:

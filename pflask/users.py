@@ -68,3 +68,14 @@ def lookup(spec: str, etc: str = "/etc") -> User:
         )
     )
     return User(name=name, uid=uid, gid=gid, groups=supplementary, home=home)
+
+
+def name_and_home(uid: int, etc: str = "/etc") -> tuple[str, str]:
+    """USER/LOGNAME and HOME for `uid`, as `lookup` gives them (the number and
+    / when passwd lacks it), from passwd alone: this runs on every start
+    whose environment is cleared, and the group file is not needed for it."""
+    key = str(uid)
+    for entry in _entries(f"{etc}/passwd"):
+        if len(entry) >= 6 and entry[2] == key:
+            return entry[0], entry[5] or "/"
+    return key, "/"
