@@ -173,8 +173,8 @@ _boot_id: list[str] = []
 def boot_id() -> str:
     if not _boot_id:
         try:
-            with open(_BOOT_ID, encoding="ascii") as f:
-                _boot_id.append(f.read().strip())
+            with open(_BOOT_ID, "rb") as f:  # bytes: no codec to import for it
+                _boot_id.append(f.read().decode().strip())
         except OSError:
             _boot_id.append("")
     return _boot_id[0]

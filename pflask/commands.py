@@ -1,0 +1,304 @@
+"""The command line other than `pflask run FILE`: the subcommands (through
+argparse) and the original pflask's flags.
+
+Kept apart from cli.py, whose `run` and `stop` fast paths are what scripts
+start thousands of times: this module, and argparse with it, is imported only
+when one of these is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pflask.cli import compile_file, context, stop_container
+from pflask.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+
+# --- subcommands ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="pflask",
+        description="Run a command, or boot an OS, in Linux namespace containers described "
+        "by flags (the original pflask's) or by a manifest (pflask run FILE).",
+    )
+    from pflask import __version__
+
+    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("run", help="run a manifest's container", add_help=False)
+    p = sub.add_parser("validate", help="check manifests; exit 2 with every error found")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser("plan", help="print the steps `run` would take")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="stable JSON instead of text")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("command", nargs="*", metavar="COMMAND")
+    p = sub.add_parser("schema", help="print the manifest's JSON Schema")
+    p.add_argument("--markdown", action="store_true", help="the field reference as Markdown")
+    p = sub.add_parser("convert", help="convert a manifest between YAML and TOML")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--to", required=True, choices=("yaml", "toml"))
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    p = sub.add_parser(
+        "ps",
+        help="list running containers: name, pid, root, uptime, command",
+        description="Running containers are recorded in /run/pflask (root), else in "
+        "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID.",
+    )
+    p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    p = sub.add_parser("stop", help="stop a container: its stop signal, SIGKILL after a timeout")
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    p.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds before SIGKILL (default: the manifest's stop.timeout)",
+    )
+    p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p = sub.add_parser(
+        "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
+    )
+    p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    return parser
+
+
+def subcommand(args: list[str]) -> int:
+    """validate, plan, schema, convert, ps, stop, exec, attach."""
+    parser = _parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    handler = {
+        "validate": _validate,
+        "plan": _plan,
+        "schema": _schema,
+        "convert": _convert,
+        "ps": _ps,
+        "stop": _stop,
+        "exec": _exec,
+        "attach": _attach,
+    }.get(ns.subcommand)
+    if handler is None:
+        raise UsageError(f"{ns.subcommand}: not available in this version")
+    return handler(ns)
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from pflask import compiler, loader, manifest
+    from pflask.errors import ManifestError, ManifestErrors
+
+    failed = False
+    ctx = context(None)
+    for file in loader.iter_files(ns.files):
+        try:
+            loaded = loader.load(file)
+            compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+        except ManifestErrors as e:
+            for error in e.errors:
+                print(f"pflask: {error}", file=sys.stderr)
+            failed = True
+        except ManifestError as e:
+            print(f"pflask: {e}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"{file}: ok")
+    return 2 if failed else 0
+
+
+def _plan(ns: argparse.Namespace) -> int:
+    command = tuple(ns.command) or None
+    plan, _ = compile_file(ns.file, tuple(ns.set), context(command))
+    if ns.json:
+        import json
+
+        print(json.dumps(plan.to_json_data(), indent=2, sort_keys=True))
+    else:
+        print(plan.render())
+    return 0
+
+
+def _schema(ns: argparse.Namespace) -> int:
+    from pflask import schema
+
+    if ns.markdown:
+        from pflask import reference
+
+        sys.stdout.write(reference.markdown(schema.load()))
+    else:
+        sys.stdout.write(schema.text())
+    return 0
+
+
+def _convert(ns: argparse.Namespace) -> int:
+    from pflask import loader
+
+    loader.load(ns.file)  # the source must be valid before it is rewritten
+    with open(ns.file, encoding="utf-8") as f:
+        raw = loader.parse(f.read(), ns.file)
+    source_dir = os.path.dirname(os.path.abspath(ns.file))
+    if ns.output:
+        target_dir = os.path.dirname(os.path.abspath(ns.output))
+        if target_dir != source_dir:
+            loader.rebase(raw, source_dir, target_dir)
+    text = loader.dump(loader.plain(raw), ns.to)
+    if ns.output:
+        with open(ns.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _ps(ns: argparse.Namespace) -> int:
+    import time
+
+    from pflask import state
+
+    now = time.time()
+    records = state.running()
+    if ns.json:
+        import json
+
+        rows = [
+            {
+                "name": r.name,
+                "pid": r.pid or None,
+                "supervisor": r.supervisor,
+                "root": r.root,
+                "started": r.started,
+                "uptime": round(max(0.0, now - r.started), 3),
+                "command": list(r.command),
+                "detached": r.detached,
+                "terminal": r.console,
+                "stop_signal": r.stop_signal,
+            }
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    import shlex
+
+    table = [("NAME", "PID", "ROOT", "UPTIME", "COMMAND")]
+    for r in records:
+        table.append(
+            (
+                r.name,
+                str(r.pid or "-"),
+                r.root or "/",
+                _duration(now - r.started),
+                shlex.join(r.command),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]).rstrip())
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    """Uptime as ps users read it: 42s, 3m07s, 2h05m, 4d03h."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _stop(ns: argparse.Namespace) -> int:
+    return stop_container(ns.name, ns.timeout)
+
+
+def _exec(ns: argparse.Namespace) -> int:
+    from pflask import nsenter
+
+    command = list(ns.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return nsenter.run(ns.name, command or ["/bin/sh"])
+
+
+def _attach(ns: argparse.Namespace) -> int:
+    from pflask import attach
+
+    return attach.attach(ns.name)
+
+
+# --- the original command line --------------------------------------------------------------
+
+
+def classic_command(args: list[str]) -> int:
+    """The original pflask: everything is a flag, the rest is the command."""
+    import argparse
+
+    from pflask import classic
+
+    parser = argparse.ArgumentParser(
+        prog="pflask",
+        usage="pflask [OPTIONS] [--] [COMMAND [ARG...]]\n"
+        "       pflask {run,validate,plan,schema,convert,ps,stop,exec,attach} ...",
+        description="Run COMMAND (default: a shell) in new Linux namespaces. "
+        "Subcommands: run FILE, validate, plan, schema, convert, ps, stop NAME, "
+        "exec NAME, attach NAME (see pflask SUBCOMMAND -h).",
+    )
+    from pflask import __version__
+
+    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
+    classic.add_arguments(parser)
+    try:
+        ns = parser.parse_args(classic.normalize(parser, args))
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    if ns.attach:
+        from pflask import attach
+
+        return attach.attach(ns.attach)
+    data = classic.to_manifest(ns)
+    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line")
+
+
+def run_manifest_data(
+    data: dict[str, Any], save: str | None, show: bool, verbose: bool, origin: str
+) -> int:
+    """Validate a manifest mapping made from flags; save it, show its plan, or run it."""
+    from pflask import compiler, loader, manifest
+
+    located = loader.located(data, origin)
+    if "name" not in located:
+        located["name"] = f"pflask-{os.getpid()}" if not save else loader.default_name(save)
+    loader.check(located)
+    m = manifest.from_data(located, source=origin)
+    plan = compiler.compile_plan(m, context(None))
+    if show:
+        print(plan.render())
+        return 0
+    if save:
+        if not save.endswith(loader.SUFFIXES[:3]):
+            raise UsageError(f"--save {save}: use a .yaml, .yml or .toml file name")
+        if "name" not in data:
+            located.pop("name")
+        fmt = "toml" if save.endswith(".toml") else "yaml"
+        with open(save, "w", encoding="utf-8") as f:
+            f.write(loader.dump(loader.plain(located), fmt))
+        return 0
+    from pflask import executor
+
+    return executor.run(plan, verbose=verbose)
