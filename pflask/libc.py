@@ -125,10 +125,6 @@ class _Int(_Simple):
     _type_ = "i"
 
 
-class _Long(_Simple):
-    _type_ = "l"
-
-
 class _ULong(_Simple):
     _type_ = "L"
 
@@ -137,17 +133,11 @@ _FLAGS = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO  # errno kept for g
 
 
 class _Function(_ctypes.CFuncPtr):
-    """A libc function returning int."""
+    """A libc function returning int (syscall(2)'s long too: every call made
+    through it here returns 0, -1 or a file descriptor)."""
 
     _flags_ = _FLAGS
     _restype_ = _Int
-
-
-class _LongFunction(_ctypes.CFuncPtr):
-    """A libc function returning long (syscall(2))."""
-
-    _flags_ = _FLAGS
-    _restype_ = _Long
 
 
 class _Program:
@@ -157,12 +147,13 @@ class _Program:
     _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # NULL: the program
 
 
-def _function(name: str, kind: Any = _Function) -> Callable[..., int]:
-    function: Callable[..., int] = kind((name, _Program()))
+def _function(name: str) -> Callable[..., int]:
+    program: Any = _Program()  # typeshed wants a ctypes.CDLL; its _handle is all that is used
+    function: Callable[..., int] = _Function((name, program))
     return function
 
 
-_syscall = _function("syscall", _LongFunction)
+_syscall = _function("syscall")
 _unshare = _function("unshare")
 _setns = _function("setns")
 _mount = _function("mount")

@@ -362,11 +362,24 @@ class Claim:
         _write(self.directory, self.name, self.data)
 
     def release(self) -> None:
-        """Remove the record and the socket: the container is gone."""
+        """Remove the record and the socket: the container is gone.
+
+        Under the directory's lock, as claims are; the directory holds our
+        record, so it is there to lock (unless removed by hand: then nothing
+        of ours is left either).
+        """
+        import fcntl
+
         where = self.directory
-        fd = where.lock()
         try:
-            _remove(where, self.name)
+            fd = os.open(where.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.data["detached"]:
+                _unlink(where.file(self.name, SOCKET_SUFFIX))
+            _unlink(where.file(self.name))
             _remove_if_empty(where)
         finally:
             os.close(fd)
