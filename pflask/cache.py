@@ -43,7 +43,16 @@ def directory() -> str:
 # The modules whose code decides what a plan is.  Their modification times
 # join the key, so an edited checkout (an editable install keeps its version
 # number) never runs a plan an older compiler made.
-_COMPILER = ("loader", "semantics", "manifest", "compiler", "plan", "context", "classic")
+_COMPILER = (
+    "loader",
+    "semantics",
+    "manifest",
+    "compiler",
+    "plan",
+    "context",
+    "classic",
+    "commands",
+)
 
 
 def _code_stamp() -> tuple[int, ...]:

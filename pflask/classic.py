@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--name", help="the container's name (default: pflask-PID)")
     a("--save", metavar="FILE", help="write the manifest (.yaml or .toml) instead of running")
     a("--plan", action="store_true", help="print the plan instead of running")
+    a("--no-cache", action="store_true", help="compile these flags afresh; cache nothing")
     a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
     a("command", nargs="*", metavar="COMMAND", help="the command and its arguments")
 

@@ -17,9 +17,15 @@ from pflask.errors import PflaskError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from pflask.context import Context
     from pflask.loader import Loaded
     from pflask.plan import Plan
+
+UNNAMED = "pflask-PID"
+"""A container the original flags do not name is called pflask-<pid of pflask>;
+a cached plan holds this instead, and each run puts its own pid in."""
 
 SUBCOMMANDS = ("run", "validate", "plan", "schema", "convert", "ps", "stop", "exec", "attach")
 
@@ -34,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args[1:])
         if args and args[0] == "stop" and (stop := _parse_stop(args[1:])) is not None:
             return stop_container(*stop)
-        from pflask import commands
-
         if args and args[0] in SUBCOMMANDS:
+            from pflask import commands
+
             return commands.subcommand(args)
-        return commands.classic_command(args)
+        return classic_command(args)
     except PflaskError as e:
         for line in str(e).splitlines():
             print(f"pflask: {line}", file=sys.stderr)
@@ -195,14 +201,50 @@ def run_command(args: list[str]) -> int:
         plan = cache.load(entry)
     if plan is None:
         plan = _compile_aside(file, tuple(overrides), ctx, entry)
+    run_plan(plan, switches["verbose"])
+
+
+def run_plan(plan: Plan, verbose: bool) -> NoReturn:
+    """Run the container and exit with its status."""
     from pflask import executor
 
-    status = executor.run(plan, verbose=switches["verbose"])
+    status = executor.run(plan, verbose=verbose)
     # Everything is done and flushed: skip the interpreter's teardown (module
     # and object finalisation costs several milliseconds per run).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def classic_command(args: list[str]) -> int:
+    """The original pflask's flags.
+
+    The plan these very flags compiled to is cached like a manifest's, keyed
+    by the arguments, the working directory and HOME (relative and `~`
+    paths) and the user: a script repeating them skips argparse, jsonschema
+    and the compiler.  The first time, commands.classic_command compiles the
+    plan and stores it; flags that do not run a container (--plan, --save,
+    --attach, --help, -v) are never stored, so they always get there.
+    """
+    gc.disable()  # as in run_command
+    ctx = context(None)
+    from pflask import cache
+
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    entry = None
+    if cwd is not None:
+        home = os.environ.get("HOME")
+        parts = (ctx.uid, ctx.gid, ctx.subuid, ctx.subgid, ctx.shell)
+        entry = cache.key("classic", tuple(args), cwd, home, *parts)
+        plan = cache.load(entry)
+        if plan is not None:
+            run_plan(plan.renamed(UNNAMED, f"pflask-{os.getpid()}"), verbose=False)
+    from pflask import commands
+
+    return commands.classic_command(args, entry)
 
 
 def _parse_stop(args: list[str]) -> tuple[str, float | None] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pflask.cli import compile_file, context, stop_container
+from pflask.cli import UNNAMED, compile_file, context, stop_container
 from pflask.errors import UsageError
 
 TYPE_CHECKING = False
@@ -245,8 +245,11 @@ def _attach(ns: argparse.Namespace) -> int:
 # --- the original command line --------------------------------------------------------------
 
 
-def classic_command(args: list[str]) -> int:
-    """The original pflask: everything is a flag, the rest is the command."""
+def classic_command(args: list[str], entry: str | None = None) -> int:
+    """The original pflask: everything is a flag, the rest is the command.
+
+    `entry`: where to cache the plan when these flags run a container.
+    """
     import argparse
 
     from pflask import classic
@@ -272,21 +275,34 @@ def classic_command(args: list[str]) -> int:
 
         return attach.attach(ns.attach)
     data = classic.to_manifest(ns)
-    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line")
+    if ns.verbose or ns.no_cache:
+        entry = None  # never stored, so these flags never come from the cache either
+    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line", entry)
 
 
 def run_manifest_data(
-    data: dict[str, Any], save: str | None, show: bool, verbose: bool, origin: str
+    data: dict[str, Any],
+    save: str | None,
+    show: bool,
+    verbose: bool,
+    origin: str,
+    entry: str | None = None,
 ) -> int:
-    """Validate a manifest mapping made from flags; save it, show its plan, or run it."""
+    """Validate a manifest mapping made from flags; save it, show its plan, or run it
+    (caching the plan as `entry` first)."""
     from pflask import compiler, loader, manifest
 
     located = loader.located(data, origin)
     if "name" not in located:
-        located["name"] = f"pflask-{os.getpid()}" if not save else loader.default_name(save)
+        located["name"] = UNNAMED if not save else loader.default_name(save)
     loader.check(located)
     m = manifest.from_data(located, source=origin)
     plan = compiler.compile_plan(m, context(None))
+    if not show and not save and entry is not None:
+        from pflask import cache
+
+        cache.store(entry, plan, (), {})
+    plan = plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
     if show:
         print(plan.render())
         return 0

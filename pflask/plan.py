@@ -640,6 +640,20 @@ class Plan(Record):
         )
         return "\n".join(lines)
 
+    def renamed(self, old: str, new: str) -> Plan:
+        """The same plan for a container called `new`: every field that held
+        `old` (the plan's name, and the hostname, machine and cgroup names the
+        compiler took from it) holds `new`."""
+        if old == new or self.name != old:
+            return self
+        data = self.to_wire()
+        data["name"] = new
+        data["steps"] = tuple(
+            (kind, {k: new if v == old else v for k, v in fields.items()})
+            for kind, fields in data["steps"]
+        )
+        return Plan.from_wire(data)
+
     def to_wire(self) -> dict[str, Any]:
         """Plain data with tuples kept, for JSON output and the marshal cache."""
         data = {f: getattr(self, f) for f in self._fields if f != "steps"}

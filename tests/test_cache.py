@@ -232,3 +232,68 @@ def test_the_cache_does_not_grow_without_bound(manifest: Path, cache_dir: Path) 
     assert len(left) <= cache.MAX_ENTRIES // 2 + 1
     assert [p for p in left if p.read_bytes() != b"stale"]  # the new plan stays
     assert not (folder / f"{0:040x}").exists()  # the oldest went first
+
+
+# --- the original flags ------------------------------------------------------------------------
+
+
+def classic(
+    cache_dir: Path, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_pflask(*args, env={"XDG_CACHE_HOME": str(cache_dir)}, cwd=cwd)
+
+
+def test_original_flags_run_from_the_cache_the_second_time(
+    busybox_root: Path, cache_dir: Path
+) -> None:
+    """Same flags, same plan, skipped compiler; yet each run has its own pflask-PID name."""
+    flags = (f"--chroot={busybox_root}", "--", "sh", "-c", "hostname")
+    first = classic(cache_dir, *flags)
+    assert first.returncode == 0, first.stderr
+    assert len(entries(cache_dir)) == 1
+    second = classic(cache_dir, *flags)
+    assert second.returncode == 0, second.stderr
+    names = {first.stdout.strip(), second.stdout.strip()}
+    assert len(names) == 2 and all(n.startswith("pflask-") for n in names), names
+    assert "pflask-PID" not in names
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *pflask_cmd(), *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_dir)},
+    )
+    assert result.returncode == 0, result.stderr
+    for module in ("argparse", "jsonschema", "yaml", "pflask.compiler", "pflask.classic"):
+        assert f" {module}\n" not in result.stderr, module
+
+
+def test_original_flags_resolve_relative_paths_per_directory(
+    busybox_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """`--chroot=root` means another root in another directory: another entry."""
+    for name, marker in (("one", "first"), ("two", "second")):
+        where = tmp_path / name
+        where.mkdir()
+        (where / "root").symlink_to(busybox_root)
+        (where / "data").mkdir()
+        (where / "data" / "marker").write_text(marker)
+    flags = ("--chroot=root", "--mount=bind-ro:data:/mnt", "--", "cat", "/mnt/marker")
+    assert classic(cache_dir, *flags, cwd=tmp_path / "one").stdout == "first"
+    assert classic(cache_dir, *flags, cwd=tmp_path / "two").stdout == "second"
+    assert classic(cache_dir, *flags, cwd=tmp_path / "one").stdout == "first"
+    assert len(entries(cache_dir)) == 2
+
+
+def test_original_flags_that_run_nothing_or_ask_so_are_not_cached(
+    busybox_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    root = f"--chroot={busybox_root}"
+    assert classic(cache_dir, "--plan", root, "--", "true").returncode == 0
+    assert classic(cache_dir, "--save", str(tmp_path / "x.yaml"), root).returncode == 0
+    assert classic(cache_dir, "--help").returncode == 0
+    assert classic(cache_dir, "--no-cache", root, "--", "true").returncode == 0
+    verbose = classic(cache_dir, "-v", root, "--", "true")
+    assert verbose.returncode == 0 and "step 1" in verbose.stderr
+    assert entries(cache_dir) == []
+    again = classic(cache_dir, "-v", root, "--", "true")
+    assert "step 1" in again.stderr  # a trace every time: never served from the cache
