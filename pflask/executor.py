@@ -1029,22 +1029,31 @@ class Container:
         container's user), which only a forked child can do: it returns here
         and execs through the Exec step like a command that is PID 1.
         """
+        passed_on = (*FORWARDED, _signal.SIGWINCH)
         _signal.signal(_signal.SIGWINCH, self._on_signal)
+        # Held until self.command is set: a signal in between (the command
+        # may be running already) would end PID 1 as if setup were still
+        # going on, and never reach the command (see _on_signal).
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, passed_on)
         if self.console >= 0:
             child = os.fork()
             if child == 0:
-                for signum in (*FORWARDED, _signal.SIGWINCH):
+                for signum in passed_on:
                     _signal.signal(signum, _signal.SIG_DFL)
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
                 return
             self.command = child
         else:
             libc.close_range_cloexec(3)  # only 0, 1 and 2 reach the command
-            defaults = (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ)
+            defaults = (*passed_on, _signal.SIGPIPE, _signal.SIGXFSZ)
             try:
                 program = _which(argv[0], env.get("PATH", DEFAULT_PATH))
-                self.command = os.posix_spawn(program, list(argv), env, setsigdef=defaults)
+                self.command = os.posix_spawn(
+                    program, list(argv), env, setsigdef=defaults, setsigmask=mask
+                )
             except OSError as e:
                 self._cannot_start(argv[0], e)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         os.close(self.status)  # EOF once the command runs: S knows it started
         os.close(self.control)
         if self.console >= 0:
