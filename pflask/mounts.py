@@ -615,7 +615,7 @@ def mask(root: Root, paths: tuple[str, ...]) -> None:
     """Hide kernel files behind /dev/null and directories behind an empty read-only tmpfs."""
     for path, fd in _existing(root, paths):
         what = f"mask {root.host_path(path)}"
-        if os.path.isdir(fd_path(fd)):
+        if _is_dir(fd):
             libc.mount("tmpfs", fd_path(fd), "tmpfs", libc.MS_RDONLY, "size=0,mode=000", what=what)
         else:
             bind_fd("/dev/null", fd, readonly=True, recursive=False, flags=(), what=what)
