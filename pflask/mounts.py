@@ -146,17 +146,8 @@ class Root:
                 return -1
             raise
         try:
-            try:  # neither call follows a symlink named `name`
-                if directory:
-                    os.mkdir(name, mode, dir_fd=parent)
-                else:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                    os.close(os.open(name, flags, 0o644, dir_fd=parent))
-            except FileExistsError:
+            if not _create_entry(parent, name, directory, mode, self.host_path(path)):
                 return -1  # a dangling symlink, or made meanwhile: walk it
-            except OSError as e:
-                call = "mkdir(2)" if directory else "open(2)"
-                raise libc.SyscallError(call, e.errno or 0, self.host_path(path)) from None
             return libc.openat2(parent, name, os.O_PATH, _RESOLVE, what=self.host_path(path))
         finally:
             os.close(parent)
@@ -224,8 +215,9 @@ def _readlink(name: str, parent: int) -> str | None:
         raise libc.SyscallError("readlinkat(2)", e.errno or 0, name) from None
 
 
-def _create_entry(parent: int, name: str, directory: bool, mode: int, what: str) -> None:
-    """mkdirat(2), or an empty file by openat(2) O_CREAT|O_EXCL; neither follows a symlink."""
+def _create_entry(parent: int, name: str, directory: bool, mode: int, what: str) -> bool:
+    """mkdirat(2), or an empty file by openat(2) O_CREAT|O_EXCL; neither follows a symlink.
+    False when `name` exists (a symlink, or made meanwhile): the caller looks at it again."""
     try:
         if directory:
             os.mkdir(name, mode, dir_fd=parent)
@@ -233,10 +225,11 @@ def _create_entry(parent: int, name: str, directory: bool, mode: int, what: str)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             os.close(os.open(name, flags, 0o644, dir_fd=parent))
     except FileExistsError:
-        pass  # made meanwhile by someone else: the caller looks at it again
+        return False
     except OSError as e:
         call = "mkdir(2)" if directory else "open(2)"
         raise libc.SyscallError(call, e.errno or 0, f"{what}: creating {name!r}") from None
+    return True
 
 
 def make_private(mode: str) -> None:
