@@ -5,7 +5,9 @@ Run as root after scripts/setup:  /opt/pflask/bin/python benchmarks/startup.py [
 
 What it measures (issue: start-up speed and footprint):
 - one start of /bin/true in a busybox root with the default namespaces, for
-  pflask (cached plan, and --no-cache), `unshare -mpfiu --root`, `bwrap
+  pflask (cached plan, and --no-cache; the same with the original flags; and
+  a bare container with only a PID namespace, pflask's own floor),
+  `unshare -mpfiu --root`, `bwrap
   --unshare-all`, `runc run`, `systemd-nspawn`, and the interpreter's own
   `python -c pass`: all commands take turns in every round (interleaved), so a
   busy moment of the machine costs all of them alike; medians are reported;
@@ -59,11 +61,22 @@ def prepare(work: Path) -> dict[str, list[str]]:
     config["process"].update(terminal=False, args=["/bin/true"])
     config["root"] = {"path": str(root), "readonly": True}
     (bundle / "config.json").write_text(json.dumps(config))
+    # The floor of any pflask run: no root, no mounts, only a PID namespace
+    # (imports, the cache, fork, state record, exec and wait).
+    bare = work / "bare.yaml"
+    bare.write_text(
+        "version: 1\ncommand: [/bin/true]\n"
+        "namespaces: {mount: false, ipc: false, uts: false, cgroup: false}\n"
+    )
+    classic = [PFLASK, f"--chroot={root}", "--", "/bin/true"]
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
-    sh(PFLASK, "run", str(manifest))  # fills the cache
+    for argv in ([PFLASK, "run", str(manifest)], [PFLASK, "run", str(bare)], classic):
+        sh(*argv)  # fills the cache
     commands = {
         "python -c pass": [PYTHON, "-c", "pass"],
         "pflask run": [PFLASK, "run", str(manifest)],
+        "pflask run (bare: PID namespace only)": [PFLASK, "run", str(bare)],
+        "pflask --chroot (original flags)": classic,
         "pflask run --no-cache": [PFLASK, "run", "--no-cache", str(manifest)],
         "unshare -mpfiu --root": ["unshare", "-mpfiu", f"--root={root}", "/bin/true"],
         "bwrap --unshare-all": [
