@@ -110,7 +110,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     host_first.extend(_host_links(m, userns, ctx))
     steps.extend(host_first)
     if host_first:
-        steps.append(p.AwaitHost())
+        steps.append(p.AwaitHost(after="host steps"))
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
     if userns:
@@ -178,10 +178,9 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     steps.append(_environment(m))
     if m.workdir is not None:
         steps.append(p.Chdir(path=container_path(m.workdir)))
-    if not host_first:
-        # The supervisor claims the name while the container sets itself up;
-        # the command must not start before it has.
-        steps.append(p.AwaitHost())
+    # The supervisor claims the name while the container sets itself up; the
+    # command must not start before it has.
+    steps.append(p.AwaitHost(after="name claimed"))
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
     steps.append(p.Exec(argv=command))

@@ -269,18 +269,30 @@ class Supervisor:
             if self.claim is not None:
                 self.claim.release()
 
-    def _claim(self, pid1: int) -> None:
-        """Record the container under its name, or refuse a name in use.
+    def _claim_or_kill(self, child: int, pid1: int) -> None:
+        """Record the container under its name, or refuse a name in use (and
+        end `child`, which has not run the command: it waits for our "go").
 
         Done once the container's first process exists, while it sets itself
-        up: it waits for us at its AwaitHost step before the command starts.
-        `pid1`: the container's PID 1 if that process is it (0: not known yet).
+        up; `pid1`: the container's PID 1 if known by now (else 0).
         """
         from pflask import state
 
-        self.claim = state.claim(self.plan, self.detached, pid1)
-        if self.detached:
-            self.claim.socket  # noqa: B018  (a path too long for bind(2) fails now)
+        try:
+            self.claim = state.claim(self.plan, self.detached, pid1)
+            if self.detached:
+                self.claim.socket  # noqa: B018  (a path too long for bind(2) fails now)
+        except BaseException:
+            _kill(child)
+            self._wait(child)
+            raise
+
+    def _go(self, control_w: int) -> None:
+        """Let the container past its next AwaitHost step."""
+        try:
+            os.write(control_w, b"g")
+        except BrokenPipeError:
+            pass  # it failed before getting there: the status pipe says why
 
     def _run(self) -> int:
         steps = self.plan.steps
@@ -474,18 +486,21 @@ class Supervisor:
     def _supervise(
         self, child: int, control_w: int, reader: _Lines, forks: bool, pid_namespace: bool
     ) -> int:
-        try:
-            self._claim(0 if forks else child)
-        except BaseException:
-            _kill(child)
-            self._wait(child)
-            raise
+        # Two AwaitHost steps when host steps must come first: "go" after them,
+        # and "go" again once the name is claimed, before the command starts.
+        early = sum(isinstance(s, plan.AwaitHost) for s in self.plan.steps) > 1
+        if not early:
+            self._claim_or_kill(child, 0 if forks else child)
         message = reader.line()  # "unshared", or an error from the first step
         if message != "unshared":
             return self._failed(child, message)
         try:
             for number, step in enumerate(self.plan.steps, 1):
                 if step.where == plan.HOST and not isinstance(step, plan.RegisterMachine):
+                    if self.claim is None and not isinstance(step, (plan.UidMap, plan.GidMap)):
+                        # The name first: a second container of it must be told
+                        # so, not fail on a host link its namesake holds.
+                        self._claim_or_kill(child, 0 if forks else child)
                     _trace(self.verbose, number, step)
                     try:
                         self._host_step(step, child)
@@ -497,10 +512,7 @@ class Supervisor:
             raise
         if self.links is not None:
             self.links.release()  # no netlink sockets held while the container runs
-        try:
-            os.write(control_w, b"g")
-        except BrokenPipeError:
-            pass  # it failed before its AwaitHost step: the status pipe says why
+        self._go(control_w)
         container = child
         if forks:
             message = reader.line()
@@ -510,6 +522,10 @@ class Supervisor:
             self.pid = container
             os.waitpid(child, 0)  # C1 exits once it has forked PID 1
             os.write(control_w, b"a")  # PID 1 has been adopted: it may arm PDEATHSIG
+        if early:
+            if self.claim is None:  # only id maps came first: claimed while PID 1 mounts
+                self._claim_or_kill(container, container)
+            self._go(control_w)
         self._register_machine(container)
         error = reader.line()  # EOF: the command was executed
         if error:
@@ -702,6 +718,7 @@ class Container:
         self.console = console  # the pty slave: the command's terminal at exec
         self.detached = detached
         self.reap = False  # set by the Reaper step: PID 1 stays, the command is PID 2
+        self.pending = b""  # what S said before we asked (see _exit_unless_supervised)
 
     def _use_console(self) -> None:
         """The pty is stdin, stdout and stderr from now on, for every process to come;
@@ -711,11 +728,16 @@ class Container:
 
     def _exit_unless_supervised(self) -> None:
         """Called with PDEATHSIG armed: if S died before, its pipe is at EOF
-        (getppid() cannot tell: it is 0 for a parent outside our PID namespace)."""
+        (getppid() cannot tell: it is 0 for a parent outside our PID namespace).
+        S may also have written already (the "go" for a later AwaitHost step):
+        that byte is kept for it."""
         import select
 
-        if select.select([self.control], [], [], 0)[0]:  # S never writes first
-            os._exit(EXIT_SETUP)
+        if select.select([self.control], [], [], 0)[0]:
+            data = os.read(self.control, 1)
+            if not data:
+                os._exit(EXIT_SETUP)
+            self.pending += data
 
     def _send(self, text: str) -> None:
         os.write(self.status, (text + "\n").encode())
@@ -726,7 +748,11 @@ class Container:
 
     def _await(self, expected: bytes) -> None:
         """Block until the supervisor says `expected`; exit quietly if it is gone."""
-        if os.read(self.control, 1) != expected:
+        if self.pending:
+            said, self.pending = self.pending[:1], self.pending[1:]
+        else:
+            said = os.read(self.control, 1)
+        if said != expected:
             os._exit(EXIT_SETUP)
 
     def run(self) -> None:

@@ -148,19 +148,21 @@ class Fork(Step):
 
 
 class AwaitHost(Step):
-    """Wait for the supervisor's go: its host steps are done and the name is claimed.
+    """Wait for the supervisor's next "go".
 
-    Right after the first Unshare when host steps (id maps, cgroups, links)
-    must come before the container's own steps; otherwise just before the
-    command starts, so the container builds its mounts while the supervisor
-    records it under its name, on the other CPU, and nobody sleeps waiting
-    for a message in between.
+    Just before the command starts, always: the supervisor records the
+    container under its name meanwhile (after="name claimed"), so the
+    container builds its mounts while that happens on the other CPU and
+    nobody sleeps waiting for a message in between.  Also right after the
+    first Unshare when host steps (id maps, cgroups, links) must come before
+    the container's own steps (after="host steps").
     """
 
     kind = "await_host"
+    after: str = "name claimed"
 
     def describe(self) -> str:
-        return "wait for the supervisor (host steps done, name claimed)"
+        return f"wait for the supervisor ({self.after})"
 
 
 class RegisterMachine(Step):

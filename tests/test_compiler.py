@@ -71,25 +71,29 @@ def test_order_of_a_full_container() -> None:
     # host steps all come before the container's second unshare (the cgroup namespace),
     # which waits for them
     assert [s.where for s in the_plan.steps[1:3]] == ["host", "host"]
-    assert the_plan.steps[3] == p.AwaitHost()
+    assert the_plan.steps[3] == p.AwaitHost(after="host steps")
     assert the_plan.steps[4] == p.Unshare(namespaces=("cgroup",))
-    assert order.count("await_host") == 1
+    # and the command waits for the name to be claimed
+    assert order.count("await_host") == 2
+    assert the_plan.steps[order.index("reaper") - 1] == p.AwaitHost(after="name claimed")
     assert step(the_plan, p.SwitchUser).keep_caps is True
 
 
 def test_without_host_steps_the_container_waits_only_before_the_command() -> None:
     """It builds its mounts while the supervisor claims the name; the command
     starts only once the supervisor says so."""
-    order = kinds(compile_data({"root": {"path": "/srv/root"}}))
+    the_plan = compile_data({"root": {"path": "/srv/root"}})
+    order = kinds(the_plan)
     assert order.count("await_host") == 1
     assert order[-3:] == ["await_host", "reaper", "exec"]
+    assert the_plan.steps[-3] == p.AwaitHost(after="name claimed")
     assert order.index("pivot_root") < order.index("await_host")
 
 
-def test_id_maps_come_before_the_container_goes_on() -> None:
+def test_id_maps_come_before_the_container_goes_on_and_the_name_before_the_command() -> None:
     order = kinds(compile_data({}, USER))
     assert order[:4] == ["unshare", "uid_map", "gid_map", "await_host"]
-    assert order.count("await_host") == 1
+    assert order.count("await_host") == 2  # the second: before the command, name claimed
 
 
 def test_defaults_as_the_original() -> None:

@@ -274,9 +274,10 @@ def test_a_running_name_is_refused(box: Path, user: str | None, test_user: Any) 
     )
     try:
         assert first.stdout is not None and first.stdout.readline() == "up\n"
-        second = run_pflask("run", box, "--name", name, "--", "true", user=user)
+        second = run_pflask("run", box, "--name", name, "--", "echo", "ran", user=user)
         assert second.returncode == 125
         assert f"a container named {name!r} is already running" in second.stderr
+        assert "ran" not in second.stdout  # refused before its command could start
         assert first.poll() is None  # the first one is untouched
     finally:
         run_pflask("stop", name, "--timeout", "1", user=user)
