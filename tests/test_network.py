@@ -1318,6 +1318,24 @@ def test_run_failure_classic(busybox_root: Path, made_links: Callable[..., int])
 # --------------------------------------------------------------------------- SIGKILL
 
 
+def test_a_second_container_of_a_name_is_refused_before_its_links(
+    shared_tmp: Path, busybox_root: Path, background: Callable[..., Background]
+) -> None:
+    """The name is claimed before any host link is made: the second of two
+    containers called alike hears that, not that its veth's host end exists."""
+    interfaces = [{"type": "veth", "host": "pft-rn0", "name": "eth0"}]
+    path = manifest(shared_tmp, "twice", busybox_root, network={"interfaces": interfaces})
+    first = background("run", path, "--", *script("echo ready; exec sleep 60"))
+    first.wait_ready()
+    second = run_pflask("run", path, "--", "echo", "ran")
+    assert second.returncode == 125, describe(second)
+    assert "is already running" in second.stderr and "already exists" not in second.stderr
+    assert "ran" not in second.stdout
+    assert "pft-rn0" in host_links()  # the first container's, untouched
+    assert run_pflask("stop", container_name("twice"), "--timeout", "1").returncode == 0
+    assert first.proc.wait(timeout=10) == 143  # the shell's exec'd sleep, stopped by SIGTERM
+
+
 def test_sigkilled_pflask_leaves_no_link(
     shared_tmp: Path,
     busybox_root: Path,
