@@ -5,8 +5,9 @@ Run as root after scripts/setup:  /opt/pflask/bin/python benchmarks/startup.py [
 
 What it measures (issue: start-up speed and footprint):
 - one start of /bin/true in a busybox root with the default namespaces, for
-  pflask (cached plan, and --no-cache; the same with the original flags; and
-  a bare container with only a PID namespace, pflask's own floor),
+  pflask (cached plan, and --no-cache; the same with the original flags; as
+  the test user made by scripts/setup, through setpriv; and a bare container
+  with only a PID namespace, pflask's own floor),
   `unshare -mpfiu --root`, `bwrap
   --unshare-all`, `runc run`, `systemd-nspawn`, and the interpreter's own
   `python -c pass`: all commands take turns in every round (interleaved), so a
@@ -72,11 +73,19 @@ def prepare(work: Path) -> dict[str, list[str]]:
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     for argv in ([PFLASK, "run", str(manifest)], [PFLASK, "run", str(bare)], classic):
         sh(*argv)  # fills the cache
+    # An ordinary user (a user namespace; setpriv's own exec is in the time):
+    # the user's environment, so its own cache under its home.
+    unprivileged: list[str] = []
+    if shutil.which("setpriv") and _user_exists(TEST_USER):
+        work.chmod(0o755)  # the manifest and the root must be readable by the user
+        unprivileged = ["setpriv", *_as_user(TEST_USER), PFLASK, "run", str(manifest)]
+        sh(*unprivileged)
     commands = {
         "python -c pass": [PYTHON, "-c", "pass"],
         "pflask run": [PFLASK, "run", str(manifest)],
         "pflask run (bare: PID namespace only)": [PFLASK, "run", str(bare)],
         "pflask --chroot (original flags)": classic,
+        "pflask run as an ordinary user": unprivileged,
         "pflask run --no-cache": [PFLASK, "run", "--no-cache", str(manifest)],
         "unshare -mpfiu --root": ["unshare", "-mpfiu", f"--root={root}", "/bin/true"],
         "bwrap --unshare-all": [
@@ -102,7 +111,27 @@ def prepare(work: Path) -> dict[str, list[str]]:
             "/bin/true",
         ],
     }
-    return {name: argv for name, argv in commands.items() if shutil.which(argv[0])}
+    return {name: argv for name, argv in commands.items() if argv and shutil.which(argv[0])}
+
+
+TEST_USER = "pflask-test"  # made by scripts/setup, with /etc/subuid ranges
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _as_user(name: str) -> list[str]:
+    import pwd
+
+    entry = pwd.getpwnam(name)
+    return [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--reset-env"]
 
 
 def once(argv: list[str]) -> float:
