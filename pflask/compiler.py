@@ -110,7 +110,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     host_first.extend(_host_links(m, userns, ctx))
     steps.extend(host_first)
     if host_first:
-        steps.append(p.AwaitHost(after="host steps"))
+        steps.append(p.AwaitHost(after=p.AFTER_HOST_STEPS))
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
     if userns:
@@ -180,7 +180,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.Chdir(path=container_path(m.workdir)))
     # The supervisor claims the name while the container sets itself up; the
     # command must not start before it has.
-    steps.append(p.AwaitHost(after="name claimed"))
+    steps.append(p.AwaitHost(after=p.AFTER_NAME))
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
     steps.append(p.Exec(argv=command))

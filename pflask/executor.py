@@ -486,9 +486,12 @@ class Supervisor:
     def _supervise(
         self, child: int, control_w: int, reader: _Lines, forks: bool, pid_namespace: bool
     ) -> int:
-        # Two AwaitHost steps when host steps must come first: "go" after them,
-        # and "go" again once the name is claimed, before the command starts.
-        early = sum(isinstance(s, plan.AwaitHost) for s in self.plan.steps) > 1
+        # With host steps that must come first the container waits twice: for
+        # a "go" after them, and for one once the name is claimed.
+        early = any(
+            isinstance(s, plan.AwaitHost) and s.after == plan.AFTER_HOST_STEPS
+            for s in self.plan.steps
+        )
         if not early:
             self._claim_or_kill(child, 0 if forks else child)
         message = reader.line()  # "unshared", or an error from the first step

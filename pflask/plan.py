@@ -147,6 +147,10 @@ class Fork(Step):
         return "fork PID 1 of the new PID namespace"
 
 
+AFTER_HOST_STEPS = "host steps"
+AFTER_NAME = "name claimed"
+
+
 class AwaitHost(Step):
     """Wait for the supervisor's next "go".
 
@@ -159,7 +163,7 @@ class AwaitHost(Step):
     """
 
     kind = "await_host"
-    after: str = "name claimed"
+    after: str = AFTER_NAME  # or AFTER_HOST_STEPS
 
     def describe(self) -> str:
         return f"wait for the supervisor ({self.after})"
