@@ -250,6 +250,12 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
 
     `entry`: where to cache the plan when these flags run a container.
     """
+    import gc
+
+    # cli turned the collector off for a fast start; compiling makes cyclic
+    # garbage (jsonschema, the loader) that this process, which may go on to
+    # supervise the container for long, should not keep.
+    gc.enable()
     import argparse
 
     from pflask import classic
