@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
 UNNAMED = "pflask-PID"
 """A container the original flags do not name is called pflask-<pid of pflask>;
-a cached plan holds this instead, and each run puts its own pid in."""
+a cached plan holds this instead, and each run puts its own pid in (`named`)."""
+
+
+def named(plan: Plan) -> Plan:
+    """`plan` with this run's name if the flags gave it none."""
+    return plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
+
 
 SUBCOMMANDS = ("run", "validate", "plan", "schema", "convert", "ps", "stop", "exec", "attach")
 
@@ -188,16 +194,7 @@ def run_command(args: list[str]) -> int:
     if not switches["no_cache"]:
         from pflask import cache
 
-        entry = cache.key(
-            os.path.abspath(file),
-            tuple(overrides),
-            ctx.uid,
-            ctx.gid,
-            ctx.subuid,
-            ctx.subgid,
-            ctx.shell,
-            command,
-        )
+        entry = cache.key(os.path.abspath(file), tuple(overrides), ctx.key())
         plan = cache.load(entry)
     if plan is None:
         plan = _compile_aside(file, tuple(overrides), ctx, entry)
@@ -236,12 +233,10 @@ def classic_command(args: list[str]) -> int:
         cwd = None
     entry = None
     if cwd is not None:
-        home = os.environ.get("HOME")
-        parts = (ctx.uid, ctx.gid, ctx.subuid, ctx.subgid, ctx.shell)
-        entry = cache.key("classic", tuple(args), cwd, home, *parts)
+        entry = cache.key("classic", tuple(args), cwd, os.environ.get("HOME"), ctx.key())
         plan = cache.load(entry)
         if plan is not None:
-            run_plan(plan.renamed(UNNAMED, f"pflask-{os.getpid()}"), verbose=False)
+            run_plan(named(plan), verbose=False)
     from pflask import commands
 
     return commands.classic_command(args, entry)

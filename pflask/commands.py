@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pflask.cli import UNNAMED, compile_file, context, stop_container
+from pflask.cli import UNNAMED, compile_file, context, named, stop_container
 from pflask.errors import UsageError
 
 TYPE_CHECKING = False
@@ -308,7 +308,7 @@ def run_manifest_data(
         from pflask import cache
 
         cache.store(entry, plan, (), {})
-    plan = plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
+    plan = named(plan)
     if show:
         print(plan.render())
         return 0

@@ -21,6 +21,11 @@ class Context(Record):
     shell: str = "/bin/sh"
     command: tuple[str, ...] | None = None
 
+    def key(self) -> tuple[object, ...]:
+        """Every field, for a cache key: what the compiler may read of the user
+        is all part of it, whatever field is added later."""
+        return tuple(getattr(self, field) for field in self._fields)
+
 
 def _user_name(uid: int) -> str | None:
     """The invoking user's name from /etc/passwd, without NSS (which costs a

@@ -97,15 +97,26 @@ class Directory:
         The directory may have been removed by the last container of another
         pflask between our mkdir and our lock: then make it again.
         """
-        import fcntl
-
         while True:
             self.ensure()
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_nlink > 0:
+            fd = self.lock_existing()
+            if fd >= 0:
                 return fd
-            os.close(fd)
+
+    def lock_existing(self) -> int:
+        """The directory as it is, locked as `lock` does; -1 when it is not there
+        (never made, or removed by the last container of another pflask)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return -1
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd
+        os.close(fd)
+        return -1
 
 
 def _is_dir(mode: int) -> bool:
@@ -365,21 +376,15 @@ class Claim:
         """Remove the record and the socket: the container is gone.
 
         Under the directory's lock, as claims are; the directory holds our
-        record, so it is there to lock (unless removed by hand: then nothing
-        of ours is left either).
+        record, so there is no need to make it first (removed by hand: then
+        nothing of ours is left either).
         """
-        import fcntl
-
         where = self.directory
-        try:
-            fd = os.open(where.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = where.lock_existing()
+        if fd < 0:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if self.data["detached"]:
-                _unlink(where.file(self.name, SOCKET_SUFFIX))
-            _unlink(where.file(self.name))
+            _remove(where, self.name)
             _remove_if_empty(where)
         finally:
             os.close(fd)
