@@ -11,7 +11,9 @@ What it measures (issue: start-up speed and footprint):
   `unshare -mpfiu --root`, `bwrap
   --unshare-all`, `runc run`, `systemd-nspawn`, and the interpreter's own
   `python -c pass`: all commands take turns in every round (interleaved), so a
-  busy moment of the machine costs all of them alike; medians are reported;
+  busy moment of the machine costs all of them alike; medians are reported,
+  with each command's CPU time and minor page faults (its whole process tree)
+  and what one page fault costs on this machine;
 - the same with hyperfine (one command after the other), as a cross-check;
 - how start-up grows with 10, 100 and 1,000 bind mounts;
 - 50 containers started at once: the wall time until all have exited, and
@@ -134,7 +136,9 @@ def _as_user(name: str) -> list[str]:
     return [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--reset-env"]
 
 
-def once(argv: list[str]) -> float:
+def measure(argv: list[str]) -> tuple[float, float, int]:
+    """One run: wall ms, CPU ms and minor page faults of the whole process tree
+    (wait4's usage counts every descendant that was waited for)."""
     started = time.perf_counter()
     pid = os.posix_spawn(
         argv[0] if "/" in argv[0] else shutil.which(argv[0]) or argv[0],
@@ -145,22 +149,38 @@ def once(argv: list[str]) -> float:
             (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
         ],
     )
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{argv} failed: {os.waitstatus_to_exitcode(status)}")
-    return elapsed * 1000
+    return elapsed * 1000, (usage.ru_utime + usage.ru_stime) * 1000, usage.ru_minflt
 
 
-def interleaved(commands: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in commands}
+def once(argv: list[str]) -> float:
+    return measure(argv)[0]
+
+
+class Samples:
+    """Per command: wall ms, CPU ms and page faults of every round."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.wall: dict[str, list[float]] = {name: [] for name in names}
+        self.cpu: dict[str, list[float]] = {name: [] for name in names}
+        self.faults: dict[str, list[int]] = {name: [] for name in names}
+
+
+def interleaved(commands: dict[str, list[str]], rounds: int) -> Samples:
+    samples = Samples(list(commands))
     for argv in commands.values():  # warm up the page cache
         for _ in range(3):
             once(argv)
     for _ in range(rounds):
         for name, argv in commands.items():
-            times[name].append(once(argv))
-    return times
+            wall, cpu, faults = measure(argv)
+            samples.wall[name].append(wall)
+            samples.cpu[name].append(cpu)
+            samples.faults[name].append(faults)
+    return samples
 
 
 def hyperfine(commands: dict[str, list[str]], work: Path, runs: int) -> str:
@@ -225,6 +245,24 @@ def concurrent(work: Path, count: int) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, failures
 
 
+def page_fault_us(pages: int = 4096) -> float:
+    """Microseconds per minor page fault here: the first touch of each page of
+    a fresh anonymous mapping (median of five).  Python's start-up and a fork's
+    copy-on-write are made of these."""
+    import mmap
+
+    size = pages * mmap.PAGESIZE
+    costs = []
+    for _ in range(5):
+        area = mmap.mmap(-1, size)
+        started = time.perf_counter()
+        for offset in range(0, size, mmap.PAGESIZE):
+            area[offset] = 1
+        costs.append((time.perf_counter() - started) / pages * 1e6)
+        area.close()
+    return statistics.median(costs)
+
+
 def supervisor_rss(work: Path) -> int:
     """Peak RSS (KiB) of the pflask process that waits while the container runs."""
     proc = subprocess.Popen([PFLASK, "run", str(work / "bench.yaml"), "--", "/bin/sleep", "1"])
@@ -234,19 +272,22 @@ def supervisor_rss(work: Path) -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
 
 
-def table(times: dict[str, list[float]]) -> str:
+def table(samples: Samples) -> str:
+    times = samples.wall
     python = statistics.median(times["python -c pass"])
     runc = statistics.median(times["runc run"]) if "runc run" in times else None
     lines = [
-        "| command | median ms | mean ms | stdev | x python | x runc |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| command | median ms | mean ms | stdev | x python | x runc | CPU ms | page faults |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, values in times.items():
         median = statistics.median(values)
         vs_runc = f"{median / runc:.2f}" if runc else "-"
         lines.append(
             f"| `{name}` | {median:.1f} | {statistics.mean(values):.1f} | "
-            f"{statistics.stdev(values):.1f} | {median / python:.2f} | {vs_runc} |"
+            f"{statistics.stdev(values):.1f} | {median / python:.2f} | {vs_runc} | "
+            f"{statistics.median(samples.cpu[name]):.1f} | "
+            f"{statistics.median(samples.faults[name]):.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -287,16 +328,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pfbench-") as tmp:
         work = Path(tmp)
         commands = prepare(work)
-        times = interleaved(commands, args.rounds)
+        samples = interleaved(commands, args.rounds)
+        times = samples.wall
+        fault_us = page_fault_us()
         report = [
             f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()}: "
             f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
             f"Python {platform.python_version()}; {args.rounds} interleaved rounds.\n",
-            table(times),
+            table(samples),
+            "\nCPU ms and page faults: medians over the whole process tree (wait4). "
+            f"A page fault costs {fault_us:.1f} us here (first touch of an anonymous "
+            "page), so the faults alone are a large part of each run's time.\n",
             "\nhyperfine, one command after the other:\n\n",
             hyperfine(commands, work, args.rounds),
         ]
-        data: dict[str, object] = {"times_ms": times}
+        data: dict[str, object] = {
+            "times_ms": times,
+            "cpu_ms": samples.cpu,
+            "page_faults": samples.faults,
+            "page_fault_us": fault_us,
+        }
         if not args.skip_scale:
             scaling = bind_scaling(work, (10, 100, 1000), max(5, args.rounds // 4))
             wall, failures = concurrent(work, 50)
