@@ -7,7 +7,9 @@ What it measures (issue: start-up speed and footprint):
 - one start of /bin/true in a busybox root with the default namespaces, for
   pflask (cached plan, and --no-cache; the same with the original flags; as
   the test user made by scripts/setup, through setpriv; and a bare container
-  with only a PID namespace, pflask's own floor),
+  with only a PID namespace, pflask's own floor), and benchmarks/floor.py
+  (the same container in a few lines of Python with none of pflask's work:
+  what any Python implementation pays),
   `unshare -mpfiu --root`, `bwrap
   --unshare-all`, `runc run`, `systemd-nspawn`, and the interpreter's own
   `python -c pass`: all commands take turns in every round (interleaved), so a
@@ -86,6 +88,8 @@ def prepare(work: Path) -> dict[str, list[str]]:
         "python -c pass": [PYTHON, "-c", "pass"],
         "pflask run": [PFLASK, "run", str(manifest)],
         "pflask run (bare: PID namespace only)": [PFLASK, "run", str(bare)],
+        # The same container with none of pflask's own work (benchmarks/floor.py).
+        "Python floor (floor.py)": [PYTHON, str(REPO / "benchmarks" / "floor.py"), str(root)],
         "pflask --chroot (original flags)": classic,
         "pflask run as an ordinary user": unprivileged,
         "pflask run --no-cache": [PFLASK, "run", "--no-cache", str(manifest)],
