@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import marshal
 import os
 import platform
 import shutil
@@ -41,7 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import floor
 from nspawn_env import private_nspawn_namespace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pflask.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,6 +80,8 @@ def prepare(work: Path) -> dict[str, list[str]]:
         "namespaces: {mount: false, ipc: false, uts: false, cgroup: false}\n"
     )
     classic = [PFLASK, f"--chroot={root}", "--", "/bin/true"]
+    ops = work / "floor.ops"  # the manifest's plan as bare system calls
+    ops.write_bytes(marshal.dumps(floor.lower(compiled(manifest))))
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     for argv in ([PFLASK, "run", str(manifest)], [PFLASK, "run", str(bare)], classic):
         sh(*argv)  # fills the cache
@@ -89,7 +97,7 @@ def prepare(work: Path) -> dict[str, list[str]]:
         "pflask run": [PFLASK, "run", str(manifest)],
         "pflask run (bare: PID namespace only)": [PFLASK, "run", str(bare)],
         # The same container with none of pflask's own work (benchmarks/floor.py).
-        "Python floor (floor.py)": [PYTHON, str(REPO / "benchmarks" / "floor.py"), str(root)],
+        "Python floor (floor.py)": [PYTHON, str(REPO / "benchmarks" / "floor.py"), str(ops)],
         "pflask --chroot (original flags)": classic,
         "pflask run as an ordinary user": unprivileged,
         "pflask run --no-cache": [PFLASK, "run", "--no-cache", str(manifest)],
@@ -121,6 +129,13 @@ def prepare(work: Path) -> dict[str, list[str]]:
 
 
 TEST_USER = "pflask-test"  # made by scripts/setup, with /etc/subuid ranges
+
+
+def compiled(manifest: Path) -> Plan:
+    """The plan `pflask run MANIFEST` carries out (for floor.lower)."""
+    from pflask import cli
+
+    return cli.compile_file(str(manifest), (), cli.context(None))[0]
 
 
 def _user_exists(name: str) -> bool:
