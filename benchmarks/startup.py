@@ -8,8 +8,8 @@ What it measures (issue: start-up speed and footprint):
   pflask (cached plan, and --no-cache; the same with the original flags; as
   the test user made by scripts/setup, through setpriv; and a bare container
   with only a PID namespace, pflask's own floor), and benchmarks/floor.py
-  (the same container in a few lines of Python with none of pflask's work:
-  what any Python implementation pays),
+  (pflask's compiled plan carried out as bare system calls with none of
+  pflask's work: what any Python implementation pays),
   `unshare -mpfiu --root`, `bwrap
   --unshare-all`, `runc run`, `systemd-nspawn`, and the interpreter's own
   `python -c pass`: all commands take turns in every round (interleaved), so a
