@@ -33,7 +33,18 @@ def named(plan: Plan) -> Plan:
     return plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
 
 
-SUBCOMMANDS = ("run", "validate", "plan", "schema", "convert", "ps", "stop", "exec", "attach")
+SUBCOMMANDS = (
+    "run",
+    "validate",
+    "plan",
+    "schema",
+    "convert",
+    "ps",
+    "stop",
+    "exec",
+    "attach",
+    "completion",
+)
 
 RUN_USAGE = """usage: pflask run FILE [--set PATH=VALUE]... [--name NAME] [--detach] [--no-cache]
                   [-v] [-- COMMAND [ARG...]]"""
@@ -112,8 +123,10 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
         elif arg in ("-v", "--verbose"):
             switches["verbose"] = True
         elif arg in ("-h", "--help"):
-            print(RUN_USAGE)
-            raise SystemExit(0)
+            from pflask import commands
+
+            commands.run_help()
+            raise Exit(0)
         elif arg.startswith("-") or file is not None:
             raise UsageError(f"run: unexpected argument {arg!r}\n{RUN_USAGE}")
         else:

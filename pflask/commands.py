@@ -23,32 +23,41 @@ if TYPE_CHECKING:
 # --- subcommands ------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The subcommands and their options (the man page and completion read them too)."""
     import argparse
 
-    parser = argparse.ArgumentParser(
+    main = argparse.ArgumentParser(
         prog="pflask",
         description="Run a command, or boot an OS, in Linux namespace containers described "
         "by flags (the original pflask's) or by a manifest (pflask run FILE).",
     )
     from pflask import __version__
 
-    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
-    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    main.add_argument("--version", action="version", version=f"pflask {__version__}")
+    sub = main.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
-    p = sub.add_parser("run", help="run a manifest's container", add_help=False)
+    p = sub.add_parser(
+        "run",
+        help="run a manifest's container",
+        description="Run the container FILE describes: its command, or COMMAND after `--`. "
+        "The compiled plan is cached by content, so an unchanged manifest starts at once.",
+    )
+    add_run_arguments(p)
     p = sub.add_parser("validate", help="check manifests; exit 2 with every error found")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="manifests, or directories of them")
     p = sub.add_parser("plan", help="print the steps `run` would take")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the manifest")
     p.add_argument("--json", action="store_true", help="stable JSON instead of text")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
-    p.add_argument("command", nargs="*", metavar="COMMAND")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE", help="override a field"
+    )
+    p.add_argument("command", nargs="*", metavar="COMMAND", help="plan COMMAND instead")
     p = sub.add_parser("schema", help="print the manifest's JSON Schema")
     p.add_argument("--markdown", action="store_true", help="the field reference as Markdown")
     p = sub.add_parser("convert", help="convert a manifest between YAML and TOML")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--to", required=True, choices=("yaml", "toml"))
+    p.add_argument("file", metavar="FILE", help="the manifest to convert")
+    p.add_argument("--to", required=True, choices=("yaml", "toml"), help="the output format")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p = sub.add_parser(
         "ps",
@@ -57,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID.",
     )
     p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true", help="names only, one a line")
     p = sub.add_parser("stop", help="stop a container: its stop signal, SIGKILL after a timeout")
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
     p.add_argument(
@@ -68,19 +78,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARG...]",
+        help="the command to run (default: /bin/sh)",
+    )
     p = sub.add_parser(
         "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
     )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
-    return parser
+    p = sub.add_parser(
+        "completion",
+        help="print a shell's completion script",
+        description="Print the Tab completion script for SHELL; e.g. in ~/.bashrc: "
+        'eval "$(pflask completion bash)". scripts/setup installs them system-wide.',
+    )
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
+    return main
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """`pflask run`'s options, for its help, the man page and completion: cli.py
+    parses them by hand (argparse is too slow for the start-up path), and
+    tests/test_docs.py checks that both know the same options."""
+    a = p.add_argument
+    a("file", metavar="FILE", help="the manifest (.yaml, .yml, .toml or .json)")
+    a(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field for this run, e.g. --set root.ephemeral=true",
+    )
+    a("--name", metavar="NAME", help="the container's name (default: the manifest's)")
+    a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
+    a("--no-cache", action="store_true", help="compile the manifest afresh; cache nothing")
+    a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
+    a("command", nargs="*", metavar="-- COMMAND", help="run COMMAND instead of the manifest's")
 
 
 def subcommand(args: list[str]) -> int:
     """validate, plan, schema, convert, ps, stop, exec, attach."""
-    parser = _parser()
+    main = parser()
     try:
-        ns = parser.parse_args(args)
+        ns = main.parse_args(args)
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     handler = {
@@ -92,6 +134,7 @@ def subcommand(args: list[str]) -> int:
         "stop": _stop,
         "exec": _exec,
         "attach": _attach,
+        "completion": _completion,
     }.get(ns.subcommand)
     if handler is None:
         raise UsageError(f"{ns.subcommand}: not available in this version")
@@ -171,6 +214,10 @@ def _ps(ns: argparse.Namespace) -> int:
 
     now = time.time()
     records = state.running()
+    if ns.quiet:
+        for r in records:
+            print(r.name)
+        return 0
     if ns.json:
         import json
 
@@ -242,6 +289,28 @@ def _attach(ns: argparse.Namespace) -> int:
     return attach.attach(ns.name)
 
 
+def _completion(ns: argparse.Namespace) -> int:
+    from pflask import completion
+
+    sys.stdout.write(completion.script(ns.shell))
+    return 0
+
+
+def run_help() -> None:
+    """`pflask run -h`: the full help (cli.py's fast path has only the usage)."""
+    subcommands(parser())["run"].print_help()
+
+
+def subcommands(main: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, by name, in the order they were added."""
+    import argparse
+
+    for action in main._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 # --- the original command line --------------------------------------------------------------
 
 
@@ -256,6 +325,25 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
     # garbage (jsonschema, the loader) that this process, which may go on to
     # supervise the container for long, should not keep.
     gc.enable()
+    from pflask import classic
+
+    parser = classic_parser()
+    try:
+        ns = parser.parse_args(classic.normalize(parser, args))
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    if ns.attach:
+        from pflask import attach
+
+        return attach.attach(ns.attach)
+    data = classic.to_manifest(ns)
+    if ns.verbose or ns.no_cache:
+        entry = None  # never stored, so these flags never come from the cache either
+    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line", entry)
+
+
+def classic_parser() -> argparse.ArgumentParser:
+    """The original pflask's options (and --version), as argparse knows them."""
     import argparse
 
     from pflask import classic
@@ -272,18 +360,7 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
 
     parser.add_argument("--version", action="version", version=f"pflask {__version__}")
     classic.add_arguments(parser)
-    try:
-        ns = parser.parse_args(classic.normalize(parser, args))
-    except SystemExit as e:
-        return 0 if e.code == 0 else 2
-    if ns.attach:
-        from pflask import attach
-
-        return attach.attach(ns.attach)
-    data = classic.to_manifest(ns)
-    if ns.verbose or ns.no_cache:
-        entry = None  # never stored, so these flags never come from the cache either
-    return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line", entry)
+    return parser
 
 
 def run_manifest_data(
