@@ -150,9 +150,9 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         if root is not None:
             steps.append(_root_step(m, root))
         steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
-        replaced = _system_tmpfs(m)
+        replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
-            if index not in replaced.values():
+            if index not in replacing:
                 steps.append(_user_mount(m, index, mount, userns))
         if root is not None:
             masked = MASKED_PATHS if m.security.masked_paths is None else m.security.masked_paths
@@ -437,13 +437,20 @@ def _system_tmpfs(m: Manifest) -> dict[str, int]:
     the inode cap).  Only with a root of its own: the host's root gets no
     /run or /dev/shm from pflask.
     """
+    return {container_path(m.mounts[i].target): i for i in _replacing_system_tmpfs(m)}
+
+
+def _replacing_system_tmpfs(m: Manifest) -> list[int]:
+    """The indexes of the tmp mounts at /run or /dev/shm, in order: the last
+    at each target replaces pflask's, the others are not mounted (stacked,
+    the last one is all the container would see of them anyway)."""
     if m.root.path is None:
-        return {}
-    found: dict[str, int] = {}
-    for index, mount in enumerate(m.mounts):
-        if isinstance(mount, TmpMount) and container_path(mount.target) in SYSTEM_TMPFS:
-            found[container_path(mount.target)] = index  # the last one wins, as stacked
-    return found
+        return []
+    return [
+        index
+        for index, mount in enumerate(m.mounts)
+        if isinstance(mount, TmpMount) and container_path(mount.target) in SYSTEM_TMPFS
+    ]
 
 
 def _system_tmpfs_step(m: Manifest, target: str, replaced: dict[str, int]) -> p.MountFs:

@@ -20,7 +20,10 @@ import yaml
 from helpers import describe, run_pflask
 from helpers import shell as sh
 
-from pflask import cgroups
+from pflask import cgroups, compiler
+from pflask import manifest as records
+from pflask import plan as p
+from pflask.context import Context
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -124,6 +127,23 @@ def test_a_tmp_mount_at_run_or_dev_shm_replaces_pflasks_own(
     assert (run["size"], run["mode"]) == (f"{percent_of_ram_kib(10)}k", "700")
     line = next(x for x in result.stdout.splitlines() if x.split()[4] == "/run")
     assert {"nosuid", "nodev", "noexec"} <= set(line.split()[5].split(","))
+
+
+def run_mounts(data: dict[str, Any]) -> list[p.MountFs]:
+    the_plan = compiler.compile_plan(
+        records.from_data({"name": "c", **data}), Context(uid=0, gid=0)
+    )
+    return [s for s in the_plan.steps if isinstance(s, p.MountFs) and s.target == "/run"]
+
+
+def test_the_last_tmp_mount_at_run_is_the_one() -> None:
+    """Stacked, the last would be all the container sees: it replaces pflask's, alone."""
+    tmp = [{"type": "tmp", "target": "/run", "size": n} for n in ("1M", "2M")]
+    (run,) = run_mounts({"root": {"path": "/r"}, "mounts": tmp})
+    assert run.data == "mode=755,size=2097152,nr_inodes=100k"
+    # With the host's root pflask mounts no /run: a tmp mount there is the user's own.
+    (run,) = run_mounts({"mounts": tmp[:1]})
+    assert run.data == "size=1048576,nr_inodes=400k"
 
 
 @pytest.mark.parametrize("user", USERS)

@@ -334,7 +334,7 @@ TEXT = st.text(alphabet=st.characters(exclude_characters="\0"), max_size=20)
 
 
 @settings(
-    max_examples=150,
+    max_examples=120,
     derandomize=True,
     database=None,
     deadline=None,
