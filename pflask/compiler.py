@@ -70,13 +70,16 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # same on every machine; inodes are capped because each costs kernel memory
 # that size= does not count.  /run holds sockets, pid files and a booted
 # systemd's runtime journal (journald takes 10% of it); /dev/shm holds POSIX
-# shared memory, which databases and browsers size by the gigabyte (a fixed
-# 64 MB, podman's, is the default their users most often raise); tmp mounts
-# and an ephemeral root's changes are where a container writes files.  A tmp
-# mount's `size` (or root.size) replaces the size; a tmp mount at /run or
-# /dev/shm replaces pflask's own (see _system_tmpfs).
+# shared memory, which databases and browsers size in hundreds of megabytes
+# (a fixed 64 MB, podman's, is the default their users most often raise, so
+# it scales with the machine as nspawn's does); tmp mounts and an ephemeral
+# root's changes are where a container writes files, so they get more.  A
+# tmp mount's `size` (or root.size) replaces the size; a tmp mount at /run or
+# /dev/shm replaces pflask's own (see _system_tmpfs).  A hard bound on all of
+# them together is `cgroup.memory`: tmpfs pages are charged to the memory
+# cgroup of the process that writes them.
 RUN_TMPFS = (("mode", "755"), ("size", "10%"), ("nr_inodes", "100k"))
-SHM_TMPFS = (("mode", "1777"), ("size", "25%"), ("nr_inodes", "100k"))
+SHM_TMPFS = (("mode", "1777"), ("size", "10%"), ("nr_inodes", "100k"))
 TMP_TMPFS = (("size", "25%"), ("nr_inodes", "400k"))
 SYSTEM_TMPFS = {"/run": RUN_TMPFS, "/dev/shm": SHM_TMPFS}
 

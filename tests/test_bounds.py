@@ -82,7 +82,7 @@ def test_run_shm_and_tmp_mounts_are_bounded_by_default(
         "755",
     )
     assert (shm["size"], shm["nr_inodes"], shm.get("mode", "1777")) == (
-        f"{percent_of_ram_kib(25)}k",
+        f"{percent_of_ram_kib(10)}k",
         str(100 * 1024),
         "1777",  # the kernel shows a mode only when it is not 1777
     )
@@ -127,6 +127,18 @@ def test_a_tmp_mount_at_run_or_dev_shm_replaces_pflasks_own(
     assert (run["size"], run["mode"]) == (f"{percent_of_ram_kib(10)}k", "700")
     line = next(x for x in result.stdout.splitlines() if x.split()[4] == "/run")
     assert {"nosuid", "nodev", "noexec"} <= set(line.split()[5].split(","))
+
+
+def test_cgroup_memory_bounds_every_tmpfs_at_once(shared_tmp: Path, busybox_root: Path) -> None:
+    """tmpfs pages are charged to the writer's memory cgroup: the one hard bound."""
+    box = manifest(
+        shared_tmp, "bounds-memshm", root={"path": str(busybox_root)}, cgroup={"memory": "32M"}
+    )
+    script = "dd if=/dev/zero of=/dev/shm/x bs=1M count=64; echo written"
+    result = run_pflask("run", box, "--", *sh(script))
+    assert result.returncode == 137, describe(result)
+    assert "written" not in result.stdout
+    assert "OOM killer killed a process" in result.stderr
 
 
 def run_mounts(data: dict[str, Any]) -> list[p.MountFs]:
