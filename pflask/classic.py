@@ -202,7 +202,7 @@ def option_error(error: ManifestError) -> ManifestError:
     field = error.field or ""
     for prefix, option in FIELD_OPTIONS:
         if field == prefix or field.startswith((prefix + ".", prefix + "[")):
-            label = option if field == option.removeprefix("--") else f"{option} ({field})"
+            label = option if field == option.removeprefix("--") else f"{option}: {field}"
             return ManifestError(error.message, field=label)
     return error
 
