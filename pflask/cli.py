@@ -118,7 +118,8 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
             print(RUN_USAGE)
             raise SystemExit(0)
         elif arg.startswith("-") or file is not None:
-            raise UsageError(f"run: unexpected argument {arg!r} (see pflask run -h)")
+            shown = repr(arg) if len(arg) <= 60 else f"{arg[:40]!r}... ({len(arg)} characters)"
+            raise UsageError(f"run: unexpected argument {shown} (see pflask run -h)")
         else:
             file = arg
         i += 1
