@@ -309,6 +309,7 @@ def create(
     pids: int | None,
     cpu: float | None,
     layout: Layout | None = None,
+    default_pids: int | None = None,
 ) -> Group:
     """Make the group `pflask-<name>-<pid>-<start>` wherever the controllers and limits need it.
 
@@ -317,11 +318,20 @@ def create(
     processes: in the cgroup2 tree, or on a v1-only host in the named (no
     controller) hierarchies such as name=systemd.  On any failure, the
     directories already made are removed again.
+
+    `default_pids` is the task limit when `pids` is None, applied where this
+    user can have the pids controller (a v1 pids hierarchy it may write to,
+    or a cgroup2 tree offering pids): a fork bomb should not take the host's
+    pids by default, but a host or a delegation without the controller
+    should not stop containers that never asked for a limit.
     """
     dirname = group_name(name)
     _check_limits(memory, pids, cpu)
     if layout is None:
         layout = detect()
+    if pids is None and default_pids is not None and _offers(layout, "pids"):
+        pids = default_pids
+        _check_limits(None, pids, None)
     wanted = _wanted(controllers, memory, pids, cpu, layout)
     v1, use_v2, enable = _placement(wanted, layout)
     if layout.v2 is not None and not use_v2 and (not wanted or _writable(layout.v2.cgroup)):
@@ -471,6 +481,15 @@ def _absent(controller: str, layout: Layout) -> SyscallError:
         where += f"; cgroup2 at {layout.v2.mount} has no {controller!r} (it is v1 only)"
     detail = f"controller {controller!r} is not mounted ({where})"
     return SyscallError("cgroup", errno.ENOENT, detail)
+
+
+def _offers(layout: Layout, controller: str) -> bool:
+    """Whether a group made by this process could have `controller`."""
+    hierarchy = layout.v1_hierarchy(controller)
+    if hierarchy is not None:
+        return _writable(hierarchy.cgroup)
+    v2 = layout.v2
+    return v2 is not None and controller in v2.controllers and _writable(v2_parent(v2, True))
 
 
 def _writable(path: str) -> bool:

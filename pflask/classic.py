@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pflask.errors import UsageError
+from pflask.errors import ManifestError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,6 +92,12 @@ def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
     """Options as getopt(3) read them in the original: values may start with
     `-` (`--caps -all`), and the first non-option word starts the command
     (`pflask -r root ls -l`), so the command's own options are never ours.
+
+    Unlike getopt, an option whose value is missing is a usage error naming
+    it: at the end of the line, before `--`, or before another of our long
+    options (`--chroot --plan`: a directory called `--plan` is far less
+    likely than a forgotten value).  An empty value is one too: no option
+    here means anything by it (a bare `--netif` is written without one).
     """
     out: list[str] = []
     i = 0
@@ -99,26 +105,106 @@ def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
         arg = args[i]
         if arg == "--" or not arg.startswith("-") or arg == "-":
             return [*out, "--", *args[i + (1 if arg == "--" else 0) :]]
-        name, has_value, _ = arg.partition("=")
+        name, has_value, value = arg.partition("=")
         action = parser._option_string_actions.get(name)
         if action is None and not arg.startswith("--") and len(arg) > 2:
             action = parser._option_string_actions.get(arg[:2])  # -rDIR
             if action is not None and action.nargs != 0:
-                out.append(f"{arg[:2]}={arg[2:]}")
+                out.append(f"{arg[:2]}={_value(parser, action, arg[:2], arg[2:])}")
                 i += 1
                 continue
-        if action is None or has_value or action.nargs == 0 or i + 1 >= len(args):
+        if action is None or action.nargs == 0:
             out.append(arg)
             i += 1
             continue
-        value = args[i + 1]
-        if action.nargs == "?" and ":" not in value:  # a bare --netif
-            out.append(arg)
+        if has_value:
+            out.append(f"{name}={_value(parser, action, name, value)}")
             i += 1
             continue
-        out.append(f"{name}={value}")
+        following = args[i + 1] if i + 1 < len(args) else None
+        if action.nargs == "?" and (following is None or (following and ":" not in following)):
+            out.append(arg)  # a bare --netif; an empty word after it is its empty value
+            i += 1
+            continue
+        out.append(f"{name}={_value(parser, action, name, following)}")
         i += 2
     return out
+
+
+def _value(
+    parser: argparse.ArgumentParser, action: argparse.Action, option: str, value: str | None
+) -> str:
+    """`value` for `option`, or the usage error saying that it is missing or empty."""
+    wanted = action.metavar or action.dest.upper()
+    if value is None or value == "--" or _is_long_option(parser, value):
+        raise UsageError(f"{option} needs a value ({wanted})")
+    if not value and action.nargs != "?":
+        raise UsageError(f"{option}: the value is empty (expected {wanted})")
+    return value
+
+
+def _is_long_option(parser: argparse.ArgumentParser, word: str) -> bool:
+    return word.startswith("--") and word.partition("=")[0] in parser._option_string_actions
+
+
+def shown(value: str, width: int = 60) -> str:
+    """`value` quoted for a message, its middle elided when long: an error
+    about a 10 KB argument should still be one readable line."""
+    if len(value) > width:
+        value = value[: width // 2] + "..." + value[-width // 2 :]
+    return repr(value)
+
+
+MAX_ID = 4294967294
+"""The largest uid or gid: (uid_t)-1 means "no id" to the kernel."""
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _id(what: str, text: str) -> int:
+    """A uid, gid or id count.  A number far beyond any id is a usage error
+    before int() sees it (int() refuses thousands of digits with a
+    ValueError); the schema judges the exact range of the rest."""
+    if len(text.lstrip("0")) > len(str(MAX_ID)):
+        raise UsageError(f"{what}: {shown(text, 24)} is too large (ids go up to {MAX_ID})")
+    return int(text)
+
+
+# Which option filled a manifest field, to name the option in an error about its value.
+FIELD_OPTIONS = (
+    ("root.ephemeral", "--ephemeral"),
+    ("root", "--chroot"),
+    ("workdir", "--chdir"),
+    ("hostname", "--hostname"),
+    ("mounts", "--mount"),
+    ("network", "--netif"),
+    ("namespaces", "the --no-*ns options"),
+    ("user", "--user"),
+    ("idmap", "--user-map"),
+    ("cgroup", "--cgroup"),
+    ("capabilities", "--caps"),
+    ("env.clear", "--keepenv"),
+    ("env", "--setenv"),
+    ("name", "--name"),
+    ("command", "the command"),
+    ("detach", "--detach"),
+)
+
+
+def option_error(error: ManifestError) -> ManifestError:
+    """An error about a manifest field the flags filled, as one about the option.
+
+    The mapping came from the command line, so `command line: hostname:`
+    would make the user guess which flag it was; `--hostname:` does not.
+    """
+    field = error.field or ""
+    for prefix, option in FIELD_OPTIONS:
+        if field == prefix or field.startswith((prefix + ".", prefix + "[")):
+            label = option if field == option.removeprefix("--") else f"{option}: {field}"
+            return ManifestError(error.message, field=label)
+    return error
 
 
 def _host(path: str) -> str:
@@ -127,7 +213,9 @@ def _host(path: str) -> str:
 
 def _container(spec: str, path: str) -> str:
     if not path.startswith("/"):
-        raise UsageError(f"--mount {spec!r}: the target {path!r} must be an absolute path")
+        raise UsageError(
+            f"--mount {shown(spec)}: the target {shown(path)} must be an absolute path"
+        )
     return path
 
 
@@ -145,11 +233,13 @@ def mount_spec(spec: str) -> dict[str, Any]:
         "loop-ro": (2, "loop-ro:IMAGE:DST[:FSTYPE]"),
     }
     if kind not in shapes:
-        raise UsageError(f"--mount {spec!r}: unknown type {kind!r} (one of {', '.join(shapes)})")
+        raise UsageError(
+            f"--mount {shown(spec)}: unknown type {shown(kind)} (one of {', '.join(shapes)})"
+        )
     count, shape = shapes[kind]
     optional_extra = kind.startswith("loop")
     if (len(parts) != count and not (optional_extra and len(parts) == count + 1)) or not all(parts):
-        raise UsageError(f"--mount {spec!r}: expected {shape}")
+        raise UsageError(f"--mount {shown(spec)}: expected {shape}")
     if kind in ("bind", "bind-ro"):
         entry: dict[str, Any] = {
             "type": "bind",
@@ -186,24 +276,24 @@ def netif_spec(spec: str) -> dict[str, Any] | None:
     parts = spec.split(":")
     if parts[0] in ("macvlan", "ipvlan"):
         if len(parts) != 3 or not all(parts):
-            raise UsageError(f"--netif {spec!r}: expected {parts[0]}:MASTER:NAME")
+            raise UsageError(f"--netif {shown(spec)}: expected {parts[0]}:MASTER:NAME")
         return {"type": parts[0], "master": parts[1], "name": parts[2]}
     if parts[0] == "veth":
         if len(parts) != 3 or not all(parts):
-            raise UsageError(f"--netif {spec!r}: expected veth:OUTSIDE:INSIDE")
+            raise UsageError(f"--netif {shown(spec)}: expected veth:OUTSIDE:INSIDE")
         return {"type": "veth", "host": parts[1], "name": parts[2]}
     if len(parts) == 1:
         return {"type": "move", "device": parts[0]}
     if len(parts) != 2 or not all(parts):
-        raise UsageError(f"--netif {spec!r}: expected DEV:NAME")
+        raise UsageError(f"--netif {shown(spec)}: expected DEV:NAME")
     return {"type": "move", "device": parts[0], "name": parts[1]}
 
 
 def _user_map(spec: str) -> dict[str, int]:
     parts = spec.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise UsageError(f"--user-map {spec!r}: expected INSIDE:OUTSIDE:COUNT (numbers)")
-    inside, outside, count = (int(p) for p in parts)
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise UsageError(f"--user-map {shown(spec)}: expected INSIDE:OUTSIDE:COUNT (numbers)")
+    inside, outside, count = (_id(f"--user-map {shown(spec)}", p) for p in parts)
     return {"inside": inside, "outside": outside, "count": count}
 
 
@@ -213,7 +303,7 @@ def _setenv(specs: list[str]) -> dict[str, str]:
         for item in spec.split(","):
             name, sep, value = item.partition("=")
             if not sep or not name:
-                raise UsageError(f"--setenv {item!r}: expected NAME=VALUE")
+                raise UsageError(f"--setenv {shown(item)}: expected NAME=VALUE")
             values[name] = value
     return values
 
@@ -237,7 +327,7 @@ def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
         data["workdir"] = args.chdir
     if args.user:
         user = args.user
-        data["user"] = int(user) if user.isdigit() else user
+        data["user"] = _id(f"--user {shown(user)}", user) if _is_number(user) else user
     env: dict[str, Any] = {}
     if args.keepenv:
         env["clear"] = False

@@ -112,9 +112,12 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
         if arg in ("--set", "--name"):
             if value is None:
                 i += 1
-                if i >= len(args):
-                    raise UsageError(f"{arg} needs a value\n{RUN_USAGE}")
-                value = args[i]
+                value = args[i] if i < len(args) else None
+            wanted = "PATH=VALUE" if arg == "--set" else "NAME"
+            if value is None or value == "--":
+                raise UsageError(f"run: {arg} needs a value ({wanted}; see pflask run -h)")
+            if not value:
+                raise UsageError(f"run: {arg}: the value is empty (expected {wanted})")
             overrides.append(value if arg == "--set" else f"name={value}")
         elif arg in ("-d", "--detach"):
             overrides.append("detach=true")
@@ -128,12 +131,13 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
             commands.run_help()
             raise Exit(0)
         elif arg.startswith("-") or file is not None:
-            raise UsageError(f"run: unexpected argument {arg!r}\n{RUN_USAGE}")
+            shown = repr(arg) if len(arg) <= 60 else f"{arg[:40]!r}... ({len(arg)} characters)"
+            raise UsageError(f"run: unexpected argument {shown} (see pflask run -h)")
         else:
             file = arg
         i += 1
     if file is None:
-        raise UsageError(f"run: which manifest?\n{RUN_USAGE}")
+        raise UsageError("run: which manifest? (see pflask run -h)")
     if command == ():
         raise UsageError("run: nothing after '--'")
     return file, overrides, command, switches

@@ -17,17 +17,33 @@ from pflask.errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 # --- subcommands ------------------------------------------------------------------------
+
+
+def _argument_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An ArgumentParser whose errors are one line and exit 2 like pflask's own.
+
+    argparse prints its usage and then the error; pflask's rule is one line
+    per problem, and the usage is one `-h` away.
+    """
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            where = self.prog.removeprefix("pflask").strip()
+            raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} -h)")
+
+    return Parser(**kwargs)
 
 
 def parser() -> argparse.ArgumentParser:
     """The subcommands and their options (the man page and completion read them too)."""
     import argparse
 
-    main = argparse.ArgumentParser(
+    main = _argument_parser(
         prog="pflask",
         description="Run a command, or boot an OS, in Linux namespace containers described "
         "by flags (the original pflask's) or by a manifest (pflask run FILE).",
@@ -344,11 +360,9 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
 
 def classic_parser() -> argparse.ArgumentParser:
     """The original pflask's options (and --version), as argparse knows them."""
-    import argparse
-
     from pflask import classic
 
-    parser = argparse.ArgumentParser(
+    parser = _argument_parser(
         prog="pflask",
         usage="pflask [OPTIONS] [--] [COMMAND [ARG...]]\n"
         "       pflask {run,validate,plan,schema,convert,ps,stop,exec,attach} ...",
@@ -373,14 +387,20 @@ def run_manifest_data(
 ) -> int:
     """Validate a manifest mapping made from flags; save it, show its plan, or run it
     (caching the plan as `entry` first)."""
-    from pflask import compiler, loader, manifest
+    from pflask import classic, compiler, loader, manifest
+    from pflask.errors import ManifestError, ManifestErrors
 
     located = loader.located(data, origin)
     if "name" not in located:
         located["name"] = UNNAMED if not save else loader.default_name(save)
-    loader.check(located)
-    m = manifest.from_data(located, source=origin)
-    plan = compiler.compile_plan(m, context(None))
+    try:
+        loader.check(located)
+        m = manifest.from_data(located, source=origin)
+        plan = compiler.compile_plan(m, context(None))
+    except ManifestErrors as e:
+        raise ManifestErrors([classic.option_error(error) for error in e.errors]) from None
+    except ManifestError as e:
+        raise classic.option_error(e) from None
     if not show and not save and entry is not None:
         from pflask import cache
 
@@ -391,12 +411,16 @@ def run_manifest_data(
         return 0
     if save:
         if not save.endswith(loader.SUFFIXES[:3]):
-            raise UsageError(f"--save {save}: use a .yaml, .yml or .toml file name")
+            raise UsageError(f"--save {classic.shown(save)}: use a .yaml, .yml or .toml file name")
         if "name" not in data:
             located.pop("name")
         fmt = "toml" if save.endswith(".toml") else "yaml"
-        with open(save, "w", encoding="utf-8") as f:
-            f.write(loader.dump(loader.plain(located), fmt))
+        text = loader.dump(loader.plain(located), fmt)
+        try:
+            with open(save, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise UsageError(f"--save {classic.shown(save)}: {e.strerror}") from None
         return 0
     from pflask import executor
 

@@ -61,6 +61,32 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 BOOT_DROPPED_CAPABILITIES = ("-audit_control", "-audit_read")
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# Bounds of the tmpfs pflask mounts.  The kernel's defaults are half the
+# host's RAM and an inode per two pages for *each* tmpfs, so a container
+# could pin most of the host's memory through /run, /dev/shm, its tmp mounts
+# and an ephemeral root's upper layer at once.  The sizes are percentages the
+# kernel resolves at mount time (tmpfs size=N%), so a cached plan means the
+# same on every machine; inodes are capped because each costs kernel memory
+# that size= does not count.  /run holds sockets, pid files and a booted
+# systemd's runtime journal (journald takes 10% of it); /dev/shm holds POSIX
+# shared memory, which databases and browsers size in hundreds of megabytes
+# (a fixed 64 MB, podman's, is the default their users most often raise, so
+# it scales with the machine as nspawn's does); tmp mounts and an ephemeral
+# root's changes are where a container writes files, so they get more.  A
+# tmp mount's `size` (or root.size) replaces the size; a tmp mount at /run or
+# /dev/shm replaces pflask's own (see _system_tmpfs).  A hard bound on all of
+# them together is `cgroup.memory`: tmpfs pages are charged to the memory
+# cgroup of the process that writes them.
+RUN_TMPFS = (("mode", "755"), ("size", "10%"), ("nr_inodes", "100k"))
+SHM_TMPFS = (("mode", "1777"), ("size", "10%"), ("nr_inodes", "100k"))
+TMP_TMPFS = (("size", "25%"), ("nr_inodes", "400k"))
+SYSTEM_TMPFS = {"/run": RUN_TMPFS, "/dev/shm": SHM_TMPFS}
+
+# The task limit of a cgroup pflask makes, unless the manifest says otherwise:
+# far above what a service or a booted OS runs (a Debian boot: ~30 tasks; a
+# parallel build: a few hundred), far below the host's pid_max.
+DEFAULT_PIDS = 4096
 DEFAULT_ID_RANGE = (100000, 65536)  # root's fallback when it has no /etc/subuid range
 
 
@@ -125,10 +151,12 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave"))
         if root is not None:
-            steps.append(p.EphemeralRoot(path=root) if m.root.ephemeral else p.BindRoot(path=root))
+            steps.append(_root_step(m, root))
         steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
+        replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
-            steps.append(_user_mount(m, index, mount, userns))
+            if index not in replacing:
+                steps.append(_user_mount(m, index, mount, userns))
         if root is not None:
             masked = MASKED_PATHS if m.security.masked_paths is None else m.security.masked_paths
             readonly = (
@@ -227,17 +255,23 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool) -> p.Cgroup | None:
     Only root gets one made automatically: an ordinary user's own cgroup is
     normally not writable (not delegated) and an init such as busybox's needs
     none.
+
+    Every group pflask makes gets a task limit, DEFAULT_PIDS, unless the
+    manifest sets `pids` (a number, or "max" for none): without one, a fork
+    bomb in the container takes every pid the host has.
     """
     if m.cgroup is not None:
+        pids = m.cgroup.pids
         return p.Cgroup(
             name=m.name,
             controllers=m.cgroup.controllers,
             memory=m.cgroup.memory,
-            pids=m.cgroup.pids,
+            pids=pids if isinstance(pids, int) else None,
             cpu=m.cgroup.cpu,
+            default_pids=DEFAULT_PIDS if pids is None else None,
         )
     if boot and ctx.uid == 0 and m.namespaces.cgroup:
-        return p.Cgroup(name=m.name)
+        return p.Cgroup(name=m.name, default_pids=DEFAULT_PIDS)
     return None
 
 
@@ -379,6 +413,67 @@ def _host_links(m: Manifest, userns: bool, ctx: Context) -> list[p.Step]:
     return steps
 
 
+def _root_step(m: Manifest, root: str) -> p.Step:
+    if m.root.size is not None and not m.root.ephemeral:
+        raise _error(
+            m, "root.size", "bounds the ephemeral root's changes: it needs ephemeral: true"
+        )
+    if not m.root.ephemeral:
+        return p.BindRoot(path=root)
+    return p.EphemeralRoot(path=root, tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size))
+
+
+def _tmpfs_data(defaults: tuple[tuple[str, str], ...], **given: object) -> str:
+    """tmpfs options: `defaults`, each replaced by the value `given` for it, if any."""
+    options = dict(defaults)
+    options.update((key, str(value)) for key, value in given.items() if value is not None)
+    return ",".join(f"{key}={value}" for key, value in options.items())
+
+
+def _system_tmpfs(m: Manifest) -> dict[str, int]:
+    """The tmp mounts that replace pflask's own /run or /dev/shm: {target: index}.
+
+    A tmp mount at /run or /dev/shm is how a manifest changes their bounds
+    (`{type: tmp, target: /dev/shm, size: 2G}`): it takes the place of
+    pflask's mount instead of stacking a second tmpfs on an empty one, and
+    keeps pflask's options for what it does not say (mode, nosuid, nodev,
+    the inode cap).  Only with a root of its own: the host's root gets no
+    /run or /dev/shm from pflask.
+    """
+    return {container_path(m.mounts[i].target): i for i in _replacing_system_tmpfs(m)}
+
+
+def _replacing_system_tmpfs(m: Manifest) -> list[int]:
+    """The indexes of the tmp mounts at /run or /dev/shm, in order: the last
+    at each target replaces pflask's, the others are not mounted (stacked,
+    the last one is all the container would see of them anyway)."""
+    if m.root.path is None:
+        return []
+    return [
+        index
+        for index, mount in enumerate(m.mounts)
+        if isinstance(mount, TmpMount) and container_path(mount.target) in SYSTEM_TMPFS
+    ]
+
+
+def _system_tmpfs_step(m: Manifest, target: str, replaced: dict[str, int]) -> p.MountFs:
+    flags: tuple[str, ...] = ("nosuid", "nodev")
+    index = replaced.get(target)
+    if index is None:
+        return p.MountFs(
+            fstype="tmpfs", target=target, flags=flags, data=_tmpfs_data(SYSTEM_TMPFS[target])
+        )
+    mount = m.mounts[index]
+    assert isinstance(mount, TmpMount)
+    extra = (*(("ro",) if mount.readonly else ()), *mount.flags)
+    data = _tmpfs_data(
+        SYSTEM_TMPFS[target], mode=mount.mode, size=mount.size, uid=mount.uid, gid=mount.gid
+    )
+    return p.MountFs(
+        fstype="tmpfs", target=target, flags=tuple(dict.fromkeys((*flags, *extra))), data=data
+    )
+
+
 def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> list[p.Step]:
     """What a real OS expects under a root; with the host's root, only a new /proc.
 
@@ -417,6 +512,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
                 flags=(*(() if delegated else ("ro",)), "nosuid", "nodev", "noexec"),
             )
         )
+    replaced = _system_tmpfs(m)
     pts_data = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
     steps += [
         p.MountFs(
@@ -429,7 +525,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
         p.MountFs(fstype="devpts", target="/dev/pts", flags=("nosuid", "noexec"), data=pts_data),
         p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
         *([p.Console()] if m.terminal != "false" else []),
-        p.MountFs(fstype="tmpfs", target="/dev/shm", flags=("nosuid", "nodev"), data="mode=1777"),
+        _system_tmpfs_step(m, "/dev/shm", replaced),
     ]
     if m.namespaces.ipc:
         steps.append(
@@ -440,7 +536,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
         p.Symlink(value="/proc/self/fd/0", path="/dev/stdin"),
         p.Symlink(value="/proc/self/fd/1", path="/dev/stdout"),
         p.Symlink(value="/proc/self/fd/2", path="/dev/stderr"),
-        p.MountFs(fstype="tmpfs", target="/run", flags=("nosuid", "nodev"), data="mode=755"),
+        _system_tmpfs_step(m, "/run", replaced),
     ]
     return steps
 
@@ -457,10 +553,11 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             optional=mount.optional,
         )
     if isinstance(mount, TmpMount):
-        options = {"size": mount.size, "mode": mount.mode, "uid": mount.uid, "gid": mount.gid}
-        data = [f"{key}={value}" for key, value in options.items() if value is not None]
+        data = _tmpfs_data(
+            TMP_TMPFS, size=mount.size, mode=mount.mode, uid=mount.uid, gid=mount.gid
+        )
         flags = (*(("ro",) if mount.readonly else ()), *mount.flags)
-        return p.MountFs(fstype="tmpfs", target=target, flags=flags, data=",".join(data))
+        return p.MountFs(fstype="tmpfs", target=target, flags=flags, data=data)
     if isinstance(mount, OverlayMount):
         return p.Overlay(
             target=target,
@@ -469,6 +566,7 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             work=mount.work,
             readonly=mount.readonly,
             flags=mount.flags,
+            tmpfs=_tmpfs_data(TMP_TMPFS) if mount.upper is None else "",
         )
     if isinstance(mount, AufsMount):
         # The original's aufs put a directory over the target's own content.

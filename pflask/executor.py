@@ -594,7 +594,12 @@ class Supervisor:
 
             cgroups.clean_stale()
             self.group = cgroups.create(
-                step.name, step.controllers, step.memory, step.pids, step.cpu
+                step.name,
+                step.controllers,
+                step.memory,
+                step.pids,
+                step.cpu,
+                default_pids=step.default_pids,
             )
             self.cleanups.append(self.group.remove)
             self.group.attach(pid)
@@ -867,7 +872,7 @@ class Container:
     def _ephemeral_root(self, step: plan.EphemeralRoot) -> None:
         from pflask import mounts
 
-        mounts.ephemeral_root(step.path)
+        mounts.ephemeral_root(step.path, step.tmpfs)
         self.root = mounts.Root(step.path)
 
     def _mount(self, step: plan.MountFs) -> None:
@@ -904,6 +909,7 @@ class Container:
             step.flags,
             step.lower_inside,
             step.temporary_work,
+            step.tmpfs,
         )
 
     def _loop(self, step: plan.LoopMount) -> None:

@@ -21,6 +21,7 @@ class Root(Record):
     path: str | None = None
     ephemeral: bool = False
     readonly: bool = False
+    size: int | None = None  # bytes: the ephemeral root's upper layer
 
 
 class Namespaces(Record):
@@ -109,7 +110,7 @@ class Interface(Record):
 class CgroupSpec(Record):
     controllers: tuple[str, ...] = ()
     memory: int | None = None
-    pids: int | None = None
+    pids: int | str | None = None  # "max": no limit; None: the compiler's default
     cpu: float | None = None
 
 
@@ -265,6 +266,7 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
             path=root.get("path"),
             ephemeral=root.get("ephemeral", False),
             readonly=root.get("readonly", False),
+            size=None if root.get("size") is None else parse_size(root["size"]),
         ),
         hostname=data.get("hostname"),
         command=(

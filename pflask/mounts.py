@@ -264,15 +264,17 @@ def overlay_options(lower: list[str], upper: str | None, work: str | None) -> st
     return options
 
 
-def scratch_layers(like: int) -> tuple[int, str, str]:
+def scratch_layers(like: int, tmpfs: str = "") -> tuple[int, str, str]:
     """A tmpfs upper and work directory for changes that vanish with the container.
 
     The merged directory takes its owner and mode from the upper layer's
     root, so the upper is given those of the layer it covers (`like`): a
     tmpfs-backed overlay over /home/alice stays alice's, 0700 stays 0700.
+    `tmpfs`: more options for the tmpfs (the plan's size bound: without
+    one, a tmpfs may grow to half the host's RAM).
     Returns (the tmpfs's fd, upper path, work path).
     """
-    scratch = detached_tmpfs()
+    scratch = detached_tmpfs("mode=0755" + ("," + tmpfs if tmpfs else ""))
     try:
         os.mkdir("upper", 0o755, dir_fd=scratch)
         os.mkdir("work", 0o700, dir_fd=scratch)
@@ -288,15 +290,16 @@ def scratch_layers(like: int) -> tuple[int, str, str]:
     return scratch, f"{fd_path(scratch)}/upper", f"{fd_path(scratch)}/work"
 
 
-def ephemeral_root(path: str) -> None:
+def ephemeral_root(path: str, tmpfs: str = "") -> None:
     """An overlay over the root with a tmpfs upper, mounted over the root's path.
 
     Everything the container writes lands in a tmpfs that no path names, so
     it is gone with the container's mount namespace, however that ends.
+    `tmpfs`: that tmpfs's options beyond its mode (its size and inode bound).
     """
     lower = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        scratch, upper, work = scratch_layers(lower)
+        scratch, upper, work = scratch_layers(lower, tmpfs)
         try:
             options = overlay_options([fd_path(lower)], upper, work)
             try:
@@ -428,10 +431,12 @@ def overlay(
     flags: tuple[str, ...],
     lower_inside: bool,
     temporary_work: bool,
+    tmpfs: str = "",
 ) -> None:
     """overlayfs at a target.
 
-    Without an upper layer the changes go to a private tmpfs.
+    Without an upper layer the changes go to a private tmpfs (with `tmpfs`'s
+    options: its size bound).
     `lower_inside` layers are container paths (the original's aufs: a
     directory over the target's own content), so the target is made first.
     A `temporary_work` directory is already there: the janitor made it
@@ -447,7 +452,7 @@ def overlay(
             fds.append(root.open(layer) if lower_inside else _open_dir(layer, "overlay lower"))
             layers.append(fd_path(fds[-1]))
         if upper is None:  # overlayfs wants an upper with a single lower, even read-only
-            scratch, upper_path, work_path = scratch_layers(fds[1])
+            scratch, upper_path, work_path = scratch_layers(fds[1], tmpfs)
             fds.append(scratch)
         else:
             if work is None:

@@ -115,10 +115,15 @@ class Cgroup(Step):
     memory: int | None = None
     pids: int | None = None
     cpu: float | None = None
+    # Without `pids`: the limit set where the host offers the pids controller
+    # to this group (skipped, not an error, where it does not).
+    default_pids: int | None = None
 
     def describe(self) -> str:
         limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
         limits += [f"pids={self.pids}"] if self.pids is not None else []
+        if self.pids is None and self.default_pids is not None:
+            limits.append(f"pids={self.default_pids} (default, where the pids controller is)")
         limits += [f"cpu={self.cpu:g} CPUs"] if self.cpu is not None else []
         what = ", ".join([*self.controllers, *limits]) or "no limits"
         return f"cgroup for {self.name}, container moved in: {what}"
@@ -298,9 +303,11 @@ class EphemeralRoot(Step):
 
     kind = "ephemeral_root"
     path: str
+    tmpfs: str = ""  # the upper layer's tmpfs options (its size bound)
 
     def describe(self) -> str:
-        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs"
+        bound = f" ({self.tmpfs})" if self.tmpfs else ""
+        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs{bound}"
 
 
 class MountFs(Step):
@@ -358,10 +365,11 @@ class Overlay(Step):
     flags: tuple[str, ...] = ()
     lower_inside: bool = False
     temporary_work: bool = False
+    tmpfs: str = ""  # without an upper: the private tmpfs's options (its size bound)
 
     def describe(self) -> str:
         where = " (inside)" if self.lower_inside else ""
-        upper = self.upper or "tmpfs"
+        upper = self.upper or (f"tmpfs ({self.tmpfs})" if self.tmpfs else "tmpfs")
         work = f", work {self.work}" + (
             " (made and removed by pflask)" if self.temporary_work else ""
         )

@@ -42,6 +42,7 @@ RESOURCES: dict[str, int] = {
 }
 
 UNLIMITED = -1
+EPERM = 1  # the same on every Linux architecture; avoids importing errno
 RLIM_INFINITY = ctypes.c_ulong(-1).value
 
 
@@ -101,9 +102,42 @@ def apply(limits: tuple[tuple[str, int, int], ...]) -> None:
     for name, soft, hard in limits:
         limit = _Rlimit(_raw(soft), _raw(hard))
         if setrlimit(ctypes.c_int(RESOURCES[name]), ctypes.byref(limit)) < 0:
-            raise SyscallError(
-                "setrlimit(2)", ctypes.get_errno(), f"{name}={_show(soft)}:{_show(hard)}"
-            )
+            err = ctypes.get_errno()
+            detail = f"{name}={_show(soft)}:{_show(hard)}"
+            if err == EPERM:
+                detail += _why_refused(name, hard)
+            raise SyscallError("setrlimit(2)", err, detail)
+
+
+def _why_refused(name: str, hard: int) -> str:
+    """What the kernel's EPERM means for this limit, and what to do instead.
+
+    A hard limit can only be raised with CAP_SYS_RESOURCE in the host's user
+    namespace (a user namespace's root does not count), so an ordinary
+    user's pflask cannot raise it, however the manifest asks; nofile also
+    stops at fs.nr_open, for root too.  The limit is refused rather than
+    quietly lowered: a service told it has a million descriptors and given
+    twenty thousand fails later, and further from the cause.
+    """
+    current = _Rlimit()
+    if libc.LIBC.getrlimit(ctypes.c_int(RESOURCES[name]), ctypes.byref(current)) < 0:
+        return ""
+    have = UNLIMITED if current.rlim_max == RLIM_INFINITY else int(current.rlim_max)
+    if name == "nofile" and hard != UNLIMITED:
+        try:
+            with open("/proc/sys/fs/nr_open", "rb") as f:
+                nr_open = int(f.read())
+        except (OSError, ValueError):
+            nr_open = -1
+        if 0 <= nr_open < hard:
+            return f" (above fs.nr_open, {nr_open}, the most the kernel allows: ask for less)"
+    if have != UNLIMITED and (hard == UNLIMITED or hard > have):
+        return (
+            f" (above the hard limit pflask was started with, {have}; raising it needs "
+            f"CAP_SYS_RESOURCE on the host: ask for {have} or less, or start pflask with "
+            "a higher limit)"
+        )
+    return ""
 
 
 def set_no_new_privs() -> None:

@@ -499,7 +499,7 @@ def find(spec: str) -> Container:
     for record in records:
         if record.name == spec:
             return record
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit() and len(spec) <= 10:  # no pid is longer
         pid = int(spec)
         candidates = list(records)
         if os.geteuid() == 0:

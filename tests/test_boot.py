@@ -77,9 +77,9 @@ INIT = {"root": {"path": "/os"}, "command": ["/sbin/init"]}
 def test_a_boot_gets_its_own_cgroup_delegated_read_write() -> None:
     the_plan = compile_data(INIT)
     kinds = [s.kind for s in the_plan.steps]
-    # its own (cgroup2) group, entered before the cgroup namespace is made,
-    # so that the namespace's root is that group
-    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os")]
+    # its own group (cgroup2, and the default task limit), entered before the
+    # cgroup namespace is made, so that the namespace's root is that group
+    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os", default_pids=4096)]
     assert kinds.index("cgroup") < kinds.index("unshare", 1)
     assert the_plan.steps[kinds.index("unshare", 1)] == p.Unshare(namespaces=("cgroup",))
     assert "cgroup" not in the_plan.steps[0].namespaces

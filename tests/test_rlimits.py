@@ -113,7 +113,11 @@ def test_raising_hard_limit_without_cap_sys_resource() -> None:
 
     call, err, text = ok(in_child(body)).split("|")
     assert (call, int(err)) == ("setrlimit(2)", 1)
-    assert text == "setrlimit(2) nofile=100:300: EPERM (Operation not permitted)"
+    assert text == (
+        "setrlimit(2) nofile=100:300 (above the hard limit pflask was started with, 200; "
+        "raising it needs CAP_SYS_RESOURCE on the host: ask for 200 or less, or start pflask "
+        "with a higher limit): EPERM (Operation not permitted)"
+    )
 
 
 def test_soft_above_hard_from_kernel() -> None:

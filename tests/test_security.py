@@ -253,7 +253,11 @@ def test_raising_a_hard_limit_needs_cap_sys_resource_on_the_host(
         security={"rlimits": {"nofile": 1024}},
     )
     argv = ["prlimit", "--nofile=64:128", "--", *pflask_cmd(), "run", str(box), "--"]
-    refused = "(rlimits nofile=1024:1024): setrlimit(2) nofile=1024:1024: EPERM"
+    refused = (
+        "(rlimits nofile=1024:1024): setrlimit(2) nofile=1024:1024 (above the hard limit "
+        "pflask was started with, 128; raising it needs CAP_SYS_RESOURCE on the host: ask for "
+        "128 or less, or start pflask with a higher limit): EPERM"
+    )
     as_user = run_as([*argv, *sh("ulimit -Hn")], user="pflask-test")
     assert as_user.returncode == 125, describe(as_user)
     assert refused in as_user.stderr
