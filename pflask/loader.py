@@ -770,12 +770,14 @@ def check(data: LocDict) -> None:
 
 
 def _unrepresentable(data: Any) -> list[ManifestError]:
-    """Strings and keys holding a NUL, numbers that are not finite.
+    """Strings and keys holding a NUL or a lone surrogate, numbers that are not finite.
 
     No path, name or argument can hold a NUL: checked on the whole document,
     whatever the schema says of a field, a "\\0" escape never reaches a
-    system call as a silently shortened string.  NaN passes every `minimum`
-    and `maximum` (each comparison is false), so it is refused here.
+    system call as a silently shortened string.  JSON's "\\ud800" is a
+    string no UTF-8 encoder takes (it would fail at run time, in the
+    container).  NaN passes every `minimum` and `maximum` (each comparison
+    is false), so it is refused here.
     """
     import math
 
@@ -786,17 +788,29 @@ def _unrepresentable(data: Any) -> list[ManifestError]:
         if isinstance(value, dict):
             key_locs = getattr(value, "key_locs", {})
             for key, item in value.items():
-                if isinstance(key, str) and "\0" in key:
-                    message = "the name holds a NUL character"
+                problem = _bad_text(key) if isinstance(key, str) else None
+                if problem:
+                    message = f"the name holds {problem}"
                     errors.append(error_at(data, (*path, key), message, key_locs.get(key)))
                 pending.append((item, (*path, key)))
         elif isinstance(value, list):
             pending.extend((item, (*path, index)) for index, item in enumerate(value))
-        elif isinstance(value, str) and "\0" in value:
-            errors.append(error_at(data, path, "holds a NUL character"))
+        elif isinstance(value, str) and (problem := _bad_text(value)):
+            errors.append(error_at(data, path, f"holds {problem}"))
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append(error_at(data, path, f"{value} is not a finite number"))
     return errors
+
+
+def _bad_text(text: str) -> str | None:
+    if "\0" in text:
+        return "a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"a lone surrogate ({e.object[e.start]!a}): not Unicode text"
+    return None
 
 
 def _one_per_field(data: LocDict, schema_errors: Iterator[Any]) -> list[ManifestError]:

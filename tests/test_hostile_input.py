@@ -367,13 +367,21 @@ def test_values_out_of_range_fail_validation(
         ("nul.toml", 'version = 1\nhostname = "a\\u0000"\n', ": hostname: "),
         ("key.yaml", 'version: 1\nenv: {set: {"A\\0": x}}\n', ":2:13: env.set['A\\x00']: "),
         ("mount.yaml", 'version: 1\nmounts: [{type: bind, source: "/\\0", target: /x}]\n', ""),
+        (
+            "surrogate.json",
+            '{"version": 1, "command": ["a", "\\udc80"]}',
+            "lone surrogate ('\\udc80')",
+        ),
+        ("key.json", '{"version": 1, "env": {"set": {"\\ud800": "x"}}}', "the name holds a lone"),
     ],
 )
-def test_nul_characters_fail_validation(tmp_path: Path, name: str, text: str, where: str) -> None:
+def test_nul_characters_and_lone_surrogates_fail_validation(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
     manifest = tmp_path / name
     manifest.write_text(text)
-    line = assert_refused(measured("validate", manifest), manifest, where, "NUL character")
-    assert "\x00" not in line
+    line = assert_refused(measured("validate", manifest), manifest, where)
+    assert "\x00" not in line and ("NUL character" in line or "surrogate" in line)
 
 
 def test_a_long_unknown_key_and_control_characters_stay_on_one_short_line(tmp_path: Path) -> None:
