@@ -641,13 +641,13 @@ def _load_tree(
             raise error_at(data, where, f"extends reads more than {MAX_FILES} files")
         path = os.path.join(base_dir, os.path.expanduser(base))
         if not os.path.exists(path):
-            raise error_at(data, where, f"no such file: {path}")
+            raise error_at(data, where, f"no such file: {_path_shown(path)}")
         try:
             loaded = _load_tree(path, env, used, files, (*stack, real), budget)
         except Unreadable as e:
             if e.file != path:
                 raise
-            raise error_at(data, where, f"{path}: {e.message}") from None
+            raise error_at(data, where, f"{_path_shown(path)}: {e.message}") from None
         loaded.pop("name", None)
         loaded.pop("extends", None)
         merged = loaded if merged is None else merge(merged, loaded)
@@ -655,6 +655,11 @@ def _load_tree(
         return data
     result: LocDict = merge(merged, data)
     return result
+
+
+def _path_shown(path: str) -> str:
+    """A path named by a manifest, as a message quotes it: whole if short."""
+    return path if len(path) <= 2 * SHOWN and path.isprintable() else shown(path)
 
 
 def apply_override(data: LocDict, override: str) -> None:

@@ -277,6 +277,13 @@ def test_extends_reading_more_than_32_files(tmp_path: Path) -> None:
     both(manifest, ":34:5: extends[31]: extends reads more than 32 files")
 
 
+def test_a_long_missing_base_is_quoted_short(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nextends: " + "d/" * 2000 + "b.yaml\n")
+    line = assert_refused(measured("validate", manifest), manifest, ":2:10: extends: no such file")
+    assert "d/" * 50 not in line
+
+
 def test_extends_names_are_checked_before_use(tmp_path: Path) -> None:
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"version": 1, "extends": ["a\u0000b", "x" * 5000]}))
@@ -346,6 +353,8 @@ def test_integers_past_4300_digits(tmp_path: Path) -> None:
             "outside + count goes past uid 4294967294",
         ),
         ("stop: {timeout: 1.0e+300}", ":2:17: stop.timeout: ", "must be <= 31536000"),
+        # a CFS quota under 1 ms is EINVAL: 0.01 CPU is 1 ms of each 100 ms period
+        ("cgroup: {cpu: 0.001}", ":2:15: cgroup.cpu: ", "must be >= 0.01"),
         ('hostname: "box\\n"', ":2:11: hostname: ", "'box\\n' is not valid"),
         ('name: "a\\nb"', ":2:7: name: ", "'a\\nb' is not valid"),
     ],
