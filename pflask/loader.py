@@ -296,7 +296,7 @@ def _measure_yaml(loader: Any, file: str, budget: Budget) -> None:
         else:
             continue
         if spent > budget.nodes:
-            raise _at_event(_too_many(), file, event)
+            raise _at_event(_too_many(" (aliases expanded)"), file, event)
     budget.nodes -= spent
 
 
@@ -305,8 +305,8 @@ def _at_event(message: str, file: str, event: Any) -> ManifestError:
     return ManifestError(message, file, mark.line + 1, mark.column + 1)
 
 
-def _too_many() -> str:
-    return f"more than {MAX_NODES} values (aliases expanded) in the manifest and its bases"
+def _too_many(aliases: str = "") -> str:
+    return f"more than {MAX_NODES} values{aliases} in the manifest and its bases"
 
 
 def _measure(value: Any, file: str, budget: Budget) -> None:
@@ -366,6 +366,8 @@ def _from_node(loader: Any, node: Any, file: str) -> Any:
 def _parse_toml(text: str, file: str, budget: Budget) -> Any:
     import tomllib
 
+    if _toml_values(text) > budget.nodes:
+        raise ManifestError(_too_many(), file)
     try:
         value = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -376,6 +378,24 @@ def _parse_toml(text: str, file: str, budget: Budget) -> Any:
         raise ManifestError(f"bad TOML value: {shown(str(e))}", file) from None
     _measure(value, file, budget)
     return located(value, file)
+
+
+def _toml_values(text: str) -> int:
+    """A lower bound of the values `text` holds, found without parsing it.
+
+    tomllib is pure Python: a megabyte of `0,0,0,...` takes it a second, so
+    the size is bounded first.  Outside strings and comments each `=` is a
+    key, each `,` an item, each `[` or `{` an array or a table, so their
+    count never exceeds what `_measure` would count after parsing.
+    """
+    import re
+
+    outside = re.sub(
+        r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*',
+        "",
+        text,
+    )
+    return sum(outside.count(c) for c in "=,[{")
 
 
 def _parse_json(text: str, file: str, budget: Budget) -> Any:

@@ -58,12 +58,18 @@ def _capabilities(data: LocDict) -> list[ManifestError]:
     items = [spec] if isinstance(spec, str) else list(spec)
     errors = []
     for index, item in enumerate(items):
+        path: tuple[Any, ...] = (
+            ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
+        )
+        # The longest name, `+CAP_DAC_READ_SEARCH`, is 20 characters: a longer
+        # one is refused before parse() quotes it and looks for a near miss.
+        long = next((name for name in item.split(",") if len(name.strip()) > 32), None)
+        if long is not None:
+            errors.append(error_at(data, path, f"{shown(long)} is not a capability name"))
+            continue
         try:
             capabilities.parse(item)
         except ValueError as e:
-            path: tuple[Any, ...] = (
-                ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
-            )
             errors.append(error_at(data, path, str(e)))
     return errors
 

@@ -241,9 +241,11 @@ DEEPER = "nested deeper than 32 levels"
     ("name", "text", "words"),
     [
         ("deep.json", '{"version": 1, "x": ' + "[" * 10_000 + "]" * 10_000 + "}", DEEPER),
-        ("deep.toml", "version = 1\nx = " + "[" * 10_000 + "]" * 10_000 + "\n", DEEPER),
+        # 10,000 arrays are too many values before they are too deep
+        ("deep.toml", "version = 1\nx = " + "[" * 10_000 + "]" * 10_000 + "\n", "10000 values"),
+        ("deeper.toml", "version = 1\nx = " + "[" * 5_000 + "]" * 5_000 + "\n", DEEPER),
         ("tables.toml", "version = 1\n[" + ".".join(["t"] * 10_000) + "]\n", DEEPER),
-        ("inline.toml", "version = 1\nx = " + "{a = " * 5_000 + "1" + "}" * 5_000, DEEPER),
+        ("inline.toml", "version = 1\nx = " + "{a = " * 3_000 + "1" + "}" * 3_000, DEEPER),
         # libyaml's own limit (1000 flow levels) comes first, with a position
         ("deep.yaml", "version: 1\nx: " + "[" * 10_000 + "]" * 10_000, ":2:1003: YAML syntax"),
         ("flow.yaml", "version: 1\nx: " + "[" * 40 + "]" * 40, ":2:35: " + DEEPER),
@@ -259,6 +261,22 @@ def test_nesting_10000_deep(tmp_path: Path, name: str, text: str, words: str) ->
 def test_json_with_one_hundred_thousand_values(tmp_path: Path) -> None:
     manifest = tmp_path / "wide.json"
     manifest.write_text(json.dumps({"version": 1, "command": ["x"] * 100_000}))
+    both(manifest, "more than 10000 values")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        # tomllib is pure Python: parsed, this megabyte would take it a second
+        ("items.toml", "version = 1\nx = [" + "0," * 500_000 + "]\n"),
+        ("keys.toml", "version = 1\n" + "".join(f"k{i} = 1\n" for i in range(80_000))),
+        ("tables.toml", "version = 1\n" + "[[a]]\n" * 150_000),
+        ("items.yaml", "version: 1\nx: [" + "0," * 500_000 + "]\n"),
+    ],
+)
+def test_a_mebibyte_of_small_values(tmp_path: Path, name: str, text: str) -> None:
+    manifest = tmp_path / name
+    manifest.write_text(text)
     both(manifest, "more than 10000 values")
 
 
@@ -353,6 +371,8 @@ def test_integers_past_4300_digits(tmp_path: Path) -> None:
             "outside + count goes past uid 4294967294",
         ),
         ("stop: {timeout: 1.0e+300}", ":2:17: stop.timeout: ", "must be <= 31536000"),
+        ("capabilities: [" + "zz, " * 9000 + "]", ":2:15: capabilities: ", "more than 128 items"),
+        ("capabilities: +" + "x" * 4000, ":2:15: capabilities: ", "is not a capability name"),
         # a CFS quota under 1 ms is EINVAL: 0.01 CPU is 1 ms of each 100 ms period
         ("cgroup: {cpu: 0.001}", ":2:15: cgroup.cpu: ", "must be >= 0.01"),
         ('hostname: "box\\n"', ":2:11: hostname: ", "'box\\n' is not valid"),
