@@ -17,12 +17,14 @@ exit status 2 rather than a process that swells until the OOM killer ends it.
 A manifest and each base must be a regular file (a FIFO, a device, /dev/zero
 are refused before anything is read) of at most MAX_FILE_BYTES; YAML is
 first walked as a stream of parser events, counting the values its aliases
-would expand to and the nesting depth, before any node is built; JSON and
-TOML are measured right after parsing (their parsers recurse: a document
-nested past Python's recursion limit is the same error).  `extends` is
-bounded in depth and in files read, and `${VAR}` in the characters it may
+would expand to and the nesting depth, before any node is built; TOML's
+values are counted from its separators before tomllib (pure Python) parses
+it; JSON and TOML are measured right after parsing (their parsers recurse: a
+document nested past Python's recursion limit is the same error).  `extends`
+is bounded in depth and in files read, and `${VAR}` in the characters it may
 produce.  Strings and numbers then meet the schema's maxLength and maximum,
-and no string may hold a NUL (no system call can take one).
+no string may hold a NUL or a lone surrogate (no system call can take one),
+and no number may be NaN or infinite (NaN passes every maximum).
 """
 
 from __future__ import annotations
