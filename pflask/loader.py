@@ -612,7 +612,7 @@ def load(
         apply_override(data, override)
     loaded = Loaded(data, files, used)
     if validate:
-        check(loaded.data)
+        check(loaded.data, text=True)
     return loaded
 
 
@@ -777,9 +777,14 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
         yield jsonschema.ValidationError(f"does not match {pattern!r}")
 
 
-def check(data: LocDict) -> None:
-    """Validate against the schema, then the rules a schema cannot say."""
-    errors = _unrepresentable(data)
+def check(data: LocDict, text: bool = False) -> None:
+    """Validate against the schema, then the rules a schema cannot say.
+
+    `text`: the data came from manifest files, which are Unicode text, so a
+    surrogate in a string is an error; the original flags' arguments are
+    bytes, where a surrogate stands for a byte that is not UTF-8 (PEP 383).
+    """
+    errors = _unrepresentable(data, text)
     if not errors:
         errors = _one_per_field(data, validator().iter_errors(data))
     if not errors:
@@ -796,7 +801,7 @@ def check(data: LocDict) -> None:
         raise ManifestErrors(errors)
 
 
-def _unrepresentable(data: Any) -> list[ManifestError]:
+def _unrepresentable(data: Any, text: bool) -> list[ManifestError]:
     """Strings and keys holding a NUL or a lone surrogate, numbers that are not finite.
 
     No path, name or argument can hold a NUL: checked on the whole document,
@@ -815,26 +820,26 @@ def _unrepresentable(data: Any) -> list[ManifestError]:
         if isinstance(value, dict):
             key_locs = getattr(value, "key_locs", {})
             for key, item in value.items():
-                problem = _bad_text(key) if isinstance(key, str) else None
+                problem = _bad_text(key, text) if isinstance(key, str) else None
                 if problem:
                     message = f"the name holds {problem}"
                     errors.append(error_at(data, (*path, key), message, key_locs.get(key)))
                 pending.append((item, (*path, key)))
         elif isinstance(value, list):
             pending.extend((item, (*path, index)) for index, item in enumerate(value))
-        elif isinstance(value, str) and (problem := _bad_text(value)):
+        elif isinstance(value, str) and (problem := _bad_text(value, text)):
             errors.append(error_at(data, path, f"holds {problem}"))
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append(error_at(data, path, f"{value} is not a finite number"))
     return errors
 
 
-def _bad_text(text: str) -> str | None:
-    if "\0" in text:
+def _bad_text(value: str, text: bool) -> str | None:
+    if "\0" in value:
         return "a NUL character"
-    if not text.isascii():
+    if text and not value.isascii():
         try:
-            text.encode("utf-8")
+            value.encode("utf-8")
         except UnicodeEncodeError as e:
             return f"a lone surrogate ({e.object[e.start]!a}): not Unicode text"
     return None
