@@ -498,3 +498,11 @@ def test_limits_are_documented_in_the_readme() -> None:
         f"up to {semantics.BYTES_MAX >> 50} PiB",
     ):
         assert text in section, text
+
+
+def test_non_utf8_bytes_in_the_original_flags_still_work() -> None:
+    """Surrogates are refused in manifest files (Unicode text), not in argv,
+    where they stand for bytes that are not UTF-8 (a real directory name)."""
+    chroot = os.fsdecode(b"/tmp/caf\xe9")
+    outcome = measured("--plan", "--chroot", chroot)
+    assert outcome.status == 0 and not outcome.stderr, outcome
