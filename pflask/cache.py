@@ -72,12 +72,29 @@ def key(*parts: Any) -> str:
     return blake2b(marshal.dumps(inputs), digest_size=20).hexdigest()
 
 
+# loader.MAX_FILE_BYTES: a larger file is no manifest, and reading one byte
+# past it is enough to tell it from the file the plan was made from.
+_READ_CAP = (1 << 20) + 1
+
+
 def digest(path: str) -> bytes | None:
+    """The hash of a file a plan was made from, or None if it is no longer a
+    regular file: opened without blocking and read up to the loader's cap, so
+    a FIFO or /dev/zero put in a manifest's place cannot hang or swell a
+    cached start (the compile it falls back to then reports it)."""
     try:
-        with open(path, "rb") as f:
-            return blake2b(f.read(), digest_size=20).digest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return blake2b(f.read(_READ_CAP), digest_size=20).digest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _trusted(st: os.stat_result, is_dir: bool) -> bool:

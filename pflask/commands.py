@@ -207,8 +207,7 @@ def _convert(ns: argparse.Namespace) -> int:
     from pflask import loader
 
     loader.load(ns.file)  # the source must be valid before it is rewritten
-    with open(ns.file, encoding="utf-8") as f:
-        raw = loader.parse(f.read(), ns.file)
+    raw = loader.parse(loader.read(ns.file), ns.file)
     source_dir = os.path.dirname(os.path.abspath(ns.file))
     if ns.output:
         target_dir = os.path.dirname(os.path.abspath(ns.output))

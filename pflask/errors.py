@@ -7,6 +7,26 @@ EXIT_SETUP = 125
 EXIT_NOEXEC = 126
 EXIT_NOTFOUND = 127
 
+SHOWN = 80
+"""At most this many characters of a value are echoed in a message: a manifest
+may hold a megabyte-long string, and one line of error must stay one line."""
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut to SHOWN characters, saying how long it really was."""
+    if isinstance(value, str) and len(value) > SHOWN:
+        return f"{repr(value[:SHOWN])[: SHOWN - 3]}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 3]}..."
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\n`, `\\x1b`), so a value
+    can neither split a message into lines nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 class PflaskError(Exception):
     """An error the user gets as `pflask: <message>` and exit `status`."""
@@ -50,7 +70,7 @@ class ManifestError(PflaskError):
                     place += f":{self.column}"
             place += ": "
         field = f"{self.field}: " if self.field else ""
-        return f"{place}{field}{self.message}"
+        return printable(f"{place}{field}{self.message}")
 
 
 class ManifestErrors(PflaskError):

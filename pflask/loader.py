@@ -10,6 +10,21 @@ loader builds remembers where its items came from (file, line, column), so an
 error found after merging `extends` still points into the file that holds the
 offending value.  TOML and JSON parsers give no positions, so their errors
 name the file and the field only.
+
+Limits: a manifest is untrusted input (a checked-out repository's file), so
+everything is bounded before it is expanded, and every bound is an error with
+exit status 2 rather than a process that swells until the OOM killer ends it.
+A manifest and each base must be a regular file (a FIFO, a device, /dev/zero
+are refused before anything is read) of at most MAX_FILE_BYTES; YAML is
+first walked as a stream of parser events, counting the values its aliases
+would expand to and the nesting depth, before any node is built; TOML's
+values are counted from its separators before tomllib (pure Python) parses
+it; JSON and TOML are measured right after parsing (their parsers recurse: a
+document nested past Python's recursion limit is the same error).  `extends`
+is bounded in depth and in files read, and `${VAR}` in the characters it may
+produce.  Strings and numbers then meet the schema's maxLength and maximum,
+no string may hold a NUL or a lone surrogate (no system call can take one),
+and no number may be NaN or infinite (NaN passes every maximum).
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 
-from pflask.errors import ManifestError, ManifestErrors
+from pflask.errors import SHOWN, ManifestError, ManifestErrors, shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,6 +43,33 @@ if TYPE_CHECKING:
     Path = tuple[str | int, ...]
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+MAX_FILE_BYTES = 1 << 20
+"""A manifest or a base file: 1 MiB (real manifests are a few KiB)."""
+MAX_NODES = 10_000
+"""Values (mapping keys included) in one load, over all its files, YAML
+aliases counted as often as they are used: a few hundred are typical."""
+MAX_DEPTH = 32
+"""Nesting of mappings and lists; the schema's deepest field is 5 levels."""
+MAX_EXTENDS_DEPTH = 8
+"""A base's base's ... base: the chain `extends` may follow."""
+MAX_FILES = 32
+"""Files read for one load, the manifest included (a base named twice counts twice)."""
+MAX_EXPANSION = 1 << 20
+"""Characters `${VAR}` may produce in one load, over all its strings."""
+PATH_MAX = 4096
+"""A path, as the kernel takes it (and the schema's maxLength for paths)."""
+MAX_ERRORS = 20
+"""Errors reported for one file; the rest are counted."""
+
+
+class Budget:
+    """What is left for one load (a manifest and all its bases) to spend."""
+
+    def __init__(self) -> None:
+        self.nodes = MAX_NODES
+        self.files = MAX_FILES
+        self.expansion = MAX_EXPANSION
 
 
 class LocDict(dict):  # type: ignore[type-arg]
@@ -66,7 +108,12 @@ def field_name(path: Path) -> str:
     """`mounts[2].target`, the way users read a field path."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif len(part) > 64 or not part.isprintable() or not part or any(c in part for c in ".[]"):
+            text += f"[{shown(part)}]"  # a key only a hostile manifest would hold
+        else:
+            text += f".{part}" if text else part
     return text
 
 
@@ -94,15 +141,80 @@ def error_at(data: Any, path: Path, message: str, loc: Loc | None = None) -> Man
 # --- parsing ----------------------------------------------------------------------
 
 
-def parse(text: str, file: str) -> LocDict:
+class Unreadable(ManifestError):
+    """A file that cannot be a manifest at all: missing, not a regular file,
+    too large, not UTF-8.  Raised for a base, it is reported at the `extends`
+    entry that named it."""
+
+
+def read(file: str) -> str:
+    """A manifest file's text, refusing what is not a bounded regular file.
+
+    The file is checked before it is opened (opening a device can do things)
+    and the opened descriptor again (the name may have changed meanwhile);
+    O_NONBLOCK keeps a FIFO from blocking open(2) until a writer comes, and
+    at most one byte more than the cap is read, so /dev/zero behind a
+    symlink costs nothing.
+    """
+    import stat
+
+    try:
+        fd = -1
+        mode = os.stat(file).st_mode
+        if not stat.S_ISREG(mode):
+            raise Unreadable(f"not a regular file ({_kind_of(mode)})", file)
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Unreadable(f"not a regular file ({_kind_of(mode)})", file)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise Unreadable(f"cannot read manifest: {e.strerror}", file) from None
+    except ValueError:  # a NUL in the name
+        raise Unreadable("cannot read manifest: the name holds a NUL character", file) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise Unreadable(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a manifest", file)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Unreadable(f"not UTF-8 text (byte {e.start})", file) from None
+
+
+def _kind_of(mode: int) -> str:
+    import stat
+
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def parse(text: str, file: str, budget: Budget | None = None) -> LocDict:
     """Parse one manifest document by its file name's extension."""
+    budget = Budget() if budget is None else budget
     suffix = os.path.splitext(file)[1].lower()
     if suffix in (".yaml", ".yml"):
-        data = _parse_yaml(text, file)
+        data = _parse_yaml(text, file, budget)
+        if data is None:
+            raise ManifestError("the manifest is empty", file)
     elif suffix == ".toml":
-        data = _parse_toml(text, file)
+        data = _parse_toml(text, file, budget)
     elif suffix == ".json":
-        data = _parse_json(text, file)
+        data = _parse_json(text, file, budget)
     else:
         raise ManifestError(
             f"unknown manifest format {suffix or '(no extension)'!r}: "
@@ -119,25 +231,105 @@ def _first_loc(data: Any) -> tuple[int | None, int | None]:
     return (loc[1], loc[2]) if loc else (None, None)
 
 
-def _parse_yaml(text: str, file: str) -> Any:
+class YAMLSyntaxError(ManifestError):
+    """Text that is not YAML (as opposed to YAML past a limit)."""
+
+
+def _parse_yaml(text: str, file: str, budget: Budget) -> Any:
+    """The document's value (None if empty), measured before it is built."""
     import yaml
 
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_class(text)
     try:
+        _measure_yaml(loader, file, budget)
+        loader.dispose()
+        loader = loader_class(text)
         node = loader.get_single_node()
-        if node is None:
-            raise ManifestError("the manifest is empty", file)
-        return _from_node(loader, node, file)
+        return None if node is None else _from_node(loader, node, file)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "invalid YAML"
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise ManifestError(f"YAML syntax error: {problem}", file, line, column) from None
+        raise YAMLSyntaxError(f"YAML syntax error: {problem}", file, line, column) from None
     except yaml.YAMLError as e:
-        raise ManifestError(f"YAML syntax error: {e}", file) from None
+        raise YAMLSyntaxError(f"YAML syntax error: {shown(str(e))}", file) from None
+    except (ValueError, OverflowError) as e:  # an int past 4300 digits, a date past 9999
+        raise ManifestError(f"bad YAML value: {shown(str(e))}", file) from None
     finally:
         loader.dispose()
+
+
+def _measure_yaml(loader: Any, file: str, budget: Budget) -> None:
+    """Walk the parser's events: nesting depth, and values with aliases expanded.
+
+    An alias is a reference to a node already seen, so nine aliases to a list
+    of nine aliases to ... is a few hundred bytes that build a billion values.
+    Each anchored node's expanded size is known when it ends, so the expanded
+    size of the whole document is a sum over the events, checked as it grows:
+    the walk stops at the first event past the budget, long before anything
+    is built.  An alias to a node not yet ended refers to itself (a cycle).
+    """
+    import yaml
+
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, values before it)
+    sizes: dict[str, int] = {}
+    spent = 0
+    while loader.check_event():
+        event = loader.get_event()
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, before = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = spent - before
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in open_nodes):
+                raise _at_event(f"alias *{shown(event.anchor)[1:-1]} refers to itself", file, event)
+            spent += sizes.get(event.anchor or "", 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            spent += 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append((event.anchor, spent))
+            spent += 1
+            if len(open_nodes) > MAX_DEPTH:
+                raise _at_event(f"nested deeper than {MAX_DEPTH} levels", file, event)
+        else:
+            continue
+        if spent > budget.nodes:
+            raise _at_event(_too_many(" (aliases expanded)"), file, event)
+    budget.nodes -= spent
+
+
+def _at_event(message: str, file: str, event: Any) -> ManifestError:
+    mark = event.start_mark
+    return ManifestError(message, file, mark.line + 1, mark.column + 1)
+
+
+def _too_many(aliases: str = "") -> str:
+    return f"more than {MAX_NODES} values{aliases} in the manifest and its bases"
+
+
+def _measure(value: Any, file: str, budget: Budget) -> None:
+    """Depth and size of a parsed JSON or TOML document, without recursion."""
+    spent = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        spent += 1
+        if isinstance(item, dict):
+            spent += len(item)
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise ManifestError(f"nested deeper than {MAX_DEPTH} levels", file)
+        if spent + len(pending) > budget.nodes:
+            raise ManifestError(_too_many(), file)
+    budget.nodes -= spent
 
 
 def _from_node(loader: Any, node: Any, file: str) -> Any:
@@ -151,9 +343,9 @@ def _from_node(loader: Any, node: Any, file: str) -> Any:
             key = loader.construct_object(key_node, deep=True)
             key_loc: Loc = (file, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if not isinstance(key, str):
-                raise ManifestError(f"keys must be strings, not {key!r}", *key_loc)
+                raise ManifestError(f"keys must be strings, not {shown(key)}", *key_loc)
             if key in result:
-                raise ManifestError(f"duplicate key {key!r}", *key_loc)
+                raise ManifestError(f"duplicate key {shown(key)}", *key_loc)
             result[key] = _from_node(loader, value_node, file)
             result.key_locs[key] = key_loc
             result.value_locs[key] = getattr(result[key], "loc", None) or (
@@ -173,22 +365,57 @@ def _from_node(loader: Any, node: Any, file: str) -> Any:
     return loader.construct_object(node, deep=True)
 
 
-def _parse_toml(text: str, file: str) -> Any:
+def _parse_toml(text: str, file: str, budget: Budget) -> Any:
     import tomllib
 
+    if _toml_values(text) > budget.nodes:
+        raise ManifestError(_too_many(), file)
     try:
-        return located(tomllib.loads(text), file)
+        value = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(f"TOML syntax error: {e}", file) from None
+    except RecursionError:
+        raise ManifestError(f"nested deeper than {MAX_DEPTH} levels", file) from None
+    except ValueError as e:  # an integer past 4300 digits
+        raise ManifestError(f"bad TOML value: {shown(str(e))}", file) from None
+    _measure(value, file, budget)
+    return located(value, file)
 
 
-def _parse_json(text: str, file: str) -> Any:
+def _toml_values(text: str) -> int:
+    """A lower bound of the values `text` holds, found without parsing it.
+
+    tomllib is pure Python: a megabyte of `0,0,0,...` takes it a second, so
+    the size is bounded first.  Outside strings and comments each `=` is a
+    key, each `,` an item, each `[` or `{` an array or a table, so their
+    count never exceeds what `_measure` would count after parsing.
+    """
+    import re
+
+    outside = re.sub(
+        r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*',
+        "",
+        text,
+    )
+    return sum(outside.count(c) for c in "=,[{")
+
+
+def _parse_json(text: str, file: str, budget: Budget) -> Any:
     import json
 
+    def no_constant(name: str) -> Any:
+        raise ManifestError(f"JSON syntax error: {name} is not a JSON number", file)
+
     try:
-        return located(json.loads(text), file)
+        value = json.loads(text, parse_constant=no_constant)
     except json.JSONDecodeError as e:
         raise ManifestError(f"JSON syntax error: {e.msg}", file, e.lineno, e.colno) from None
+    except RecursionError:
+        raise ManifestError(f"nested deeper than {MAX_DEPTH} levels", file) from None
+    except ValueError as e:  # a number past 4300 digits
+        raise ManifestError(f"bad JSON value: {shown(str(e))}", file) from None
+    _measure(value, file, budget)
+    return located(value, file)
 
 
 def located(value: Any, file: str) -> Any:
@@ -213,22 +440,33 @@ def located(value: Any, file: str) -> Any:
 
 
 def interpolate(
-    data: Any, env: Mapping[str, str], used: dict[str, str | None], path: Path = ()
+    data: Any,
+    env: Mapping[str, str],
+    used: dict[str, str | None],
+    path: Path = (),
+    budget: Budget | None = None,
 ) -> Any:
-    """Expand `${VAR}` and `${VAR:-default}` in string values; `$$` is `$`."""
+    """Expand `${VAR}` and `${VAR:-default}` in string values; `$$` is `$`.
+
+    What the expansions add is bounded by `budget` (a megabyte-long variable
+    named a thousand times would otherwise make a gigabyte).
+    """
+    budget = Budget() if budget is None else budget
     if isinstance(data, LocDict):
         for key in data:
-            data[key] = interpolate(data[key], env, used, (*path, key))
+            data[key] = interpolate(data[key], env, used, (*path, key), budget)
         return data
     if isinstance(data, LocList):
         for index, item in enumerate(data):
-            data[index] = interpolate(item, env, used, (*path, index))
+            data[index] = interpolate(item, env, used, (*path, index), budget)
         return data
     if isinstance(data, str) and "$" in data:
         try:
-            return expand(data, env, used)
+            expanded = expand(data, env, used, budget.expansion)
         except KeyError as e:
             raise _Unresolved(path, str(e.args[0])) from None
+        budget.expansion -= max(0, len(expanded) - len(data))
+        return expanded
     return data
 
 
@@ -238,9 +476,13 @@ class _Unresolved(Exception):
         self.message = message
 
 
-def expand(text: str, env: Mapping[str, str], used: dict[str, str | None]) -> str:
-    """One string's `${...}` expansion; raises KeyError with a message."""
+def expand(
+    text: str, env: Mapping[str, str], used: dict[str, str | None], limit: int = MAX_EXPANSION
+) -> str:
+    """One string's `${...}` expansion, of at most `limit` characters; raises
+    KeyError with a message."""
     out: list[str] = []
+    size = 0
     i = 0
     while i < len(text):
         char = text[i]
@@ -255,8 +497,12 @@ def expand(text: str, env: Mapping[str, str], used: dict[str, str | None]) -> st
         elif following == "{":
             end = text.find("}", i + 2)
             if end < 0:
-                raise KeyError(f"unterminated '${{' in {text!r} (write $$ for a literal $)")
-            out.append(_lookup(text[i + 2 : end], env, used))
+                raise KeyError(f"unterminated '${{' in {shown(text)} (write $$ for a literal $)")
+            value = _lookup(text[i + 2 : end], env, used)
+            out.append(value)
+            size += len(value)
+            if size > limit:
+                raise KeyError(f"variables expand to more than {MAX_EXPANSION >> 20} MiB")
             i = end + 1
         else:
             out.append("$")
@@ -271,13 +517,15 @@ def _lookup(expression: str, env: Mapping[str, str], used: dict[str, str | None]
         or not (name[0].isalpha() or name[0] == "_")
         or not all(c.isalnum() or c == "_" for c in name)
     ):
-        raise KeyError(f"bad variable reference '${{{expression}}}'")
+        raise KeyError(f"bad variable reference {shown('${' + expression + '}')}")
     value = env.get(name)
     used[name] = value
     if value is not None and not (sep and value == ""):
         return value
     if sep:
         return default
+    if len(name) > 64:
+        raise KeyError(f"variable {shown(name)} is not set")
     raise KeyError(f"variable {name} is not set (write ${{{name}:-default}} for a default)")
 
 
@@ -354,7 +602,7 @@ def load(
     env = os.environ if env is None else env
     files: list[str] = []
     used: dict[str, str | None] = {}
-    data = _load_tree(os.path.abspath(file), env, used, files, ())
+    data = _load_tree(os.path.abspath(file), env, used, files, (), Budget())
     data.pop("extends", None)
     data.key_locs.pop("extends", None)
     if "name" not in data:
@@ -364,7 +612,7 @@ def load(
         apply_override(data, override)
     loaded = Loaded(data, files, used)
     if validate:
-        check(loaded.data)
+        check(loaded.data, text=True)
     return loaded
 
 
@@ -380,22 +628,19 @@ def _load_tree(
     used: dict[str, str | None],
     files: list[str],
     stack: tuple[str, ...],
+    budget: Budget,
 ) -> LocDict:
     real = os.path.realpath(file)
     if real in stack:
         chain = " -> ".join((*stack, real))
         raise ManifestError(f"extends cycle: {chain}", file)
-    try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ManifestError(f"cannot read manifest: {e.strerror}", file) from None
-    except UnicodeDecodeError:
-        raise ManifestError("the manifest is not UTF-8 text", file) from None
+    budget.files -= 1
+    text = read(file)
     files.append(real)
-    data = parse(text, file)
+    data = parse(text, file, budget)
+    del text
     try:
-        interpolate(data, env, used)
+        interpolate(data, env, used, (), budget)
     except _Unresolved as e:
         raise error_at(data, e.path, e.message) from None
     if data.get("version") != 1:
@@ -409,11 +654,22 @@ def _load_tree(
         raise error_at(data, ("extends",), "must be a file name or a list of file names")
     merged: LocDict | None = None
     for index, base in enumerate(base_paths):
+        where: Path = ("extends",) if isinstance(bases, str) else ("extends", index)
+        if not base or len(base) > PATH_MAX or "\0" in base:
+            raise error_at(data, where, f"{shown(base)} is not a file name")
+        if len(stack) + 1 > MAX_EXTENDS_DEPTH:
+            raise error_at(data, where, f"extends nested deeper than {MAX_EXTENDS_DEPTH} files")
+        if budget.files <= 0:
+            raise error_at(data, where, f"extends reads more than {MAX_FILES} files")
         path = os.path.join(base_dir, os.path.expanduser(base))
         if not os.path.exists(path):
-            where: Path = ("extends",) if isinstance(bases, str) else ("extends", index)
-            raise error_at(data, where, f"no such file: {path}")
-        loaded = _load_tree(path, env, used, files, (*stack, real))
+            raise error_at(data, where, f"no such file: {_path_shown(path)}")
+        try:
+            loaded = _load_tree(path, env, used, files, (*stack, real), budget)
+        except Unreadable as e:
+            if e.file != path:
+                raise
+            raise error_at(data, where, f"{_path_shown(path)}: {e.message}") from None
         loaded.pop("name", None)
         loaded.pop("extends", None)
         merged = loaded if merged is None else merge(merged, loaded)
@@ -423,16 +679,19 @@ def _load_tree(
     return result
 
 
+def _path_shown(path: str) -> str:
+    """A path named by a manifest, as a message quotes it: whole if short."""
+    return path if len(path) <= 2 * SHOWN and path.isprintable() else shown(path)
+
+
 def apply_override(data: LocDict, override: str) -> None:
     """`--set PATH=VALUE`: PATH is dotted (`root.ephemeral`, `mounts[0].readonly`)."""
-    import yaml
-
     path_text, sep, value_text = override.partition("=")
     if not sep or not path_text:
         raise ManifestError(f"--set {override!r}: expected PATH=VALUE", "command line")
     try:
-        value = yaml.safe_load(value_text) if value_text else ""
-    except yaml.YAMLError:
+        value = _parse_yaml(value_text, "command line", Budget()) if value_text else ""
+    except YAMLSyntaxError:
         value = value_text
     parts = _split_path(path_text)
     node: Any = data
@@ -496,22 +755,105 @@ def validator() -> Any:
 
         from pflask import schema
 
-        _VALIDATOR = jsonschema.Draft202012Validator(schema.load())
+        kind = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+        _VALIDATOR = kind(schema.load())
     return _VALIDATOR
 
 
-def check(data: LocDict) -> None:
-    """Validate against the schema, then the rules a schema cannot say."""
-    errors = [_explain(data, e) for e in validator().iter_errors(data)]
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """`pattern` as JSON Schema (ECMA-262) means it: `$` ends the string.
+
+    Python's `$` also matches before a final newline, so `hostname: "box\\n"`
+    would pass `^[A-Za-z0-9.-]+$`; an anchored match must reach the end.
+    """
+    if not isinstance(instance, str):
+        return
+    import re
+
+    import jsonschema
+
+    match = re.search(pattern, instance)
+    if match is None or (pattern.endswith("$") and match.end() != len(instance)):
+        yield jsonschema.ValidationError(f"does not match {pattern!r}")
+
+
+def check(data: LocDict, text: bool = False) -> None:
+    """Validate against the schema, then the rules a schema cannot say.
+
+    `text`: the data came from manifest files, which are Unicode text, so a
+    surrogate in a string is an error; the original flags' arguments are
+    bytes, where a surrogate stands for a byte that is not UTF-8 (PEP 383).
+    """
+    errors = _unrepresentable(data, text)
+    if not errors:
+        errors = _one_per_field(data, validator().iter_errors(data))
     if not errors:
         from pflask import semantics
 
         errors = semantics.check(data)
     if errors:
         errors.sort(key=lambda e: (e.file or "", e.line or 0, e.column or 0))
+        if len(errors) > MAX_ERRORS:
+            more = ManifestError(f"and {len(errors) - MAX_ERRORS} more errors", errors[0].file)
+            errors = [*errors[:MAX_ERRORS], more]
         if len(errors) == 1:
             raise errors[0]
         raise ManifestErrors(errors)
+
+
+def _unrepresentable(data: Any, text: bool) -> list[ManifestError]:
+    """Strings and keys holding a NUL or a lone surrogate, numbers that are not finite.
+
+    No path, name or argument can hold a NUL: checked on the whole document,
+    whatever the schema says of a field, a "\\0" escape never reaches a
+    system call as a silently shortened string.  JSON's "\\ud800" is a
+    string no UTF-8 encoder takes (it would fail at run time, in the
+    container).  NaN passes every `minimum` and `maximum` (each comparison
+    is false), so it is refused here.
+    """
+    import math
+
+    errors = []
+    pending: list[tuple[Any, Path]] = [(data, ())]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, dict):
+            key_locs = getattr(value, "key_locs", {})
+            for key, item in value.items():
+                problem = _bad_text(key, text) if isinstance(key, str) else None
+                if problem:
+                    message = f"the name holds {problem}"
+                    errors.append(error_at(data, (*path, key), message, key_locs.get(key)))
+                pending.append((item, (*path, key)))
+        elif isinstance(value, list):
+            pending.extend((item, (*path, index)) for index, item in enumerate(value))
+        elif isinstance(value, str) and (problem := _bad_text(value, text)):
+            errors.append(error_at(data, path, f"holds {problem}"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.append(error_at(data, path, f"{value} is not a finite number"))
+    return errors
+
+
+def _bad_text(value: str, text: bool) -> str | None:
+    if "\0" in value:
+        return "a NUL character"
+    if text and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"a lone surrogate ({e.object[e.start]!a}): not Unicode text"
+    return None
+
+
+def _one_per_field(data: LocDict, schema_errors: Iterator[Any]) -> list[ManifestError]:
+    """One error for each field: a megabyte-long hostname is too long, and
+    saying that its characters are also wrong adds nothing."""
+    chosen: dict[Path, Any] = {}
+    for error in schema_errors:
+        path: Path = tuple(error.absolute_path)
+        if path not in chosen or error.validator == "maxLength":
+            chosen[path] = error
+    return [_explain(data, e) for e in chosen.values()]
 
 
 def _explain(data: LocDict, error: Any) -> ManifestError:
@@ -535,7 +877,7 @@ def _explain(data: LocDict, error: Any) -> ManifestError:
     if validator_name == "enum":
         choices = [str(c) for c in error.validator_value]
         hint = _suggest(str(value), choices)
-        return error_at(data, path, f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return error_at(data, path, f"{shown(value)} is not one of {', '.join(choices)}{hint}")
     if validator_name == "const":
         return error_at(data, path, f"must be {error.validator_value!r}")
     if validator_name == "type":
@@ -545,10 +887,10 @@ def _explain(data: LocDict, error: Any) -> ManifestError:
     if validator_name == "pattern":
         if error.validator_value == "^/":
             return error_at(
-                data, path, f"must be an absolute path inside the container, not {value!r}"
+                data, path, f"must be an absolute path inside the container, not {shown(value)}"
             )
         description = schema.get("description") or f"the pattern {error.validator_value}"
-        return error_at(data, path, f"{value!r} is not valid: {description}")
+        return error_at(data, path, f"{shown(value)} is not valid: {description}")
     if validator_name in ("oneOf", "anyOf"):
         return _explain_alternatives(data, path, error)
     if validator_name in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -556,7 +898,15 @@ def _explain(data: LocDict, error: Any) -> ManifestError:
         return error_at(data, path, f"must be {words[validator_name]} {error.validator_value}")
     if validator_name in ("minItems", "minLength"):
         return error_at(data, path, "must not be empty")
-    return error_at(data, path, error.message)
+    if validator_name == "maxLength":
+        limit = error.validator_value
+        return error_at(data, path, f"longer than {limit} characters ({len(value)})")
+    if validator_name == "maxItems":
+        return error_at(data, path, f"more than {error.validator_value} items ({len(value)})")
+    message = error.message
+    if len(message) > 2 * SHOWN:  # jsonschema's messages quote the whole value
+        message = f"{shown(value)} is not valid ({validator_name})"
+    return error_at(data, path, message)
 
 
 def _explain_alternatives(data: LocDict, path: Path, error: Any) -> ManifestError:
@@ -609,12 +959,14 @@ def _kind(value: Any) -> str:
         return "a list"
     if value is None:
         return "null"
-    return repr(value)
+    return shown(value)
 
 
 def _suggest(word: str, choices: list[str]) -> str:
     import difflib
 
+    if len(word) > 2 * SHOWN:
+        return ""  # no field name is this long, and difflib's time grows with it
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+from pflask.errors import shown
 from pflask.loader import error_at
 
 TYPE_CHECKING = False
@@ -17,6 +18,16 @@ if TYPE_CHECKING:
 
     from pflask.errors import ManifestError
     from pflask.loader import LocDict
+
+ID_MAX = 4294967294
+"""The largest uid or gid: (uid_t)-1 means "no change" to chown(2) and setresuid(2)."""
+BYTES_MAX = 1 << 53
+"""8 PiB, the largest memory limit or tmpfs size: well short of where the
+kernel's page counters saturate (a cgroup limit that silently becomes "max")
+and of 2^64 bytes, where tmpfs's size= wraps; also exact as a JSON number."""
+NOFILE_MAX = 2147483584
+"""The kernel's ceiling for fs.nr_open (INT_MAX rounded down to a multiple of
+BITS_PER_LONG): setrlimit(RLIMIT_NOFILE) above it fails on every host."""
 
 
 def check(data: LocDict) -> list[ManifestError]:
@@ -31,6 +42,8 @@ def check(data: LocDict) -> list[ManifestError]:
         _namespaces,
         _rlimits,
         _stop,
+        _sizes,
+        _user,
     ):
         errors.extend(rule(data))
     return errors
@@ -45,12 +58,18 @@ def _capabilities(data: LocDict) -> list[ManifestError]:
     items = [spec] if isinstance(spec, str) else list(spec)
     errors = []
     for index, item in enumerate(items):
+        path: tuple[Any, ...] = (
+            ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
+        )
+        # The longest name, `+CAP_DAC_READ_SEARCH`, is 20 characters: a longer
+        # one is refused before parse() quotes it and looks for a near miss.
+        long = next((name for name in item.split(",") if len(name.strip()) > 32), None)
+        if long is not None:
+            errors.append(error_at(data, path, f"{shown(long)} is not a capability name"))
+            continue
         try:
             capabilities.parse(item)
         except ValueError as e:
-            path: tuple[Any, ...] = (
-                ("capabilities",) if isinstance(spec, str) else ("capabilities", index)
-            )
             errors.append(error_at(data, path, str(e)))
     return errors
 
@@ -83,6 +102,16 @@ def _idmap(data: LocDict) -> list[ManifestError]:
                             data,
                             ("idmap", kind, index),
                             f"{side} range overlaps another {kind} range",
+                        )
+                    )
+        for index, r in enumerate(ranges):
+            for side in ("inside", "outside"):
+                if r[side] + r["count"] - 1 > ID_MAX:
+                    errors.append(
+                        error_at(
+                            data,
+                            ("idmap", kind, index),
+                            f"{side} + count goes past {kind} {ID_MAX}",
                         )
                     )
         if ranges and not any(r["inside"] == 0 for r in ranges):
@@ -131,7 +160,7 @@ def _network(data: LocDict) -> list[ManifestError]:
                         ipaddress.ip_interface(value)
                 except ValueError:
                     what = "an IP address" if key == "gateway" else "an address/prefix"
-                    errors.append(error_at(data, path, f"{value!r} is not {what}"))
+                    errors.append(error_at(data, path, f"{shown(value)} is not {what}"))
     return errors
 
 
@@ -176,6 +205,11 @@ def _namespaces(data: LocDict) -> list[ManifestError]:
 def _rlimits(data: LocDict) -> list[ManifestError]:
     errors = []
     for name, value in data.get("security", {}).get("rlimits", {}).items():
+        if name == "nofile":
+            numbers = value.values() if isinstance(value, dict) else (value,)
+            if any(isinstance(n, int) and n > NOFILE_MAX for n in numbers):
+                message = f"must be <= {NOFILE_MAX} (the kernel's largest fs.nr_open)"
+                errors.append(error_at(data, ("security", "rlimits", name), message))
         if isinstance(value, dict):
             soft, hard = (-1 if v == "unlimited" else v for v in (value["soft"], value["hard"]))
             if hard != -1 and (soft == -1 or soft > hard):
@@ -197,4 +231,38 @@ def _stop(data: LocDict) -> list[ManifestError]:
         signal_number(name)
     except ValueError as e:
         return [error_at(data, ("stop", "signal"), str(e))]
+    return []
+
+
+def _sizes(data: LocDict) -> list[ManifestError]:
+    """Byte counts written with a suffix (`64M`) are checked once multiplied."""
+    from pflask.manifest import parse_size
+
+    places: list[tuple[tuple[Any, ...], Any]] = [
+        (("cgroup", "memory"), data.get("cgroup", {}).get("memory")),
+        (("root", "size"), data.get("root", {}).get("size")),
+    ]
+    for index, mount in enumerate(data.get("mounts", [])):
+        if mount["type"] == "tmp":
+            places.append((("mounts", index, "size"), mount.get("size")))
+    errors = []
+    for path, value in places:
+        if value is None:
+            continue
+        size = parse_size(value)
+        if size < 1:
+            errors.append(error_at(data, path, "must be at least 1 byte"))
+        elif size > BYTES_MAX:
+            errors.append(error_at(data, path, f"must be at most 8 PiB ({BYTES_MAX} bytes)"))
+    return errors
+
+
+def _user(data: LocDict) -> list[ManifestError]:
+    """Numeric ids in `user: "UID:GID"` have the range an integer `user` has."""
+    user = data.get("user")
+    if not isinstance(user, str):
+        return []
+    for part in user.split(":"):
+        if part.isdigit() and int(part) > ID_MAX:
+            return [error_at(data, ("user",), f"id {shown(part)} is above {ID_MAX}")]
     return []
