@@ -12,6 +12,9 @@ The process model (docs/architecture.md has the pictures):
   is a child subreaper, so C2 becomes S's child; C2 then arms
   PR_SET_PDEATHSIG (it would have fired at C1's exit) and checks S is still
   alive.
+- The container's first process keeps nothing of the invoker's (seclude):
+  only fds 0-2 and pflask's pipes, no argv nor environment in its memory,
+  not dumpable when pflask runs as root.
 - The container process runs the container steps in order and finally execs,
   or (reaper) spawns the command and stays as PID 1.  Failures travel back as
   one line on a close-on-exec pipe, so EOF without a line means the command

@@ -266,7 +266,13 @@ def test_pflask_exec_enters_a_secluded_pid1(
 # --- terminal injection ------------------------------------------------------------------------
 
 INJECT = """
-import errno, fcntl, termios
+import errno, fcntl, os, termios
+try:  # a session of its own, then the terminal as its controlling one
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    print("TIOCSCTTY done", flush=True)
+except OSError as e:
+    print("TIOCSCTTY", errno.errorcode[e.errno], flush=True)
 for name, request, argument in (("TIOCSTI", termios.TIOCSTI, b"#"), ("TIOCLINUX", 0x541C, b"\\3")):
     try:
         fcntl.ioctl(0, request, argument)
@@ -358,6 +364,7 @@ def test_no_terminal_injection_without_cap_sys_admin(
     # the user's terminal on fd 0 is not its own, and TIOCSTI there needs
     # CAP_SYS_ADMIN (in the host's user namespace).
     out, typed = injection(shared_tmp, user, "tty", capabilities=["-sys_admin"])
+    assert "TIOCSCTTY EPERM" in out, out  # it is the user's shell's: not to be taken
     assert "TIOCSTI EPERM" in out, out
     assert "TIOCLINUX done" not in out, out
     assert typed == 0, out
@@ -370,6 +377,7 @@ def test_no_terminal_injection_with_the_default_capabilities(
     out, typed = injection(shared_tmp, user, "tty-default")
     if typed and has_cap(out, CAP_SYS_ADMIN):
         pytest.xfail("the default capability set still holds CAP_SYS_ADMIN (the caps work)")
+    assert "TIOCSCTTY done" not in out, out
     assert "TIOCSTI done" not in out, out
     assert "TIOCLINUX done" not in out, out
     assert typed == 0, out
