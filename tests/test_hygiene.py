@@ -34,6 +34,8 @@ from helpers import (
     UserInfo,
     as_user_argv,
     describe,
+    in_child,
+    ok,
     pflask_cmd,
     run_pflask,
     user_env,
@@ -41,6 +43,8 @@ from helpers import (
     wait_for,
 )
 from helpers import shell as sh
+
+from pflask import executor
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -87,6 +91,47 @@ def has_cap(status: str, number: int) -> bool:
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> number & 1)
     raise AssertionError(f"no CapEff in {status!r}")
+
+
+# --- the mechanisms, in a forked child of the test ------------------------------------------
+
+
+def test_close_inherited_keeps_only_stdio_and_the_given_fds() -> None:
+    def body(out: int) -> None:
+        opened = [os.open("/", os.O_RDONLY) for _ in range(6)]
+        keep = (opened[1], opened[4], out)
+        executor.close_inherited(keep)
+        left = [fd for fd in range(max(opened) + 8) if is_open(fd)]
+        expected = sorted({0, 1, 2, *keep})
+        os.write(out, f"{left} {expected}".encode())
+
+    left, expected = ok(in_child(body)).split("] ")
+    assert left + "]" == expected
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_forget_invoker_leaves_a_name_and_no_environment() -> None:
+    def body(out: int) -> None:
+        executor.forget_invoker(b"pflask-init")
+        result = []
+        for name in ("cmdline", "environ", "comm"):
+            with open(f"/proc/self/{name}", "rb") as f:
+                result.append(f.read())
+        result.append(os.environ.get("PATH", "").encode())  # Python's copy: still there
+        os.write(out, b"|".join(result))
+
+    cmdline, environ, comm, path = ok(in_child(body)).encode().split(b"|")
+    assert cmdline == b"pflask-init\0"
+    assert environ and environ.count(b"\0") == len(environ)
+    assert comm == b"pflask-init\n"
+    assert path == os.environ["PATH"].encode()
 
 
 # --- fds, environment, command line --------------------------------------------------------
