@@ -718,15 +718,18 @@ def seclude(keep: tuple[int, ...], name: bytes, dumpable: bool) -> None:
     (Python's copy of the environment is there), nor reach host files
     through its fds, root, or mapped files (a container with
     CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE could otherwise open the host's
-    libraries for writing through /proc/1/map_files).  The command is a new
-    exec and dumpable as usual.
+    libraries for writing through /proc/1/map_files).  /proc/PID/environ is
+    not among them (a process of the same uid still reads it, on Linux 6.18
+    at least): the wipe is what keeps it empty.  The command is a new exec
+    and dumpable as usual.
 
     PID 1 of an ordinary user's pflask stays dumpable: the user's
     `pflask exec` enters it with setns(2) on its pidfd, which asks for ptrace
     access, and so does writing its uid_map; the user has no CAP_SYS_PTRACE
     in the host's user namespace.  Its container's root then can read PID 1's
     memory as it could read any process of its uid (map_files stays closed:
-    it needs CAP_SYS_ADMIN in the host's user namespace).
+    it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the host's user
+    namespace, which no process in a user namespace has).
     """
     close_inherited(keep)
     if not dumpable:
