@@ -12,6 +12,9 @@ The process model (docs/architecture.md has the pictures):
   is a child subreaper, so C2 becomes S's child; C2 then arms
   PR_SET_PDEATHSIG (it would have fired at C1's exit) and checks S is still
   alive.
+- The container's first process keeps nothing of the invoker's (seclude):
+  only fds 0-2 and pflask's pipes, no argv nor environment in its memory,
+  not dumpable when pflask runs as root.
 - The container process runs the container steps in order and finally execs,
   or (reaper) spawns the command and stays as PID 1.  Failures travel back as
   one line on a close-on-exec pipe, so EOF without a line means the command
@@ -654,6 +657,91 @@ PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # execvp(3)'s, when the environment has none
 
 
+INIT_NAME = b"pflask-init"  # a reaper PID 1's command line and name (comm)
+
+
+def close_inherited(keep: tuple[int, ...]) -> None:
+    """Close every fd above 2 but those in `keep` (pflask's own pipes).
+
+    Whatever the invoker gave pflask (`exec 9</home; pflask run ...`) is
+    closed before the container exists, so no container process, PID 1
+    included, holds it: /proc/1/fd shows 0, 1 and 2 and pflask's pipes only,
+    and those close before the command runs.
+    """
+    first = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > first:
+            libc.close_range(first, fd - 1)
+        first = fd + 1
+    libc.close_range(first)
+
+
+def forget_invoker(name: bytes) -> None:
+    """Wipe pflask's command line and the invoker's environment from our memory.
+
+    /proc/PID/cmdline and /proc/PID/environ read the process's memory between
+    arg_start/arg_end and env_start/env_end (fields 48-51 of /proc/PID/stat).
+    A forked process that never execs (a reaper PID 1) would show the
+    container pflask's arguments and the invoking environment, secrets
+    included.  Python's os.environ is a copy taken at start-up, so the
+    Environment step still chooses from it; PID 1 drops it once the command
+    has its own (Container._spawn_and_reap).
+
+    The argument area is left holding `name`, a NUL, zeros, and a last byte
+    that is not NUL: the kernel then takes the process for one that rewrote
+    its title (setproctitle(3)) and shows /proc/PID/cmdline up to the first
+    NUL, which is exactly `name`.
+    """
+    fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stat = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    fields = stat.rpartition(b")")[2].split()  # the name may hold spaces: fields from 3 on
+    arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+    if not 0 < arg_start <= arg_end <= env_start <= env_end:
+        raise libc.SyscallError("read(2)", 22, "/proc/self/stat: arg_start..env_end")
+    libc.memset(env_start, 0, env_end - env_start)
+    libc.memset(arg_start, 0, arg_end - arg_start)
+    if arg_end - arg_start > len(name) + 1:
+        libc.memcpy(arg_start, name)
+        libc.memcpy(arg_end - 1, b" ")
+    libc.pr_set_name(name)
+
+
+def seclude(keep: tuple[int, ...], name: bytes, dumpable: bool) -> None:
+    """Keep nothing of the invoker's that the container could reach through us.
+
+    Done first thing in a process that enters the container without exec
+    (its PID 1; `pflask exec`'s child until it execs): only fds 0-2 and
+    pflask's own pipes (`keep`) stay open, the command line and environment
+    are wiped from memory (forget_invoker), and, unless `dumpable`, the
+    process is not dumpable.  A process that is not dumpable keeps
+    /proc/PID/{fd,mem,map_files,root,cwd} from every process without
+    CAP_SYS_PTRACE in the user namespace of its memory, which is the host's
+    for a fork of pflask: the container's root cannot read PID 1's memory
+    (Python's copy of the environment is there), nor reach host files
+    through its fds, root, or mapped files (a container with
+    CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE could otherwise open the host's
+    libraries for writing through /proc/1/map_files).  /proc/PID/environ is
+    not among them (a process of the same uid still reads it, on Linux 6.18
+    at least): the wipe is what keeps it empty.  The command is a new exec
+    and dumpable as usual.
+
+    PID 1 of an ordinary user's pflask stays dumpable: the user's
+    `pflask exec` enters it with setns(2) on its pidfd, which asks for ptrace
+    access, and so does writing its uid_map; the user has no CAP_SYS_PTRACE
+    in the host's user namespace.  Its container's root then can read PID 1's
+    memory as it could read any process of its uid (map_files stays closed:
+    it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the host's user
+    namespace, which no process in a user namespace has).
+    """
+    close_inherited(keep)
+    if not dumpable:
+        libc.prctl(PR_SET_DUMPABLE, 0)
+    forget_invoker(name)
+
+
 def _own_pid_namespace_for_children() -> None:
     """Our later children (the janitor's tools, busctl) belong to the host's
     PID namespace again, not to the container's."""
@@ -727,6 +815,7 @@ class Container:
         self.detached = detached
         self.reap = False  # set by the Reaper step: PID 1 stays, the command is PID 2
         self.pending = b""  # what S said before we asked (see _exit_unless_supervised)
+        self.dumpable = False  # PID 1 dumpable for its owner's `pflask exec` (see seclude)
 
     def _use_console(self) -> None:
         """The pty is stdin, stdout and stderr from now on, for every process to come;
@@ -769,6 +858,13 @@ class Container:
             _signal.signal(signum, _signal.SIG_DFL)
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL)
         self._exit_unless_supervised()
+        # Before anything else: nothing of the invoker's reaches the container.
+        self.dumpable = os.geteuid() != 0
+        keep = (self.control, self.status, self.channel, self.console)
+        try:
+            seclude(keep, INIT_NAME, self.dumpable)
+        except OSError as e:
+            self._fail(EXIT_SETUP, f"before step 1: {e}")
         if self.console >= 0:
             self._use_console()
         elif self.detached:
@@ -1023,11 +1119,12 @@ class Container:
                 raise
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
-        # Changing uid made us non-dumpable, and a reaper PID 1 never execs to
-        # become dumpable again: without this, `pflask exec` (setns(2) on a
-        # pidfd needs ptrace read access) could not enter the container as its
-        # ordinary owner.  It grants nothing: the command, same uid, is dumpable.
-        libc.prctl(PR_SET_DUMPABLE, 1)
+        if self.dumpable:
+            # Changing uid made us non-dumpable, and a reaper PID 1 never
+            # execs to become dumpable again: without this, `pflask exec`
+            # (setns(2) on a pidfd needs ptrace read access) could not enter
+            # the container as its ordinary owner (see seclude).
+            libc.prctl(PR_SET_DUMPABLE, 1)
         self.user = user
 
     def _capabilities(self, step: plan.Capabilities) -> None:
@@ -1089,6 +1186,10 @@ class Container:
             except OSError as e:
                 self._cannot_start(argv[0], e)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+        # The command has its environment: PID 1 keeps none, the invoker's least.
+        env.clear()
+        os.environ.clear()
+        self.env = None
         os.close(self.status)  # EOF once the command runs: S knows it started
         os.close(self.control)
         if self.console >= 0:

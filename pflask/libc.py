@@ -335,3 +335,38 @@ def namespace_flags(names: Any) -> int:
     for name in names:
         flags |= table[name]
     return flags
+
+
+# --- process hygiene: what the container's processes inherit from pflask --------------------
+# (close_range(2) without CLOSE_RANGE_CLOEXEC, PR_SET_NAME with a string, and writes into
+# this process's own memory, for the executor's seclusion of the container's first process)
+
+_memset = _function("memset")  # returns a pointer, truncated by _Int: never looked at
+_memcpy = _function("memcpy")
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
+    """Close every fd from `first` to `last` included (Linux 5.9), in one call."""
+    result = _syscall(SYS_close_range, first, _ULong(last), 0)
+    _check(result, "close_range(2)", f"{first}-{last}")
+
+
+def pr_set_name(name: bytes) -> None:
+    """This thread's name (comm: `ps`, /proc/PID/status), at most 15 bytes."""
+    _check(
+        _prctl(PR_SET_NAME, name[:15], _ULong(0), _ULong(0), _ULong(0)), "prctl(2)", "PR_SET_NAME"
+    )
+
+
+def memset(address: int, byte: int, size: int) -> None:
+    """Fill `size` bytes of our own memory at `address` with `byte` (memset(3)).
+
+    The address must come from the kernel (/proc/self/stat), never from a guess:
+    a wrong one is a segmentation fault, not an error.
+    """
+    _memset(_ULong(address), byte, _ULong(size))
+
+
+def memcpy(address: int, data: bytes) -> None:
+    """Copy `data` into our own memory at `address` (memcpy(3)); trusted addresses only."""
+    _memcpy(_ULong(address), data, _ULong(len(data)))

@@ -216,13 +216,19 @@ class Session:
 
     def _command(self, status: int, slave: int) -> None:
         """X: the plan's process rules, then exec; errors go to E as `CODE message`."""
-        from pflask.executor import Container
+        from pflask.executor import Container, seclude
 
         for signum in (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
+        runner = Container(self.plan, False, -1, status, 0, console=slave)
+        try:  # in the container's PID namespace: keep nothing of our invoker's
+            seclude((status, slave), b"pflask-exec", dumpable=False)
+        except FileNotFoundError:
+            pass  # no /proc/self/stat in there: no /proc/X/environ to read either
+        except OSError as e:
+            runner._fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
         if slave < 0:
             os.setsid()  # as `pflask run`: signals reach it through pflask, once
-        runner = Container(self.plan, False, -1, status, 0, console=slave)
         steps = [s for s in self.plan.steps if s.kind in PROCESS_STEPS]
         for step in (*steps, plan.Exec(argv=tuple(self.argv))):
             try:

@@ -18,7 +18,11 @@ passes window-size changes (SIGWINCH) on with TIOCSWINSZ on the master, which
 makes the kernel signal the container's foreground job; and it restores the
 terminal on every way out (the caller's `finally`).
 
-Without a terminal (pipes, CI) none of this happens and output streams through.
+Without a terminal (pipes, CI, or `terminal: false`) none of this happens and
+output streams through.  The command then runs in PID 1's session, which has
+no controlling terminal: a user's terminal it inherits on fds 0-2 is not its
+own, so TIOCSTI there (typing into the user's shell) needs CAP_SYS_ADMIN, and
+TIOCSCTTY cannot take it from the user's session without it either.
 """
 
 from __future__ import annotations

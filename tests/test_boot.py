@@ -704,7 +704,7 @@ def test_machined_registers_a_container_inside_a_booted_debian(
             assert fields["Unit"] == "inner-box.service"
             leader = int(fields["Leader"])
             comm = c.check("cat", f"/proc/{leader}/comm").strip()
-            assert comm in ("sleep", "python3", "pflask"), comm
+            assert comm in ("sleep", "python3", "pflask", "pflask-init"), comm
             out, _ = inner.communicate(timeout=30)
             assert inner.returncode == 0, out
             assert "warning" not in out, out
