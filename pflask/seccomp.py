@@ -461,6 +461,11 @@ def build(f: Filter, source: str) -> bytes:
     import pyseccomp
 
     ctx = pyseccomp.SyscallFilter(f.default)
+    # A binary tree over the system call numbers rather than a linear list:
+    # loading the default profile costs the kernel ~0.9 ms instead of ~1.3
+    # (it evaluates the filter for every call number to build its cache of
+    # always-allowed calls), and each filtered call runs fewer instructions.
+    ctx.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     native_token = pyseccomp.system_arch()
     for arch in f.arches:
         token = getattr(pyseccomp.Arch, arch)
