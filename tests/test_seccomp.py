@@ -421,3 +421,24 @@ def test_profile_semantics_follow_docker(tmp_path: Path) -> None:
     f = seccomp.from_profile(str(path), frozenset({"sys_chroot"}), machine, "m.yaml")
     assert [r.name for r in f.rules][:3] == ["read", "chroot", "reboot"]
     assert f.arches == (machine,)
+
+
+def test_the_original_flags_take_seccomp_too(shared_tmp: Path, tmp_path: Path) -> None:
+    """`--seccomp=unconfined|default|FILE`; a cached flags plan follows the file."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    grep = ["grep", "^Seccomp:", "/proc/self/status"]
+    for setting, expected in (("unconfined", "0"), ("default", "2")):
+        result = run_pflask(f"--seccomp={setting}", "--", *grep, env=env)
+        assert result.stdout.split() == ["Seccomp:", expected], result.stderr
+    profile = shared_tmp / "flags.json"
+    profile.write_text(json.dumps(DENY_MKDIR))
+    target = shared_tmp / "by-flags"
+    flags = ["--seccomp", "flags.json", "--", "mkdir", str(target)]
+    first = run_pflask(*flags, env=env, cwd=shared_tmp)  # relative to the working directory
+    assert first.returncode == 1 and "Permission denied" in first.stderr, first
+    profile.write_text(json.dumps({**DENY_MKDIR, "syscalls": []}))
+    second = run_pflask(*flags, env=env, cwd=shared_tmp)
+    assert second.returncode == 0, second.stderr
+    saved = tmp_path / "saved.yaml"
+    assert run_pflask("--seccomp", str(profile), "--save", saved).returncode == 0
+    assert yaml.safe_load(saved.read_text())["security"] == {"seccomp": str(profile)}
