@@ -690,6 +690,9 @@ def rebase(data: LocDict, old_dir: str, new_dir: str) -> None:
     root = data.get("root")
     if isinstance(root, dict) and "path" in root:
         root["path"] = move(root["path"])
+    security = data.get("security")
+    if isinstance(security, dict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
+        security["seccomp"] = move(security["seccomp"])
     for mount in data.get("mounts", []) if isinstance(data.get("mounts"), list) else []:
         if not isinstance(mount, dict):
             continue

@@ -32,7 +32,7 @@ import os
 
 from pflask import plan as p
 from pflask import seccomp_default as d
-from pflask.errors import ManifestError
+from pflask.errors import ManifestError, SetupError
 from pflask.record import Record
 
 TYPE_CHECKING = False
@@ -446,9 +446,20 @@ def from_profile(path: str, caps: frozenset[str], machine: str, source: str) -> 
     return Filter(default=default, arches=tuple(dict.fromkeys(arches)), rules=tuple(rules))
 
 
-def check_name(name: str, reader: _Profile, field: str) -> None:
-    import pyseccomp
+def _pyseccomp() -> Any:
+    """pyseccomp, or a one-line error when it or libseccomp is missing."""
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError) as e:
+        raise SetupError(
+            f"seccomp: cannot use libseccomp ({e}); install libseccomp2 and pyseccomp, "
+            "or set security.seccomp: unconfined"
+        ) from None
+    return pyseccomp
 
+
+def check_name(name: str, reader: _Profile, field: str) -> None:
+    pyseccomp = _pyseccomp()
     if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) == -1:  # __NR_SCMP_ERROR
         raise reader.error(field, f"unknown system call {name!r} (unknown to libseccomp)")
 
@@ -458,7 +469,7 @@ def check_name(name: str, reader: _Profile, field: str) -> None:
 
 def build(f: Filter, source: str) -> bytes:
     """The BPF program of a Filter, as libseccomp exports it (struct sock_filter[])."""
-    import pyseccomp
+    pyseccomp = _pyseccomp()
 
     ctx = pyseccomp.SyscallFilter(f.default)
     # A binary tree over the system call numbers rather than a linear list:

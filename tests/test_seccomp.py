@@ -442,3 +442,13 @@ def test_the_original_flags_take_seccomp_too(shared_tmp: Path, tmp_path: Path) -
     saved = tmp_path / "saved.yaml"
     assert run_pflask("--seccomp", str(profile), "--save", saved).returncode == 0
     assert yaml.safe_load(saved.read_text())["security"] == {"seccomp": str(profile)}
+
+
+def test_convert_keeps_a_relative_profile_pointing_at_the_same_file(shared_tmp: Path) -> None:
+    (shared_tmp / "deny-mkdir.json").write_text(json.dumps(DENY_MKDIR))
+    box = manifest(shared_tmp, security={"seccomp": "deny-mkdir.json"})
+    (shared_tmp / "sub").mkdir()
+    moved = shared_tmp / "sub" / "box.toml"
+    assert run_pflask("convert", box, "--to", "toml", "-o", moved).returncode == 0
+    assert 'seccomp = "../deny-mkdir.json"' in moved.read_text()
+    assert plan_lines(moved)[1:] == plan_lines(box)[1:]
