@@ -24,6 +24,9 @@ repeated index one rule per argument (either may); a rule whose action is
 the default action adds nothing.  Anything pflask cannot honour (a notify
 listener, filter flags, an unknown action or system call name) is a
 manifest error naming the field, never a silently weaker filter.
+`minKernel` is read when the plan is compiled: a cached plan keeps the
+answer of the kernel it was compiled on (`pflask run --no-cache` after a
+kernel downgrade).
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
             + ("" if "sys_admin" in caps else ", clone with namespace flags")
             + " EPERM"
         )
-        where = ("default", "")
+        profile_file = ""
     else:
         main = from_profile(setting, caps, machine, source)
         filters = (main,)
@@ -155,11 +158,11 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
             f"{' '.join(a.lower() for a in main.arches)}: {len(main.rules)} rules, "
             f"others {action_name(main.default)}"
         )
-        where = (setting, setting)
-    programs = tuple(build(f, where[1]) for f in filters)
+        profile_file = setting
+    programs = tuple(build(f, profile_file) for f in filters)
     size = sum(len(program) // 8 for program in programs)
     return p.Seccomp(
-        profile=where[0],
+        profile=setting,
         summary=f"{summary}; {size} BPF instructions",
         programs=tuple(program.hex() for program in programs),
     )
@@ -191,7 +194,9 @@ def native() -> str:
     try:
         return MACHINES[machine]
     except KeyError:
-        raise ManifestError(f"no seccomp support for this machine ({machine})") from None
+        raise SetupError(
+            f"seccomp: no filter for this machine ({machine}); set security.seccomp: unconfined"
+        ) from None
 
 
 def kernel_version() -> tuple[int, ...]:
