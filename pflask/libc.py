@@ -93,17 +93,17 @@ RESOLVE_IN_ROOT = 0x10
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-
-# <linux/seccomp.h>
-SECCOMP_MODE_FILTER = 2
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <linux/seccomp.h>
+SECCOMP_MODE_FILTER = 2
 
 # Syscall numbers.  Those from 424 on are the same on every architecture.
 SYS_pidfd_send_signal = 424
