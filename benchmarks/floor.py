@@ -74,6 +74,8 @@ def lower(plan: Plan) -> list[Op]:
             ops.append(("hostname", step.name))
         elif isinstance(step, p.Environment):
             ops.append(("environment", dict(step.set)))
+        elif isinstance(step, p.Seccomp):
+            ops.extend(("seccomp", bytes.fromhex(program)) for program in step.programs)
         elif isinstance(step, p.Exec):
             ops.append(("exec", step.argv))
         else:
@@ -127,6 +129,7 @@ ACTIONS: dict[str, Callable[..., None]] = {
     "readonly": _readonly,
     "pivot_root": _pivot_root,
     "hostname": libc.sethostname,
+    "seccomp": libc.seccomp_set_mode_filter,
 }
 
 

@@ -52,6 +52,8 @@ _COMPILER = (
     "context",
     "classic",
     "commands",
+    "seccomp",
+    "seccomp_default",
 )
 
 

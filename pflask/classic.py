@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="make a cgroup in CONTROLLER's hierarchy for the container",
     )
     a("-b", "--caps", metavar="CAPS", help="capabilities: all, -all, +name, -name, comma separated")
+    a(
+        "--seccomp",
+        metavar="PROFILE",
+        help="the seccomp filter: default, unconfined, or a Docker/OCI JSON profile file",
+    )
     a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
     a("-a", "--attach", metavar="PID", help="attach to a detached container (name or pid)")
     a(
@@ -366,6 +371,10 @@ def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
         data["cgroup"] = {"controllers": list(args.cgroup)}
     if args.caps:
         data["capabilities"] = args.caps
+    if args.seccomp:
+        words = ("default", "unconfined")
+        profile = args.seccomp if args.seccomp in words else _host(args.seccomp)
+        data.setdefault("security", {})["seccomp"] = profile
     if args.detach:
         data["detach"] = True
     return data

@@ -403,7 +403,10 @@ def run_manifest_data(
     if not show and not save and entry is not None:
         from pflask import cache
 
-        cache.store(entry, plan, (), {})
+        # A seccomp profile file is read by the compiler: its content is part of the plan.
+        profile = data.get("security", {}).get("seccomp", "default")
+        files = () if profile in ("default", "unconfined") else (profile,)
+        cache.store(entry, plan, files, {})
     plan = named(plan)
     if show:
         print(plan.render())

@@ -9,8 +9,9 @@ The order (see docs/architecture.md for who runs what):
 namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> root of
 the user namespace -> fork PID 1 -> [host] machined registration -> propagation
 -> root -> system mounts -> user mounts -> masked and read-only paths ->
-pivot_root -> hostname -> network -> rlimits -> user -> capabilities ->
-no_new_privs -> environment -> workdir -> reaper -> exec.
+pivot_root -> hostname -> network -> rlimits -> [seccomp, without
+no_new_privs] -> user -> capabilities -> no_new_privs -> environment ->
+workdir -> [seccomp, with no_new_privs] -> reaper -> exec.
 
 Booting an OS (an init such as systemd as PID 1 in a root of its own, see
 `boots`) adds what systemd's container interface asks of a container manager
@@ -196,6 +197,13 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.security.rlimits:
         steps.append(p.Rlimits(limits=m.security.rlimits))
     keep = _capabilities(m, boot)
+    seccomp = _seccomp(m, keep)
+    # Loading a filter takes no_new_privs or CAP_SYS_ADMIN (seccomp(2)):
+    # without the first it goes before the steps that drop the second.
+    early = seccomp is not None and not m.security.no_new_privileges
+    early = early and (m.user is not None or (keep is not None and "sys_admin" not in keep))
+    if seccomp is not None and early:
+        steps.append(seccomp)
     if m.user is not None:
         # PR_SET_KEEPCAPS before setuid, or the switch empties the permitted set.
         steps.append(p.SwitchUser(user=m.user, keep_caps=keep is not None))
@@ -209,6 +217,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # The supervisor claims the name while the container sets itself up; the
     # command must not start before it has.
     steps.append(p.AwaitHost(after=p.AFTER_NAME))
+    if seccomp is not None and not early:
+        steps.append(seccomp)  # the last thing before the command (and PID 1's own rule)
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
     steps.append(p.Exec(argv=command))
@@ -290,6 +300,20 @@ def _capabilities(m: Manifest, boot: bool) -> tuple[str, ...] | None:
     if boot:
         return tuple(sorted(capabilities.parse(list(BOOT_DROPPED_CAPABILITIES))))
     return None
+
+
+def _seccomp(m: Manifest, keep: tuple[str, ...] | None) -> p.Seccomp | None:
+    """The seccomp filter step, built for the capabilities the container keeps.
+
+    Built here, once per compiled plan (libseccomp is not loaded by a cached
+    `pflask run`): see pflask.seccomp.
+    """
+    if m.security.seccomp == "unconfined":
+        return None
+    from pflask import capabilities, seccomp
+
+    kept = capabilities.ALL if keep is None else frozenset(keep)
+    return seccomp.step(m.security.seccomp, kept, m.source)
 
 
 def _error(m: Manifest, field: str, message: str) -> ManifestError:

@@ -93,6 +93,7 @@ RESOLVE_IN_ROOT = 0x10
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
@@ -100,6 +101,9 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <linux/seccomp.h>
+SECCOMP_MODE_FILTER = 2
 
 # Syscall numbers.  Those from 424 on are the same on every architecture.
 SYS_pidfd_send_signal = 424
@@ -127,6 +131,10 @@ class _Int(_Simple):
 
 class _ULong(_Simple):
     _type_ = "L"
+
+
+class _UByte(_Simple):
+    _type_ = "B"
 
 
 _FLAGS = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO  # errno kept for get_errno()
@@ -250,6 +258,21 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (_ULong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_prctl(option, *args), "prctl(2)", str(option))
+
+
+def seccomp_set_mode_filter(program: bytes) -> None:
+    """Install a classic BPF program (struct sock_filter[]) as a seccomp filter.
+
+    prctl(PR_SET_SECCOMP) takes a struct sock_fprog: the number of
+    instructions (an unsigned short, padded to the pointer's alignment) and a
+    pointer to them.  The kernel copies the program during the call.
+    """
+    instructions = (_UByte * len(program)).from_buffer_copy(program)
+    pointer = _ctypes.sizeof(_ULong)
+    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(pointer - 2)  # len, padding
+    fprog += _ctypes.addressof(instructions).to_bytes(pointer, sys.byteorder)
+    result = _prctl(PR_SET_SECCOMP, _ULong(SECCOMP_MODE_FILTER), fprog, _ULong(0), _ULong(0))
+    _check(result, "prctl(2) PR_SET_SECCOMP", f"{len(program) // 8} BPF instructions")
 
 
 def mount_setattr(

@@ -535,6 +535,10 @@ def _lookup(expression: str, env: Mapping[str, str], used: dict[str, str | None]
 _HOST_PATH_FIELDS = ("source", "upper", "work")
 
 
+# `security.seccomp` values that are not a profile file's path.
+SECCOMP_WORDS = ("default", "unconfined")
+
+
 def absolutize(data: LocDict, base: str) -> None:
     """Make host paths absolute against the directory of their manifest."""
 
@@ -546,6 +550,9 @@ def absolutize(data: LocDict, base: str) -> None:
     root = data.get("root")
     if isinstance(root, LocDict) and "path" in root:
         root["path"] = fix(root["path"])
+    security = data.get("security")
+    if isinstance(security, LocDict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
+        security["seccomp"] = fix(security["seccomp"])
     mounts = data.get("mounts")
     if isinstance(mounts, LocList):
         for mount in mounts:
@@ -610,6 +617,14 @@ def load(
         data.key_locs["name"] = data.value_locs["name"] = data.loc
     for override in overrides:
         apply_override(data, override)
+    profile = (
+        data.get("security", {}).get("seccomp") if isinstance(data.get("security"), dict) else None
+    )
+    if isinstance(profile, str) and profile not in SECCOMP_WORDS:
+        # A profile file is read by the compiler: a cached plan holds its
+        # filter only as long as the file's content is the same.
+        profile = data["security"]["seccomp"] = os.path.abspath(profile)
+        files.append(profile)
     loaded = Loaded(data, files, used)
     if validate:
         check(loaded.data, text=True)
@@ -1027,6 +1042,9 @@ def rebase(data: LocDict, old_dir: str, new_dir: str) -> None:
     root = data.get("root")
     if isinstance(root, dict) and "path" in root:
         root["path"] = move(root["path"])
+    security = data.get("security")
+    if isinstance(security, dict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
+        security["seccomp"] = move(security["seccomp"])
     for mount in data.get("mounts", []) if isinstance(data.get("mounts"), list) else []:
         if not isinstance(mount, dict):
             continue

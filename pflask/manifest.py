@@ -119,6 +119,7 @@ class Security(Record):
     rlimits: tuple[tuple[str, int, int], ...] = ()
     masked_paths: tuple[str, ...] | None = None
     readonly_paths: tuple[str, ...] | None = None
+    seccomp: str = "default"  # or "unconfined", or a profile file (absolute path)
 
 
 class Manifest(Record):
@@ -308,6 +309,7 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
             rlimits=tuple(_rlimit(n, v) for n, v in security.get("rlimits", {}).items()),
             masked_paths=None if masked is None else tuple(masked),
             readonly_paths=None if readonly is None else tuple(readonly),
+            seccomp=security.get("seccomp", "default"),
         ),
         terminal={True: "true", False: "false"}.get(data.get("terminal", "auto"), "auto"),
         detach=data.get("detach", False),

@@ -15,8 +15,8 @@ children only, so the command is forked: it is PID >1 in there, and dies
 with the container's PID 1.
 
 The plan recorded with the container gives the rules the command runs under,
-as the container's own command did: rlimits, user, capabilities,
-no_new_privs, environment and working directory.  With a terminal on stdin
+as the container's own command did: rlimits, seccomp filter, user,
+capabilities, no_new_privs, environment and working directory.  With a terminal on stdin
 (and `terminal:` not false) the command gets a new pty from the
 container's devpts, proxied in raw mode like `pflask run`'s.  The exit
 status is the command's own (128+N for a signal), 126/127 when it cannot be
@@ -42,7 +42,14 @@ else:
     import _signal
 
 # The plan's steps that shape the command's process (not the container).
-PROCESS_STEPS = ("rlimits", "switch_user", "capabilities", "no_new_privs", "environment")
+PROCESS_STEPS = (
+    "rlimits",
+    "seccomp",
+    "switch_user",
+    "capabilities",
+    "no_new_privs",
+    "environment",
+)
 
 
 def namespaces(the_plan: plan.Plan) -> tuple[str, ...]:

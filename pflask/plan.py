@@ -525,6 +525,25 @@ class NoNewPrivs(Step):
         return "set no_new_privs"
 
 
+class Seccomp(Step):
+    """Load the seccomp filter: BPF programs compiled from `profile` by the compiler.
+
+    The last step before the command where no_new_privs is set; otherwise
+    just before capabilities are dropped, while CAP_SYS_ADMIN still allows
+    loading a filter (the kernel asks for one or the other).  `programs`
+    are hexadecimal struct sock_filter arrays, loaded in order; the kernel
+    runs them all and takes the strictest answer.
+    """
+
+    kind = "seccomp"
+    profile: str
+    summary: str
+    programs: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"seccomp filter, {self.profile} profile ({self.summary})"
+
+
 class SwitchUser(Step):
     """Become `user` (name or uid[:gid]) as found in the container's passwd/group."""
 
@@ -621,6 +640,7 @@ STEPS: dict[str, type[Step]] = {
         Hostname,
         Rlimits,
         NoNewPrivs,
+        Seccomp,
         SwitchUser,
         Capabilities,
         Environment,

@@ -60,6 +60,7 @@ def test_order_of_a_full_container() -> None:
         "no_new_privs",
         "environment",
         "chdir",
+        "seccomp",
         "reaper",
         "exec",
     ]
@@ -75,7 +76,8 @@ def test_order_of_a_full_container() -> None:
     assert the_plan.steps[4] == p.Unshare(namespaces=("cgroup",))
     # and the command waits for the name to be claimed
     assert order.count("await_host") == 2
-    assert the_plan.steps[order.index("reaper") - 1] == p.AwaitHost(after="name claimed")
+    assert the_plan.steps[order.index("seccomp") - 1] == p.AwaitHost(after="name claimed")
+    assert order.index("seccomp") == order.index("reaper") - 1  # no_new_privs: loaded last
     assert step(the_plan, p.SwitchUser).keep_caps is True
 
 
@@ -85,8 +87,8 @@ def test_without_host_steps_the_container_waits_only_before_the_command() -> Non
     the_plan = compile_data({"root": {"path": "/srv/root"}})
     order = kinds(the_plan)
     assert order.count("await_host") == 1
-    assert order[-3:] == ["await_host", "reaper", "exec"]
-    assert the_plan.steps[-3] == p.AwaitHost(after="name claimed")
+    assert order[-4:] == ["await_host", "seccomp", "reaper", "exec"]
+    assert the_plan.steps[-4] == p.AwaitHost(after="name claimed")
     assert order.index("pivot_root") < order.index("await_host")
 
 
@@ -120,7 +122,7 @@ def test_turning_namespaces_off() -> None:
         {"namespaces": {"mount": False, "pid": False, "ipc": False, "uts": False, "cgroup": False}}
     )
     assert the_plan.steps[0] == p.Unshare(namespaces=())
-    assert kinds(the_plan) == ["unshare", "environment", "await_host", "exec"]
+    assert kinds(the_plan) == ["unshare", "environment", "await_host", "seccomp", "exec"]
 
 
 def test_ordinary_user_gets_a_user_namespace_mapping_itself_to_root() -> None:
