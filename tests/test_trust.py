@@ -154,3 +154,70 @@ def test_a_hostile_machine_id_is_left_out_with_a_warning(
     (etc / "machine-id").unlink()
     (etc / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     assert machined.root_machine_id(str(tmp_path)) == "0123456789abcdef0123456789abcdef"
+
+
+# --- the plan cache -----------------------------------------------------------------------------
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_a_symlinked_cache_directory_is_neither_written_nor_pruned(
+    shared_tmp: Path, user: str | None, test_user: Any
+) -> None:
+    """The cache directory's owner (the user whose HOME root runs with, say)
+    points it at a directory of the runner's: 300 files that look like old
+    entries would have been pruned to 128, and a plan written there."""
+    owner = test_user.uid if user is None else 0  # someone else sets the trap
+    cache_home = shared_tmp / "cache"
+    cache_home.mkdir()
+    victim = shared_tmp / "victim"
+    victim.mkdir(mode=0o700)
+    runner = test_user.uid if user else 0
+    for i in range(300):
+        old = victim / f"{i:040x}"
+        old.write_bytes(b"precious")
+        os.utime(old, ns=(i, i))
+        os.chown(old, runner, runner)
+    os.chown(victim, runner, runner)
+    (cache_home / "pflask").symlink_to(victim)
+    os.lchown(cache_home / "pflask", owner, owner)
+    os.chown(cache_home, owner, owner)
+    before = listing(victim)
+    path = manifest(shared_tmp, "cache", hostname="cached", command=["hostname"])
+    env = {"XDG_CACHE_HOME": str(cache_home)}
+    for command in ([], ["--", "echo", "two"], []):
+        result = run_pflask("run", path, *command, user=user, env=env)
+        assert result.returncode == 0, describe(result)
+        assert result.stdout in ("cached\n", "two\n")
+    assert listing(victim) == before
+
+
+def test_pruning_removes_only_pflasks_own_entries(shared_tmp: Path) -> None:
+    cache_home = shared_tmp / "cache"
+    folder = cache_home / "pflask"
+    folder.mkdir(parents=True, mode=0o700)
+    for i in range(300):
+        old = folder / f"{i:040x}"
+        old.write_bytes(b"stale")
+        os.utime(old, ns=(i, i))
+    others = {
+        "notes.txt": b"mine",
+        f"{'a' * 39}": b"too short for a key",
+        f".{'b' * 40}.x": b"not a temporary's name",
+    }
+    for name, data in others.items():
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, ns=(0, 0))
+    (folder / f"{'c' * 40}").mkdir()  # a key's name, but no file
+    os.utime(folder / f"{'c' * 40}", ns=(0, 0))
+    path = manifest(shared_tmp, "prune", command=["true"])
+    result = run_pflask("run", path, env={"XDG_CACHE_HOME": str(cache_home)})
+    assert result.returncode == 0, describe(result)
+    for name, data in others.items():
+        assert (folder / name).read_bytes() == data
+    assert (folder / f"{'c' * 40}").is_dir()
+    assert not (folder / f"{0:040x}").exists()  # the old entries did go
+    assert len([p for p in folder.iterdir() if len(p.name) == 40]) <= 129
