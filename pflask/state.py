@@ -649,9 +649,13 @@ def claim(the_plan: Plan, detached: bool, pid: int = 0) -> Claim:
 # --- finding records ---------------------------------------------------------------------------
 
 
-def _records(where: Directory) -> list[Container]:
+def _records(where: Directory, shown: bool = True) -> list[Container]:
     """The live records in `where`; stale and corrupt ones are removed on the way
-    (from our own directory only: another user's is theirs to tidy)."""
+    (from our own directory only: another user's is theirs to tidy).
+
+    `shown`: leave out another user's records that name a supervisor not
+    theirs (`ps` does not list them; `find` keeps them, to say why it refuses).
+    """
     folder = where.open()
     if folder < 0:
         return []
@@ -669,7 +673,7 @@ def _records(where: Directory) -> list[Container]:
                 continue
             if record.data.get("corrupt") or not record.alive():
                 stale.append(entry[: -len(SUFFIX)])
-            else:
+            elif not shown or not record.foreign or real_uid(record.supervisor) == where.uid:
                 found.append(record)
     finally:
         os.close(folder)
@@ -697,12 +701,12 @@ def _clean(where: Directory, names: list[str]) -> None:
         os.close(fd)
 
 
-def running(owner: int | None = None) -> list[Container]:
+def running(owner: int | None = None, shown: bool = True) -> list[Container]:
     """The running containers of `owner` (default: ours), by name."""
     places = [directory()] if owner is None or owner == os.geteuid() else of_user(owner)
     found: list[Container] = []
     for where in places:
-        found.extend(_records(where))
+        found.extend(_records(where, shown))
     return sorted(found, key=lambda record: record.name)
 
 
@@ -713,7 +717,7 @@ def find(spec: str, owner: int | None = None) -> Container:
     record is then checked against the processes it names (`Container.check`)
     before anything is done to them.
     """
-    records = running(owner)
+    records = running(owner, shown=False)
     match = next((r for r in records if r.name == spec), None)
     if match is None and spec.isdigit():
         pid = int(spec)
