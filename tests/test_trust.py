@@ -502,3 +502,33 @@ def test_a_state_directory_open_to_others_is_refused(
             f"pflask: state directory {runtime}/pflask is a directory of uid {test_user.uid} "
             f"with mode 755, not uid {test_user.uid}'s private one: chmod 700 {runtime}/pflask\n"
         )
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_attach_talks_only_to_the_supervisors_socket(
+    shared_tmp: Path, busybox_root: Path, test_user: Any, user: str | None
+) -> None:
+    """Another process's socket in the container's place (here root's, made
+    reachable to all) is refused before a byte is sent: the kernel names the
+    process serving it (SO_PEERCRED), and it is not the supervisor."""
+    name = f"trust-sock-{os.getpid()}"
+    path = manifest(shared_tmp, "sock", root={"path": str(busybox_root)})
+    owner = "pflask-test" if user is None else None  # root attaches to the user's
+    who = ("--owner", "pflask-test") if owner else ()
+    started = run_pflask("run", path, "--detach", "--name", name, "--", "sh", user="pflask-test")
+    assert started.returncode == 0, describe(started)
+    sock = Path(f"/tmp/pflask-{test_user.uid}/{name}.sock")
+    squatter = None
+    try:
+        sock.unlink()
+        squatter = Squatter(sock)
+        sock.chmod(0o777)
+        result = run_pflask("attach", *who, name, user=user, input=b"echo hi\n", timeout=10)
+        assert result.returncode == 125, describe(result)
+        assert f"is served by pid {os.getpid()} (uid 0), not by its supervisor" in result.stderr
+        assert "hi" not in result.stdout
+    finally:
+        if squatter is not None:
+            squatter.close()
+        stopped = run_pflask("stop", name, "--timeout", "1", user="pflask-test")
+    assert stopped.returncode == 0, describe(stopped)
