@@ -99,9 +99,6 @@ class Directory:
     def file(self, name: str, suffix: str = SUFFIX) -> str:
         return f"{self.path}/{name}{suffix}"
 
-    def exists(self) -> bool:
-        return os.path.isdir(self.path)
-
     def ensure(self) -> None:
         """Make the directory (0700) unless it is there; `open` checks what is."""
         parent = os.path.dirname(self.path)
