@@ -323,7 +323,12 @@ def read_in_root(
     """
     shown = what or path
     if isinstance(root, str):
-        directory = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            directory = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # no root, no file in it
+        except OSError as e:
+            raise SyscallError("open(2)", e.errno or 0, root) from None
     else:
         directory = root
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
