@@ -389,6 +389,8 @@ def test_only_root_names_another_owner(test_user: Any) -> None:
     result = run_pflask("ps", "--owner", "root", user="pflask-test")
     assert result.returncode == 2
     assert "only root may act on another user's containers" in result.stderr
+    result = run_pflask("ps", "--owner", "4294967295")
+    assert result.returncode == 2 and "--owner 4294967295: not a uid" in result.stderr
     result = run_pflask("stop", "--owner", "no-such-user-here", "x")
     assert (result.returncode, result.stderr) == (
         2,
