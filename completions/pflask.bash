@@ -57,16 +57,16 @@ _pflask_value() {
 # The options of a subcommand ('pflask': the original flags).
 _pflask_options() {
     case ${1:-pflask} in
-    pflask) echo -r --chroot -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps -d --detach -a --attach -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
+    pflask) echo -r --chroot -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
     run) echo --set --name -d --detach --no-cache -v --verbose ;;
     validate) echo  ;;
     plan) echo --json --set ;;
     schema) echo --markdown ;;
     convert) echo --to -o --output ;;
-    ps) echo --json -q --quiet ;;
-    stop) echo -t --timeout ;;
-    exec) echo  ;;
-    attach) echo  ;;
+    ps) echo --json -q --quiet --owner ;;
+    stop) echo --owner -t --timeout ;;
+    exec) echo --owner ;;
+    attach) echo --owner ;;
     completion) echo  ;;
     esac
 }
@@ -92,6 +92,7 @@ _pflask_option() {
     ' --cgroup') echo free ;;
     ' -b') echo caps ;;
     ' --caps') echo caps ;;
+    ' --seccomp') echo file ;;
     ' -a') echo container ;;
     ' --attach') echo container ;;
     ' -s') echo free ;;
@@ -104,8 +105,12 @@ _pflask_option() {
     'convert --to') echo choices ;;
     'convert -o') echo manifest ;;
     'convert --output') echo manifest ;;
+    'ps --owner') echo free ;;
+    'stop --owner') echo free ;;
     'stop -t') echo free ;;
     'stop --timeout') echo free ;;
+    'exec --owner') echo free ;;
+    'attach --owner') echo free ;;
     esac
 }
 

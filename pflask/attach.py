@@ -71,10 +71,16 @@ def _size_payload(size: tuple[int, int]) -> bytes:
     return size[0].to_bytes(2, "big") + size[1].to_bytes(2, "big")
 
 
-def peer_uid(sock: _socket.socket) -> int:
-    """The connecting process's uid, from the kernel (SO_PEERCRED: pid, uid, gid)."""
+def peer(sock: _socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end, from the kernel
+    (SO_PEERCRED: pid, uid, gid as of its connect(2) or listen(2))."""
     cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    return int.from_bytes(cred[4:8], sys.byteorder)
+    return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
+
+
+def peer_uid(sock: _socket.socket) -> int:
+    """The connecting process's uid (see `peer`)."""
+    return peer(sock)[1]
 
 
 # --- the supervisor's side -------------------------------------------------------------------
@@ -274,15 +280,17 @@ class _Detach(Exception):
     """The user pressed Ctrl-@, or pflask attach was told to stop."""
 
 
-def attach(spec: str) -> int:
+def attach(spec: str, owner: int | None = None) -> int:
     """Connect this terminal to a detached container until Ctrl-@ or its end.
 
     Returns 0 after detaching, the container's exit status if it ended while
-    attached.
+    attached.  The socket must be served by the record's supervisor (its
+    pid and uid, from the kernel): a socket someone else put in its place
+    is never talked to.
     """
     from pflask import state
 
-    record = state.find(spec)
+    record = state.find(spec, owner)
     if not record.detached or not record.console:
         why = (
             "it was started without a terminal (terminal: false)"
@@ -298,6 +306,14 @@ def attach(spec: str) -> int:
         raise PflaskError(
             f"cannot attach to {record.name}: {record.socket}: {e.strerror}"
         ) from None
+    served_by = peer(sock)
+    if served_by != (record.supervisor, record.directory.uid):
+        sock.close()
+        raise state.Untrusted(
+            f"cannot attach to {record.name}: {record.socket} is served by pid "
+            f"{served_by[0]} (uid {served_by[1]}), not by its supervisor (pid "
+            f"{record.supervisor}, uid {record.directory.uid}): refused"
+        )
     session = _Session(sock, record)
     try:
         return session.run()

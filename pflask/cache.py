@@ -8,7 +8,8 @@ same content and every variable it consulted still has the same value.
 Entries are `marshal`ed plain data (builtin, no import cost; plans hold only
 scalars and tuples), and are ignored unless they are regular files owned by
 the invoking user and writable by nobody else, in a directory of the same
-kind.
+kind, opened without following a symlink (see _open_folder); pruning
+removes pflask's own entries only.
 """
 
 from __future__ import annotations
@@ -104,15 +105,35 @@ def _trusted(st: os.stat_result, is_dir: bool) -> bool:
     return kind_ok and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
+def _open_folder(folder: str) -> int:
+    """The cache directory as an fd, or -1 unless it is ours.
+
+    Opened with O_NOFOLLOW and checked on the fd (a directory, owned by us,
+    writable by nobody else): a symlink put in its place (~/.cache/pflask ->
+    /usr/bin, say, where root runs with a user's HOME) is never written to
+    nor pruned.  Every entry is then reached through this fd, never by path.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    if not _trusted(os.fstat(fd), True):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def load(entry_key: str) -> Plan | None:
     """The cached plan, or None when absent, stale, corrupt or not ours."""
-    folder = directory()
+    folder = _open_folder(directory())
+    if folder < 0:
+        return None
     try:
-        if not _trusted(os.stat(folder), True):
-            return None
-        fd = os.open(os.path.join(folder, entry_key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(entry_key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
     except OSError:
         return None
+    finally:
+        os.close(folder)
     try:
         if not _trusted(os.fstat(fd), False):
             return None
@@ -142,7 +163,7 @@ def store(
     entry_key: str, plan: Plan, files: Iterable[str], env_used: dict[str, str | None]
 ) -> None:
     """Write an entry atomically; a cache that cannot be written is no error."""
-    folder = directory()
+    where = directory()
     entry = {
         "format": FORMAT,
         "files": tuple((path, digest(path)) for path in files),
@@ -150,35 +171,63 @@ def store(
         "plan": plan.to_wire(),
     }
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        if not _trusted(os.stat(folder), True):
-            return
-        temporary = os.path.join(folder, f".{entry_key}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.makedirs(where, mode=0o700, exist_ok=True)
+    except OSError:
+        return
+    folder = _open_folder(where)
+    if folder < 0:
+        return
+    try:
+        temporary = f".{entry_key}.{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, 0o600, dir_fd=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(marshal.dumps(entry))
-        os.rename(temporary, os.path.join(folder, entry_key))
+        os.rename(temporary, entry_key, src_dir_fd=folder, dst_dir_fd=folder)
         prune(folder)
     except (OSError, ValueError):
         pass
+    finally:
+        os.close(folder)
 
 
 MAX_ENTRIES = 256  # a few MB at most; scripts that vary `-- COMMAND` make one per command
+_KEY_LENGTH = 40  # hex digits of a key (blake2b, 20 bytes)
+_HEX = frozenset("0123456789abcdef")
 
 
-def prune(folder: str, keep: int = MAX_ENTRIES) -> None:
+def ours(name: str) -> bool:
+    """Whether `name` is one of pflask's entries (KEY) or temporaries (.KEY.PID):
+    pruning removes nothing else, whatever else the directory holds."""
+    if name.startswith("."):
+        key, _, pid = name[1:].partition(".")
+        if not pid.isdigit():
+            return False
+        name = key
+    return len(name) == _KEY_LENGTH and _HEX.issuperset(name)
+
+
+def prune(folder: int, keep: int = MAX_ENTRIES) -> None:
     """Drop the oldest entries (and stray temporaries) beyond `keep`.
 
-    Runs only after a cache miss, so the cost of listing the directory is
-    never paid by a cached start.
+    `folder`: the cache directory's fd (see _open_folder).  Only regular
+    files named as pflask names them and owned by us are counted and
+    removed.  Runs only after a cache miss, so the cost of listing the
+    directory is never paid by a cached start.
     """
+    entries = []
     with os.scandir(folder) as it:
-        entries = [(e.stat(follow_symlinks=False).st_mtime_ns, e.path) for e in it]
+        for e in it:
+            if not ours(e.name):
+                continue
+            st = e.stat(follow_symlinks=False)
+            if st.st_mode & 0o170000 == 0o100000 and st.st_uid == os.geteuid():
+                entries.append((st.st_mtime_ns, e.name))
     if len(entries) <= keep:
         return
     entries.sort()
-    for _, path in entries[: len(entries) - keep // 2]:
+    for _, name in entries[: len(entries) - keep // 2]:
         try:
-            os.unlink(path)
+            os.unlink(name, dir_fd=folder)
         except OSError:
             pass

@@ -42,6 +42,7 @@ import time
 
 from pflask.libc import SyscallError
 from pflask.record import Record
+from pflask.state import start_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ def group_name(name: str) -> str:
     if name.startswith(PREFIX) and len(name) > len(PREFIX):
         name = name[len(PREFIX) :]  # the classic default name: no pflask-pflask-...
     pid = os.getpid()
-    dirname = f"{PREFIX}{name}-{pid}-{_start_time(pid) or 0}"
+    dirname = f"{PREFIX}{name}-{pid}-{start_time(pid) or 0}"
     if len(os.fsencode(dirname)) > 255:
         raise ValueError(f"cgroup name {name!r} is too long (255 bytes at most)")
     return dirname
@@ -723,7 +724,7 @@ def _stale(parent: str) -> list[str]:
         owner = parse_owner(entry.name)
         if owner is not None and entry.is_dir(follow_symlinks=False):
             pid, start = owner
-            if _start_time(pid) != start:
+            if start_time(pid) != start:
                 stale.append(entry.path)
     return sorted(stale)
 
@@ -736,19 +737,6 @@ def parse_owner(dirname: str) -> tuple[int, int] | None:
     if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
         return None
     return int(parts[1]), int(parts[2])
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot); None if no such process.
-
-    The command name (field 2) may hold spaces and parentheses, so count from
-    the last ')'.
-    """
-    try:
-        stat = _read(f"/proc/{pid}/stat")
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 def _remove_tree(top: str, version: int, deadline: float) -> bool:

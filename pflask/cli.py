@@ -259,11 +259,13 @@ def classic_command(args: list[str]) -> int:
     return commands.classic_command(args, entry)
 
 
-def _parse_stop(args: list[str]) -> tuple[str, float | None] | None:
-    """`stop NAME [-t S]` by hand: a stop request should not wait for argparse
-    (re and enum cost ~15 ms).  None: anything else, for argparse to answer."""
+def _parse_stop(args: list[str]) -> tuple[str, float | None, str | None] | None:
+    """`stop NAME [-t S] [--owner USER]` by hand: a stop request should not wait
+    for argparse (re and enum cost ~15 ms).  None: anything else, for argparse
+    to answer."""
     name: str | None = None
     timeout: float | None = None
+    owner: str | None = None
     items = iter(args)
     for arg in items:
         option, equals, value = arg.partition("=")
@@ -275,17 +277,22 @@ def _parse_stop(args: list[str]) -> tuple[str, float | None] | None:
                 return None
             if timeout is None:
                 return None
+        elif option == "--owner":
+            owner = value if equals else next(items, None)
+            if not owner:
+                return None
         elif arg.startswith("-") or name is not None:
             return None
         else:
             name = arg
-    return None if name is None else (name, timeout)
+    return None if name is None else (name, timeout, owner)
 
 
-def stop_container(name: str, timeout: float | None) -> int:
+def stop_container(name: str, timeout: float | None, owner: str | None = None) -> int:
     from pflask import state, stop
 
     if timeout is not None and timeout < 0:
         raise UsageError("stop: --timeout must be 0 or more seconds")
-    stop.stop(state.find(name), timeout)
+    uid = None if owner is None else state.owner_uid(owner)
+    stop.stop(state.find(name, uid), timeout)
     return 0

@@ -79,12 +79,15 @@ def parser() -> argparse.ArgumentParser:
         "ps",
         help="list running containers: name, pid, root, uptime, command",
         description="Running containers are recorded in /run/pflask (root), else in "
-        "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID.",
+        "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID. "
+        "Each user (root too) sees their own; root sees another user's with --owner.",
     )
     p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     p.add_argument("-q", "--quiet", action="store_true", help="names only, one a line")
+    _owner_argument(p)
     p = sub.add_parser("stop", help="stop a container: its stop signal, SIGKILL after a timeout")
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    _owner_argument(p)
     p.add_argument(
         "-t",
         "--timeout",
@@ -94,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    _owner_argument(p)
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -104,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
         "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
     )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
+    _owner_argument(p)
     p = sub.add_parser(
         "completion",
         help="print a shell's completion script",
@@ -132,6 +137,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     a("--no-cache", action="store_true", help="compile the manifest afresh; cache nothing")
     a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
     a("command", nargs="*", metavar="-- COMMAND", help="run COMMAND instead of the manifest's")
+
+
+def _owner_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--owner",
+        metavar="USER",
+        help="another user's container (root only; a name or uid): looked for in "
+        "/run/user/UID/pflask and /tmp/pflask-UID, and acted on only if the processes "
+        "it names are that user's (default: your own containers only, root's too)",
+    )
+
+
+def _owner(ns: argparse.Namespace) -> int | None:
+    from pflask import state
+
+    return None if ns.owner is None else state.owner_uid(ns.owner)
 
 
 def subcommand(args: list[str]) -> int:
@@ -228,7 +249,7 @@ def _ps(ns: argparse.Namespace) -> int:
     from pflask import state
 
     now = time.time()
-    records = state.running()
+    records = state.running(_owner(ns))
     if ns.quiet:
         for r in records:
             print(r.name)
@@ -286,22 +307,26 @@ def _duration(seconds: float) -> str:
 
 
 def _stop(ns: argparse.Namespace) -> int:
-    return stop_container(ns.name, ns.timeout)
+    return stop_container(ns.name, ns.timeout, ns.owner)
 
 
 def _exec(ns: argparse.Namespace) -> int:
     from pflask import nsenter
 
     command = list(ns.command)
+    while command and command[0].partition("=")[0] == "--owner":
+        # `exec NAME --owner USER -- ...`: argparse left it to the command
+        _, equals, value = command.pop(0).partition("=")
+        ns.owner = value if equals else (command.pop(0) if command else "")
     if command[:1] == ["--"]:
         command = command[1:]
-    return nsenter.run(ns.name, command or ["/bin/sh"])
+    return nsenter.run(ns.name, command or ["/bin/sh"], _owner(ns))
 
 
 def _attach(ns: argparse.Namespace) -> int:
     from pflask import attach
 
-    return attach.attach(ns.name)
+    return attach.attach(ns.name, _owner(ns))
 
 
 def _completion(ns: argparse.Namespace) -> int:

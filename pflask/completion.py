@@ -46,6 +46,7 @@ VALUES: dict[tuple[str, str], str] = {
     ("", "setenv"): FREE,
     ("", "name"): FREE,
     ("", "save"): MANIFEST,
+    ("", "seccomp"): FILE,  # default, unconfined, or a profile file
     ("", "command"): COMMAND,
     ("run", "file"): MANIFEST,
     ("run", "set"): FREE,
@@ -63,6 +64,10 @@ VALUES: dict[tuple[str, str], str] = {
     ("exec", "name"): CONTAINER,
     ("exec", "command"): COMMAND,
     ("attach", "name"): CONTAINER,
+    ("ps", "owner"): FREE,
+    ("stop", "owner"): FREE,
+    ("exec", "owner"): FREE,
+    ("attach", "owner"): FREE,
     ("completion", "shell"): CHOICES,
 }
 

@@ -305,6 +305,97 @@ def openat2(
     return _check(result, "openat2(2)", what or path)
 
 
+ROOT_FILE_MAX = 16 << 20
+"""The most pflask reads of one file of a container's root (passwd, group,
+machine-id): 16 MiB is some 200,000 passwd lines, and a root that is a
+stranger's download must not make pflask read gigabytes into memory."""
+
+_FILE_KINDS = {
+    0o010000: "a FIFO",
+    0o020000: "a character device",
+    0o040000: "a directory",
+    0o060000: "a block device",
+    0o140000: "a socket",
+}
+
+
+class RefusedFile(OSError):
+    """A file of a container's root that is not a regular file of a sane size."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(_errno.EINVAL, why)
+        self.path = path
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}: refused"
+
+
+def read_in_root(
+    root: int | str, path: str, limit: int = ROOT_FILE_MAX, what: str | None = None
+) -> bytes | None:
+    """The content of the regular file `path` of a container's root; None if it is missing.
+
+    Everything here is the root's to choose, so: the path is resolved inside
+    `root` (an fd or a path) by the kernel (openat2(2) RESOLVE_IN_ROOT: `..`
+    and absolute symlinks stay in, /proc magic links are refused); opened
+    O_NONBLOCK, so a FIFO cannot hang us, and O_NOCTTY; it must then be a
+    regular file (never /dev/zero, a FIFO, a socket); and at most `limit`
+    bytes are read.  Anything else raises `RefusedFile` naming the file
+    (`what`, default `path`), or `SyscallError` for the call that failed.
+    """
+    shown = what or path
+    if isinstance(root, str):
+        try:
+            directory = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # no root, no file in it
+        except OSError as e:
+            raise SyscallError("open(2)", e.errno or 0, root) from None
+    else:
+        directory = root
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = openat2(directory, path.lstrip("/") or ".", flags, _IN_ROOT, what=shown)
+    except SyscallError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise
+    finally:
+        if directory != root:
+            os.close(directory)
+    try:
+        return _read_regular(fd, limit, shown)
+    finally:
+        os.close(fd)
+
+
+_IN_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+
+
+def _read_regular(fd: int, limit: int, shown: str) -> bytes:
+    st = os.fstat(fd)
+    kind = st.st_mode & 0o170000
+    if kind != 0o100000:
+        raise RefusedFile(shown, f"{_FILE_KINDS.get(kind, 'an odd file')}, not a regular file")
+    if st.st_size > limit:
+        raise RefusedFile(shown, f"{st.st_size} bytes, more than the {limit} pflask reads")
+    chunks = []
+    left = limit + 1  # one byte more tells a file that grew (or lied about its size)
+    while left > 0:
+        try:
+            chunk = os.read(fd, min(left, 1 << 20))
+        except OSError as e:
+            raise SyscallError("read(2)", e.errno or 0, shown) from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    if left <= 0:
+        raise RefusedFile(shown, f"more than the {limit} bytes pflask reads")
+    return b"".join(chunks)
+
+
 def fsopen(fstype: str) -> int:
     result = _syscall(SYS_fsopen, _b(fstype), FSOPEN_CLOEXEC)
     return _check(result, "fsopen(2)", fstype)

@@ -129,14 +129,24 @@ def id_bytes(machine_id: str | None) -> list[str]:
 
 
 def root_machine_id(root: str | None) -> str | None:
-    """The root's own /etc/machine-id, if it holds a valid one."""
+    """The root's own /etc/machine-id, if it holds a valid one.
+
+    Read as every file of a root is (libc.read_in_root: inside the root, a
+    regular file, bounded); one that is not (a FIFO, a device, a symlink out
+    of the root to a host file) is warned about and left out: the id is a
+    convenience for `machinectl status`, never a reason to stop a container.
+    """
     if root is None:
         return None
+    from pflask import libc
+
     try:
-        with open(os.path.join(root, "etc/machine-id"), encoding="ascii") as f:
-            text = f.read(64).strip()
-    except (OSError, UnicodeDecodeError):
+        shown = os.path.join(root, "etc/machine-id")
+        data = libc.read_in_root(root, "/etc/machine-id", limit=4096, what=shown)
+    except OSError as e:
+        _warn(f"machine id not registered: {e}")
         return None
+    text = (data or b"").strip().decode("ascii", errors="replace")
     if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
         return text
     return None

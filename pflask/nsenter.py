@@ -2,7 +2,8 @@
 
 The container's PID 1 is the reference, held by a pidfd (so a pid reused
 meanwhile is never entered; its start time is checked once the pidfd pins
-it).  One setns(2) on that pidfd (Linux 5.8) joins every namespace the plan
+it, and another user's record is checked against the kernel: see
+state.Container.open_pid1).  One setns(2) on that pidfd (Linux 5.8) joins every namespace the plan
 made, at once: the kernel enters the user namespace first and checks the
 rest against it, which is what an ordinary owner needs (the other
 namespaces belong to that user namespace), and it asks for no ptrace access
@@ -123,27 +124,31 @@ def _ptmx(the_plan: plan.Plan) -> str:
     return "/dev/ptmx"
 
 
-def run(spec: str, argv: list[str]) -> int:
-    """Run `argv` in the container `spec` (name or pid); return its exit status."""
+def run(spec: str, argv: list[str], owner: int | None = None) -> int:
+    """Run `argv` in the container `spec` (name or pid) of `owner` (default: ours);
+    return its exit status."""
     from pflask import state
 
-    record = state.find(spec)
+    record = state.find(spec, owner)
     if not record.container_alive() or not record.in_its_root():
         raise state.NotRunning(f"{record.name} has no running PID 1 yet (still starting)")
     the_plan = record.plan()
     terminal = _wants_terminal(the_plan)
     _preload(the_plan, terminal)
+    pidfd = record.open_pid1()
+    if pidfd < 0:
+        raise state.NotRunning(f"{record.name} has just stopped")
+    names = namespaces(the_plan)
+    if record.foreign and "user" not in names:
+        # Another user's record names the namespaces: whatever it says, root
+        # goes in only as the root of that user's user namespace (open_pid1
+        # checked it is theirs), never as the host's root.
+        names = ("user", *names)
     try:
-        pidfd = os.pidfd_open(record.pid)
-    except ProcessLookupError:
-        raise state.NotRunning(f"{record.name} has just stopped") from None
-    try:
-        if state.start_time(record.pid) != record.data.get("pid_start"):
-            raise state.NotRunning(f"{record.name} has just stopped")
         try:
             if any(isinstance(s, plan.Cgroup) for s in the_plan.steps):
                 join_cgroups(record.pid)
-            enter(pidfd, namespaces(the_plan), f"PID 1 of {record.name} ({record.pid})")
+            enter(pidfd, names, f"PID 1 of {record.name} ({record.pid})")
             workdir = _workdir(the_plan)
             if workdir is not None:
                 os.chdir(workdir)

@@ -21,11 +21,31 @@ Liveness is the supervisor's pid plus its start time (field 22 of
 /proc/PID/stat) plus the boot id: a SIGKILLed pflask leaves a record whose pid
 is gone or now belongs to another process, and such a record is removed
 whenever it is met (claim, ps, find) and never reported as running.
+
+Trust.  A record is only as good as whoever could write it, so:
+
+- a state directory is opened with O_NOFOLLOW and used only if the opened
+  directory belongs to the user whose records it holds and is private (mode
+  0700); anything else (a /tmp/pflask-UID another user made first, a
+  symlink, a directory open to others) is refused with what to do about it,
+  never followed.  Records are regular files of that same user, opened
+  without following symlinks.
+- each user acts on their own records; root too, unless it names another
+  user explicitly (`--owner USER`: their /run/user/UID/pflask and
+  /tmp/pflask-UID).  Such a record was written by that user, so before root
+  signals or enters anything it names, the kernel must agree with it: the
+  supervisor runs as that user, PID 1's parent is the supervisor, and PID 1's
+  user namespace belongs to that user (an ordinary user's container always
+  has one); `pflask exec` then always enters that user namespace, so root
+  gains nothing there that the user could not do.
+- a process is named by its pid and start time, pinned by a pidfd before the
+  start time is checked: what is checked is what is signalled or entered.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from pflask.errors import EXIT_SETUP, EXIT_USAGE, PflaskError
 
@@ -54,6 +74,16 @@ class NotRunning(PflaskError):
     status = EXIT_USAGE
 
 
+class Untrusted(PflaskError):
+    """A state directory, record or process that is not what a record of ours must be."""
+
+    status = EXIT_SETUP
+
+
+RECORD_MAX = 4 << 20  # bytes: a record holds a plan, some kB; more is not pflask's
+ID_MAX = (1 << 32) - 2
+
+
 # --- where -----------------------------------------------------------------------------------
 
 
@@ -69,27 +99,60 @@ class Directory:
     def file(self, name: str, suffix: str = SUFFIX) -> str:
         return f"{self.path}/{name}{suffix}"
 
-    def exists(self) -> bool:
-        return os.path.isdir(self.path)
-
     def ensure(self) -> None:
-        """Make the directory (0700) or check that the one found is ours."""
+        """Make the directory (0700) unless it is there; `open` checks what is."""
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise PflaskError(f"state directory {self.path}: {parent} does not exist")
         try:
             os.mkdir(self.path, 0o700)
-            return
         except FileExistsError:
             pass
         except OSError as e:
             raise PflaskError(f"state directory {self.path}: mkdir(2): {e.strerror}") from None
-        st = os.lstat(self.path)
-        if not _is_dir(st.st_mode) or st.st_uid != self.uid or st.st_mode & 0o077:
-            raise PflaskError(
-                f"state directory {self.path} is not a private directory owned by uid "
-                f"{self.uid} (mode {st.st_mode & 0o7777:o}, owner {st.st_uid}): remove it"
+
+    def open(self) -> int:
+        """The directory as an fd, if it is a private directory of `uid`; -1 if missing.
+
+        O_NOFOLLOW, then checked on the fd: what is checked is what is read.
+        Anything else raises `Untrusted` saying what it is and what to do.
+        """
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return -1
+        except OSError as e:
+            try:
+                st = os.lstat(self.path)
+            except OSError:
+                raise PflaskError(f"state directory {self.path}: open(2): {e.strerror}") from None
+            raise self._refused(st) from None
+        st = os.fstat(fd)
+        if st.st_uid != self.uid or st.st_mode & 0o077:
+            os.close(fd)
+            raise self._refused(st)
+        return fd
+
+    def _refused(self, st: os.stat_result) -> Untrusted:
+        if _is_dir(st.st_mode):
+            what = f"a directory of uid {st.st_uid} with mode {st.st_mode & 0o7777:o}"
+        elif st.st_mode & 0o170000 == 0o120000:
+            what = f"a symlink (of uid {st.st_uid})"
+        else:
+            what = f"not a directory (of uid {st.st_uid})"
+        problem = f"state directory {self.path} is {what}, not uid {self.uid}'s private one"
+        if self.uid != os.geteuid():
+            return Untrusted(f"{problem}: refused")
+        if st.st_uid != self.uid and self.path.startswith("/tmp/"):
+            return Untrusted(
+                f"{problem}: another user made it first; pflask will not use it. "
+                "Set XDG_RUNTIME_DIR to a private directory of yours "
+                "(mkdir -m 700 ~/.run; export XDG_RUNTIME_DIR=~/.run)"
             )
+        if st.st_uid == self.uid and _is_dir(st.st_mode):
+            return Untrusted(f"{problem}: chmod 700 {self.path}")
+        return Untrusted(f"{problem}: remove it, or set XDG_RUNTIME_DIR elsewhere")
 
     def lock(self) -> int:
         """An fd of the directory holding flock(LOCK_EX); close it to unlock.
@@ -104,13 +167,13 @@ class Directory:
                 return fd
 
     def lock_existing(self) -> int:
-        """The directory as it is, locked as `lock` does; -1 when it is not there
-        (never made, or removed by the last container of another pflask)."""
+        """The directory as it is (checked by `open`), locked as `lock` does; -1
+        when it is not there (never made, or removed by the last container of
+        another pflask)."""
         import fcntl
 
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = self.open()
+        if fd < 0:
             return -1
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:
@@ -141,28 +204,41 @@ def directory(uid: int | None = None, env: dict[str, str] | None = None) -> Dire
     return Directory(f"/tmp/pflask-{uid}", uid)
 
 
-def every_directory() -> list[Directory]:
-    """Every user's state directory that exists (root looks up pids in all of them)."""
-    found = [Directory("/run/pflask", 0)]
-    for base, pattern in (("/run/user", "{}/pflask"), ("/tmp", "")):
+def owner_uid(text: str) -> int:
+    """`--owner USER`: a user name or uid -> the uid; only root names another user."""
+    from pflask.errors import UsageError
+
+    if text.isascii() and text.isdigit():
+        uid = int(text)
+        if uid > ID_MAX:
+            raise UsageError(f"--owner {text}: not a uid (0..{ID_MAX})")
+    else:
+        import pwd
+
         try:
-            names = sorted(os.listdir(base))
-        except OSError:
-            continue
-        for name in names:
-            if pattern and name.isdigit():
-                found.append(Directory(f"{base}/{pattern.format(name)}", int(name)))
-            elif not pattern and name.startswith("pflask-") and name[7:].isdigit():
-                found.append(Directory(f"{base}/{name}", int(name[7:])))
-    return [d for d in found if d.exists()]
+            uid = pwd.getpwnam(text).pw_uid
+        except KeyError:
+            raise UsageError(f"--owner {text}: no such user") from None
+    if uid != os.geteuid() and os.geteuid() != 0:
+        raise UsageError(f"--owner {text}: only root may act on another user's containers")
+    return uid
+
+
+def of_user(uid: int) -> list[Directory]:
+    """Where another user's records may be, as root looks for them (`--owner`):
+    their login directory's, then the /tmp fallback (their XDG_RUNTIME_DIR is
+    theirs to know, not ours)."""
+    if uid == 0:
+        return [Directory("/run/pflask", 0)]
+    return [Directory(f"/run/user/{uid}/pflask", uid), Directory(f"/tmp/pflask-{uid}", uid)]
 
 
 # --- liveness ----------------------------------------------------------------------------------
 
 
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot); None if there is no such
-    process or it has died and waits to be reaped (a zombie runs nothing).
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 on), None
+    if there is no such process or it is a zombie (it runs nothing).
 
     The command name may hold spaces and parentheses: count from the last ')'.
     """
@@ -171,11 +247,74 @@ def start_time(pid: int) -> int | None:
             stat = f.read()
     except OSError:
         return None
-    try:
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    except (ValueError, IndexError):
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
         return None
+    return fields
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it
+    names one process for the life of the boot.  None: no such process."""
+    fields = _stat(pid)
+    return None if fields is None or not fields[19].isdigit() else int(fields[19])
+
+
+def parent(pid: int) -> int | None:
+    """Field 4 of /proc/PID/stat: the parent's pid (as our PID namespace sees it)."""
+    fields = _stat(pid)
+    return None if fields is None or not fields[1].isdigit() else int(fields[1])
+
+
+def real_uid(pid: int) -> int | None:
+    """The real uid of `pid` (the Uid: line of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def user_namespace_owner(pid: int) -> int | None:
+    """The uid that created the user namespace of `pid` (ioctl NS_GET_OWNER_UID);
+    0 for the host's.  None if it cannot be told."""
+    import fcntl
+
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = fcntl.ioctl(fd, _NS_GET_OWNER_UID, bytes(4))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw, sys.byteorder)
+
+
+_NS_GET_OWNER_UID = 0xB704  # _IO(0xb7, 0x4), <linux/nsfs.h>
+
+
+def pidfd(pid: int, start: object) -> int:
+    """A pidfd for `pid` if it is still the process started at `start`; -1 if not.
+
+    The start time is checked after opening: the fd pins the process, so a
+    pid reused between the check and the use cannot be the one signalled.
+    """
+    if pid <= 0:
+        return -1
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    if start_time(pid) != start:
+        os.close(fd)
+        return -1
+    return fd
 
 
 _boot_id: list[str] = []
@@ -268,6 +407,54 @@ class Container:
         """PID 1 is still the process that the record names."""
         return self.pid > 0 and start_time(self.pid) == self.data.get("pid_start")
 
+    @property
+    def foreign(self) -> bool:
+        """Written by another user than us (root acting on `--owner USER`'s)."""
+        return self.directory.uid != os.geteuid()
+
+    def open_supervisor(self) -> int:
+        """A pidfd of the supervisor that wrote the record; -1 once it is gone.
+
+        Raises `Untrusted` when the process is not one the record's owner
+        runs (a record of another user naming root's sshd, say)."""
+        fd = pidfd(self.supervisor, self.data.get("supervisor_start"))
+        if fd >= 0 and self.foreign and real_uid(self.supervisor) != self.directory.uid:
+            os.close(fd)
+            raise self._untrusted(f"its supervisor (pid {self.supervisor}) is not uid {self.uid}'s")
+        return fd
+
+    def open_pid1(self) -> int:
+        """A pidfd of the container's PID 1; -1 while it starts or once it is gone.
+
+        PID 1 must be the supervisor's child; in another user's container it
+        must also live in a user namespace that user made, as every ordinary
+        user's container does: root then enters and signals only what that
+        user could.  Raises `Untrusted` otherwise."""
+        fd = pidfd(self.pid, self.data.get("pid_start"))
+        if fd < 0:
+            return -1
+        problem = None
+        if parent(self.pid) != self.supervisor:
+            problem = f"PID 1 (pid {self.pid}) is not its supervisor's child"
+        elif self.foreign and user_namespace_owner(self.pid) != self.directory.uid:
+            problem = f"PID 1 (pid {self.pid}) is not in a user namespace of uid {self.uid}"
+        if problem is not None:
+            os.close(fd)
+            raise self._untrusted(problem)
+        return fd
+
+    def check(self) -> None:
+        """Raise `Untrusted` unless the kernel agrees with the record (see open_*)."""
+        for fd in (self.open_supervisor(), self.open_pid1()):
+            if fd >= 0:
+                os.close(fd)
+
+    def _untrusted(self, problem: str) -> Untrusted:
+        return Untrusted(
+            f"record {self.directory.file(self.name)} does not match the running "
+            f"processes: {problem}; refused"
+        )
+
     def in_its_root(self) -> bool:
         """PID 1 has done its pivot_root(2), if it has a root to do it into.
 
@@ -284,19 +471,35 @@ class Container:
         return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
-def _load(path: str, where: Directory) -> Container | None:
-    """A record, or None if it is gone or unreadable (another format, garbage)."""
+def _load(folder: int, entry: str, where: Directory) -> Container | None:
+    """A record, or None if it is gone; marked corrupt if unreadable (another
+    format, garbage) or not a regular file of the directory's owner.
+
+    `folder`: the directory's fd from `Directory.open` (nothing found by path).
+    """
     import marshal
 
+    corrupt = Container({"name": "", "corrupt": True}, where)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        with open(path, "rb") as f:
-            data = marshal.loads(f.read())
+        fd = os.open(entry, flags, dir_fd=folder)
     except FileNotFoundError:
         return None
+    except OSError:
+        return corrupt  # a symlink (ELOOP), or worse
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000 or st.st_uid != where.uid:
+            return corrupt
+        data = marshal.loads(os.read(fd, RECORD_MAX))
     except (OSError, ValueError, EOFError, TypeError):
-        return Container({"name": "", "corrupt": True}, where)
+        return corrupt
+    finally:
+        os.close(fd)
     if not isinstance(data, dict) or data.get("format") != FORMAT or "name" not in data:
-        return Container({"name": "", "corrupt": True}, where)
+        return corrupt
+    if f"{data['name']}{SUFFIX}" != entry or data.get("uid") != where.uid:
+        return corrupt  # the record of another name or user, moved here
     return Container(data, where)
 
 
@@ -380,7 +583,10 @@ class Claim:
         nothing of ours is left either).
         """
         where = self.directory
-        fd = where.lock_existing()
+        try:
+            fd = where.lock_existing()
+        except PflaskError:
+            return  # not the directory we wrote in any more: nothing of ours to remove
         if fd < 0:
             return
         try:
@@ -422,15 +628,15 @@ def claim(the_plan: Plan, detached: bool, pid: int = 0) -> Claim:
     fd = where.lock()
     try:
         _clean_temporaries(where)
-        existing = _load(where.file(name), where)
+        existing = _load(fd, f"{name}{SUFFIX}", where)
+        if existing is not None and not existing.data.get("corrupt") and existing.alive():
+            raise NameInUse(
+                f"a container named {name!r} is already running (supervisor pid "
+                f"{existing.supervisor}): stop it (pflask stop {name}) or choose "
+                "another name (--name NAME)"
+            )
         if existing is not None:
-            if existing.alive():
-                raise NameInUse(
-                    f"a container named {name!r} is already running (supervisor pid "
-                    f"{existing.supervisor}): stop it (pflask stop {name}) or choose "
-                    "another name (--name NAME)"
-                )
-            _remove(where, name)  # stale: its pflask was killed
+            _remove(where, name)  # stale (its pflask was killed) or corrupt
         _write(where, name, data)
     finally:
         os.close(fd)
@@ -440,27 +646,35 @@ def claim(the_plan: Plan, detached: bool, pid: int = 0) -> Claim:
 # --- finding records ---------------------------------------------------------------------------
 
 
-def _records(where: Directory) -> list[Container]:
-    """The live records in `where`; stale and corrupt ones are removed on the way."""
-    try:
-        names = sorted(os.listdir(where.path))
-    except OSError:
+def _records(where: Directory, shown: bool = True) -> list[Container]:
+    """The live records in `where`; stale and corrupt ones are removed on the way
+    (from our own directory only: another user's is theirs to tidy).
+
+    `shown`: leave out another user's records that name a supervisor not
+    theirs (`ps` does not list them; `find` keeps them, to say why it refuses).
+    """
+    folder = where.open()
+    if folder < 0:
         return []
-    found, stale = [], []
-    leftovers = False  # a temporary of a pflask killed while writing its record
-    for entry in names:
-        if entry.startswith(".") and entry.endswith(".tmp"):
-            leftovers = True
-        if entry.startswith(".") or not entry.endswith(SUFFIX):
-            continue
-        record = _load(f"{where.path}/{entry}", where)
-        if record is None:
-            continue
-        if record.data.get("corrupt") or not record.alive():
-            stale.append(entry[: -len(SUFFIX)])
-        else:
-            found.append(record)
-    if stale or leftovers:
+    try:
+        names = sorted(os.listdir(folder))
+        found, stale = [], []
+        leftovers = False  # a temporary of a pflask killed while writing its record
+        for entry in names:
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                leftovers = True
+            if entry.startswith(".") or not entry.endswith(SUFFIX):
+                continue
+            record = _load(folder, entry, where)
+            if record is None:
+                continue
+            if record.data.get("corrupt") or not record.alive():
+                stale.append(entry[: -len(SUFFIX)])
+            elif not shown or not record.foreign or real_uid(record.supervisor) == where.uid:
+                found.append(record)
+    finally:
+        os.close(folder)
+    if (stale or leftovers) and where.uid == os.geteuid():
         _clean(where, stale)
     return found
 
@@ -468,13 +682,15 @@ def _records(where: Directory) -> list[Container]:
 def _clean(where: Directory, names: list[str]) -> None:
     """Remove stale records, checking again under the lock (a new owner may have come)."""
     try:
-        fd = where.lock()
+        fd = where.lock_existing()
     except (OSError, PflaskError):
-        return  # not ours to clean (root reading another user's directory is fine too)
+        return
+    if fd < 0:
+        return
     try:
         _clean_temporaries(where)
         for name in names:
-            record = _load(where.file(name), where)
+            record = _load(fd, f"{name}{SUFFIX}", where)
             if record is not None and (record.data.get("corrupt") or not record.alive()):
                 _remove(where, name)
         _remove_if_empty(where)
@@ -482,35 +698,39 @@ def _clean(where: Directory, names: list[str]) -> None:
         os.close(fd)
 
 
-def running() -> list[Container]:
-    """Our running containers, by name."""
-    where = directory()
-    return _records(where) if where.exists() else []
+def running(owner: int | None = None, shown: bool = True) -> list[Container]:
+    """The running containers of `owner` (default: ours), by name."""
+    places = [directory()] if owner is None or owner == os.geteuid() else of_user(owner)
+    found: list[Container] = []
+    for where in places:
+        found.extend(_records(where, shown))
+    return sorted(found, key=lambda record: record.name)
 
 
-def find(spec: str) -> Container:
+def find(spec: str, owner: int | None = None) -> Container:
     """A running container by name, or by pid (its supervisor's or its PID 1's).
 
-    root may name any user's container by pid (`pflask attach PID` as the
-    original had it); names are looked up among our own containers only.
+    Among our own containers, or `owner`'s when root names another user: the
+    record is then checked against the processes it names (`Container.check`)
+    before anything is done to them.
     """
-    where = directory()
-    records = _records(where) if where.exists() else []
-    for record in records:
-        if record.name == spec:
-            return record
-    if spec.isascii() and spec.isdigit() and len(spec) <= 10:  # no pid is longer
+    records = running(owner, shown=False)
+    match = next((r for r in records if r.name == spec), None)
+    if match is None and spec.isascii() and spec.isdigit() and len(spec) <= 10:  # no pid is longer
         pid = int(spec)
-        candidates = list(records)
-        if os.geteuid() == 0:
-            for other in every_directory():
-                if other.path != where.path:
-                    candidates.extend(_records(other))
-        for record in candidates:
-            if pid in (record.supervisor, record.pid):
-                return record
-    raise NotRunning(f"no running container named {spec!r}" + _where_hint(where))
+        match = next((r for r in records if pid in (r.supervisor, r.pid)), None)
+    if match is None:
+        raise NotRunning(f"no running container named {spec!r}" + _where_hint(owner))
+    if match.foreign:
+        match.check()
+    return match
 
 
-def _where_hint(where: Directory) -> str:
-    return f" (looked in {where.path}; see pflask ps)"
+def _where_hint(owner: int | None) -> str:
+    if owner is not None and owner != os.geteuid():
+        places = " or ".join(d.path for d in of_user(owner))
+        return f" of uid {owner} (looked in {places})"
+    hint = f" (looked in {directory().path}; see pflask ps)"
+    if os.geteuid() == 0:
+        hint = hint[:-1] + "; another user's: --owner USER)"
+    return hint

@@ -2,7 +2,8 @@
 
 The signal is the plan's `stop_signal`: SIGRTMIN+3 when PID 1 is an init
 such as systemd (its "halt" request), SIGTERM otherwise.  PID 1 is signalled
-directly through a pidfd (never a pid that might have been reused), so
+directly through a pidfd (never a pid that might have been reused; the
+record is checked against the processes it names, see state.py), so
 `stop` works the same for a foreground and a detached container and does
 not depend on the supervisor being responsive.  SIGKILL to PID 1 ends the
 whole PID namespace.  `stop` returns once the supervisor has exited, which is
@@ -28,20 +29,6 @@ else:
     import _signal
 
 CLEANUP_TIMEOUT = 30.0  # seconds the supervisor may take to clean up after PID 1 died
-
-
-def _pidfd(pid: int, start: object) -> int | None:
-    """A pidfd for `pid` if it is still the process started at `start`."""
-    from pflask.state import start_time
-
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    if start_time(pid) != start:  # checked after opening: the fd now pins the process
-        os.close(fd)
-        return None
-    return fd
 
 
 def _wait(fd: int, timeout: float | None) -> bool:
@@ -70,12 +57,12 @@ def _signal_pidfd(fd: int, signum: int) -> None:
 def stop(record: Container, timeout: float | None = None) -> None:
     """Stop the container and wait until its supervisor is gone."""
     timeout = record.stop_timeout if timeout is None else timeout
-    supervisor = _pidfd(record.supervisor, record.data.get("supervisor_start"))
-    if supervisor is None:
+    supervisor = record.open_supervisor()
+    if supervisor < 0:
         return  # already gone
     try:
-        pid1 = _pidfd(record.pid, record.data.get("pid_start")) if record.pid else None
-        if pid1 is None:
+        pid1 = record.open_pid1()
+        if pid1 < 0:
             # Still being set up (or PID 1 already gone): the supervisor knows
             # what to signal, and its SIGTERM handling escalates on its own.
             _signal_pidfd(supervisor, _signal.SIGTERM)

@@ -226,7 +226,7 @@ def test_detect_fabricated_hybrid_in_a_container() -> None:
 def test_owner_names_round_trip() -> None:
     name = cgroups.group_name("pytest-a-b")
     assert name.startswith(f"pflask-pytest-a-b-{os.getpid()}-")
-    assert cgroups.parse_owner(name) == (os.getpid(), cgroups._start_time(os.getpid()))
+    assert cgroups.parse_owner(name) == (os.getpid(), cgroups.start_time(os.getpid()))
     assert cgroups.parse_owner("pflask-x-12") is None
     assert cgroups.parse_owner("system.slice") is None
 

@@ -538,8 +538,12 @@ def test_only_the_owner_or_root_may_attach(box: Path, detached: Any, test_user: 
         sock.chmod(0o600)
     assert nobody.returncode == 0, nobody.stderr
     assert "may not attach" in nobody.stdout
-    # root may, by pid.
-    result = run_pflask("attach", str(row["pid"]), input=b"echo root-was-here; exit 3\n")
+    # root may, by pid, naming the owner (root's own containers only, otherwise).
+    alone = run_pflask("attach", str(row["pid"]), input=b"exit 4\n")
+    assert alone.returncode == 2 and "--owner USER" in alone.stderr
+    result = run_pflask(
+        "attach", "--owner", "pflask-test", str(row["pid"]), input=b"echo root-was-here; exit 3\n"
+    )
     assert result.returncode == 3, result.stderr
     assert "root-was-here" in result.stdout
 
