@@ -195,6 +195,7 @@ FIELD_OPTIONS = (
     ("name", "--name"),
     ("command", "the command"),
     ("detach", "--detach"),
+    ("security.seccomp", "--seccomp"),
 )
 
 

@@ -20,6 +20,14 @@ def shown(value: object) -> str:
     return text if len(text) <= SHOWN else f"{text[: SHOWN - 3]}..."
 
 
+def shown_path(path: str) -> str:
+    """A path quoted like `shown`, but cut at its start: the file's own name
+    at the end is what tells the reader which one it is."""
+    if len(path) <= SHOWN:
+        return repr(path)
+    return f"'...{path[-(SHOWN - 5):]}' ({len(path)} characters)"
+
+
 def printable(text: str) -> str:
     """`text` with control characters escaped (`\\n`, `\\x1b`), so a value
     can neither split a message into lines nor drive the terminal."""

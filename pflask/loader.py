@@ -176,9 +176,9 @@ def read(file: str) -> str:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as e:
-        raise Unreadable(f"cannot read manifest: {e.strerror}", file) from None
+        raise Unreadable(f"cannot read: {e.strerror}", file) from None
     except ValueError:  # a NUL in the name
-        raise Unreadable("cannot read manifest: the name holds a NUL character", file) from None
+        raise Unreadable("cannot read: the name holds a NUL character", file) from None
     finally:
         if fd >= 0:
             os.close(fd)
@@ -416,6 +416,12 @@ def _parse_json(text: str, file: str, budget: Budget) -> Any:
         raise ManifestError(f"bad JSON value: {shown(str(e))}", file) from None
     _measure(value, file, budget)
     return located(value, file)
+
+
+def read_json(file: str) -> Any:
+    """A JSON file that is not a manifest (a seccomp profile), read and parsed
+    within a manifest's limits: size, depth, values, no NaN."""
+    return _parse_json(read(file), file, Budget())
 
 
 def located(value: Any, file: str) -> Any:

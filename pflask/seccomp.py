@@ -376,23 +376,19 @@ class _Profile:
 
 def from_profile(path: str, caps: frozenset[str], machine: str, source: str) -> Filter:
     """The Filter a Docker/OCI JSON profile file describes, for these capabilities."""
-    import json
+    from pflask import loader
+    from pflask.errors import shown_path
 
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
+        # A profile is read like a manifest: a regular file of at most 1 MiB,
+        # depth and values bounded (it may come from an untrusted checkout).
+        raw = loader.read_json(path)
+    except loader.Unreadable as e:
         raise ManifestError(
-            f"cannot read seccomp profile {path}: {e.strerror}", source, field="security.seccomp"
+            f"seccomp profile {shown_path(path)}: {e.message}", source, field="security.seccomp"
         ) from None
-    except UnicodeDecodeError:
-        raise ManifestError("the seccomp profile is not UTF-8 text", path) from None
     reader = _Profile(path)
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"JSON syntax error: {e.msg}", path, e.lineno, e.colno) from None
-    data = reader.mapping(raw, "", _PROFILE_FIELDS)
+    data = reader.mapping(loader.plain(raw), "", _PROFILE_FIELDS)
     if "defaultAction" not in data:
         raise reader.error("defaultAction", "required field is missing")
     default = reader.action(

@@ -110,6 +110,7 @@ SHAPED = {
     "--setenv": "A=" + "v" * BIG,
     "--name": "n" * BIG,
     "--save": "s" * BIG + ".yaml",
+    "--seccomp": "/" + "p" * BIG + ".json",
 }
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -333,9 +334,38 @@ def test_a_missing_profile_file_names_the_manifest_field(shared_tmp: Path) -> No
     box = manifest(shared_tmp, security={"seccomp": "nowhere.json"})
     result = run_pflask("run", box, "--no-cache", "--", "true")
     assert result.returncode == 2
-    assert f"security.seccomp: cannot read seccomp profile {shared_tmp}/nowhere.json" in (
-        result.stderr
-    )
+    assert "security.seccomp: seccomp profile '" in result.stderr
+    assert "nowhere.json" in result.stderr and "No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("zero", "not a regular file (a character device)"),
+        ("fifo", "not a regular file (a FIFO)"),
+        ("deep", "nested deeper than"),
+        ("big", "larger than 1 MiB"),
+    ],
+)
+def test_a_hostile_profile_file_is_refused_at_once(
+    shared_tmp: Path, kind: str, message: str
+) -> None:
+    """A profile comes from the checkout like the manifest: the same bounds."""
+    path = shared_tmp / f"{kind}.json"
+    if kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "deep":
+        path.write_text("[" * 10000 + "]" * 10000)
+    else:
+        path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "x": "y" * (2 << 20)}))
+    box = manifest(shared_tmp, security={"seccomp": str(path)})
+    started = time.monotonic()
+    result = run_pflask("plan", box, timeout=10)
+    assert time.monotonic() - started < 1.5
+    assert result.returncode == 2, result
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
 
 
 # --- plan, placement, cache, exec ------------------------------------------------------
