@@ -594,10 +594,17 @@ class Supervisor:
 
             cgroups.clean_stale()
             self.group = cgroups.create(
-                step.name, step.controllers, step.memory, step.pids, step.cpu
+                step.name, step.controllers, step.memory, step.pids, step.cpu, devices=step.devices
             )
             self.cleanups.append(self.group.remove)
             self.group.attach(pid)
+            if step.devices and not self.group.devices:
+                os.write(
+                    2,
+                    b"pflask: warning: this host has no cgroup v1 devices controller and pflask "
+                    b"has no cgroup v2 device program yet: the container's CAP_SYS_ADMIN lets "
+                    b"it open any device node it makes\n",
+                )
         else:
             links = self._links()
             if isinstance(step, plan.Veth):
@@ -861,13 +868,13 @@ class Container:
     def _bind_root(self, step: plan.BindRoot) -> None:
         from pflask import mounts
 
-        mounts.bind_root(step.path)
+        mounts.bind_root(step.path, step.flags)
         self.root = mounts.Root(step.path)
 
     def _ephemeral_root(self, step: plan.EphemeralRoot) -> None:
         from pflask import mounts
 
-        mounts.ephemeral_root(step.path)
+        mounts.ephemeral_root(step.path, step.flags)
         self.root = mounts.Root(step.path)
 
     def _mount(self, step: plan.MountFs) -> None:
@@ -1023,6 +1030,9 @@ class Container:
         # ordinary owner.  It grants nothing: the command, same uid, is dumpable.
         libc.prctl(PR_SET_DUMPABLE, 1)
         self.user = user
+
+    def _session_keyring(self, step: plan.SessionKeyring) -> None:
+        libc.join_session_keyring()
 
     def _capabilities(self, step: plan.Capabilities) -> None:
         from pflask import capabilities

@@ -113,6 +113,13 @@ SYS_close_range = 436
 SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_keyctl = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+
+# <linux/keyctl.h>
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+# <linux/capability.h>: version 3 carries 64 bits in two 32-bit words.
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 if TYPE_CHECKING:
@@ -127,6 +134,30 @@ class _Int(_Simple):
 
 class _ULong(_Simple):
     _type_ = "L"
+
+
+class _UInt(_Simple):
+    _type_ = "I"
+
+
+if TYPE_CHECKING:
+    _Array = _ctypes.Array[_UInt]
+else:
+    _Array = _ctypes.Array
+
+
+class _CapHeader(_Array):
+    """struct __user_cap_header_struct: version, pid."""
+
+    _type_ = _UInt
+    _length_ = 2
+
+
+class _CapData(_Array):
+    """Two struct __user_cap_data_struct: effective, permitted, inheritable; low word first."""
+
+    _type_ = _UInt
+    _length_ = 6
 
 
 _FLAGS = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO  # errno kept for get_errno()
@@ -161,6 +192,8 @@ _umount2 = _function("umount2")
 _sethostname = _function("sethostname")
 _setdomainname = _function("setdomainname")
 _prctl = _function("prctl")
+_capget = _function("capget")
+_capset = _function("capset")
 
 
 def __getattr__(name: str) -> Any:
@@ -250,6 +283,42 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (_ULong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_prctl(option, *args), "prctl(2)", str(option))
+
+
+def prctl_errno(option: int, arg2: int = 0, arg3: int = 0) -> tuple[int, int]:
+    """prctl(2) without raising: (result, errno), for probing and for callers
+    that name the operation in their own error."""
+    result = _prctl(option, _ULong(arg2), _ULong(arg3), _ULong(0), _ULong(0))
+    return result, _ctypes.get_errno() if result < 0 else 0
+
+
+def capget() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of this thread as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapData()
+    _check(_capget(header, data), "capget(2)", None)
+    lo_eff, lo_prm, lo_inh, hi_eff, hi_prm, hi_inh = data
+    return lo_eff | hi_eff << 32, lo_prm | hi_prm << 32, lo_inh | hi_inh << 32
+
+
+def capset(effective: int, permitted: int, inheritable: int, what: str | None = None) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    words = []
+    for shift in (0, 32):
+        words += [(mask >> shift) & 0xFFFFFFFF for mask in (effective, permitted, inheritable)]
+    _check(_capset(header, _CapData(*words)), "capset(2)", what)
+
+
+def join_session_keyring() -> None:
+    """A new anonymous session keyring for this process and its children.
+
+    A session keyring is inherited across fork and exec, and every key in it
+    is "possessed", hence readable, by whoever holds it: without this, a
+    container would read the keys of the session that started pflask.
+    """
+    number = _SYS_keyctl[os.uname().machine]
+    result = _syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)
+    _check(result, "keyctl(2)", "KEYCTL_JOIN_SESSION_KEYRING")
 
 
 def mount_setattr(

@@ -115,11 +115,13 @@ class Cgroup(Step):
     memory: int | None = None
     pids: int | None = None
     cpu: float | None = None
+    devices: tuple[str, ...] = ()  # devices cgroup rules to allow; none: no device policy
 
     def describe(self) -> str:
         limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
         limits += [f"pids={self.pids}"] if self.pids is not None else []
         limits += [f"cpu={self.cpu:g} CPUs"] if self.cpu is not None else []
+        limits += [f"devices: all denied but {len(self.devices)} rules"] if self.devices else []
         what = ", ".join([*self.controllers, *limits]) or "no limits"
         return f"cgroup for {self.name}, container moved in: {what}"
 
@@ -288,9 +290,10 @@ class BindRoot(Step):
 
     kind = "bind_root"
     path: str
+    flags: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return f"bind root {self.path}"
+        return f"bind root {self.path}{_flags(self.flags)}"
 
 
 class EphemeralRoot(Step):
@@ -298,9 +301,10 @@ class EphemeralRoot(Step):
 
     kind = "ephemeral_root"
     path: str
+    flags: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs"
+        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs{_flags(self.flags)}"
 
 
 class MountFs(Step):
@@ -529,6 +533,15 @@ class SwitchUser(Step):
         return f"switch to user {self.user} (supplementary groups set){keep}"
 
 
+class SessionKeyring(Step):
+    """Join a new, empty session keyring: none of the keys pflask's session holds."""
+
+    kind = "session_keyring"
+
+    def describe(self) -> str:
+        return "a new session keyring"
+
+
 class Capabilities(Step):
     """Keep exactly these capabilities in every set (bounding, ..., ambient)."""
 
@@ -614,6 +627,7 @@ STEPS: dict[str, type[Step]] = {
         Rlimits,
         NoNewPrivs,
         SwitchUser,
+        SessionKeyring,
         Capabilities,
         Environment,
         Chdir,

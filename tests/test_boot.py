@@ -78,8 +78,9 @@ def test_a_boot_gets_its_own_cgroup_delegated_read_write() -> None:
     the_plan = compile_data(INIT)
     kinds = [s.kind for s in the_plan.steps]
     # its own (cgroup2) group, entered before the cgroup namespace is made,
-    # so that the namespace's root is that group
-    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os")]
+    # so that the namespace's root is that group; a devices cgroup too, as it
+    # keeps CAP_SYS_ADMIN
+    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os", devices=compiler.DEVICE_RULES)]
     assert kinds.index("cgroup") < kinds.index("unshare", 1)
     assert the_plan.steps[kinds.index("unshare", 1)] == p.Unshare(namespaces=("cgroup",))
     assert "cgroup" not in the_plan.steps[0].namespaces
@@ -101,18 +102,31 @@ def test_a_boot_gets_a_boot_id_of_its_own_once_proc_sys_is_read_only() -> None:
     assert not steps(compile_data({"root": {"path": "/os"}}), p.BootId)
 
 
-def test_a_boot_keeps_every_capability_but_audit() -> None:
+def test_a_boot_keeps_nspawns_set_without_audit_control() -> None:
+    from pflask import capabilities
+
     keep = set(steps(compile_data(INIT), p.Capabilities)[0].keep)
-    assert not keep & {"audit_control", "audit_read"}
-    assert {"sys_admin", "mknod", "audit_write", "sys_boot", "net_admin"} <= keep
-    # what the manifest says wins
-    chosen = compile_data({**INIT, "capabilities": ["all"]})
-    assert "audit_control" in steps(chosen, p.Capabilities)[0].keep
+    assert keep == capabilities.BOOT
+    assert not keep & {"audit_control", "audit_read", "net_admin", "sys_module", "sys_rawio"}
+    assert {"sys_admin", "mknod", "audit_write", "sys_boot"} <= keep
+    # net_admin only on a network of its own, as nspawn with --private-network
+    private = compile_data({**INIT, "namespaces": {"net": True}})
+    assert set(steps(private, p.Capabilities)[0].keep) == capabilities.BOOT | {"net_admin"}
+    # what the manifest says changes it
+    chosen = compile_data({**INIT, "capabilities": ["-sys_admin", "+audit_control"]})
+    assert set(steps(chosen, p.Capabilities)[0].keep) == capabilities.BOOT - {"sys_admin"} | {
+        "audit_control"
+    }
+    assert (
+        "audit_read" in steps(compile_data({**INIT, "capabilities": "all"}), p.Capabilities)[0].keep
+    )
 
 
 def test_limits_asked_for_stay_and_are_delegated_too() -> None:
     the_plan = compile_data({**INIT, "cgroup": {"pids": 500}})
-    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os", pids=500)]
+    assert steps(the_plan, p.Cgroup) == [
+        p.Cgroup(name="os", pids=500, devices=compiler.DEVICE_RULES)
+    ]
     assert "ro" not in cgroup_mount(the_plan).flags
 
 
@@ -126,9 +140,11 @@ def test_limits_asked_for_stay_and_are_delegated_too() -> None:
     ],
 )
 def test_no_boot_profile(why: str, data: dict[str, Any], ctx: Context) -> None:
+    from pflask import capabilities
+
     the_plan = compile_data(data, ctx)
     assert not steps(the_plan, p.Cgroup), why
-    assert not steps(the_plan, p.Capabilities), why
+    assert set(steps(the_plan, p.Capabilities)[0].keep) == capabilities.DEFAULT, why
     mounts = [s for s in steps(the_plan, p.MountFs) if s.fstype == "cgroup2"]
     assert all("ro" in m.flags for m in mounts), why
 
@@ -144,7 +160,8 @@ def test_an_ordinary_user_boots_without_a_cgroup_of_its_own() -> None:
 
 def test_no_cgroup_namespace_means_no_delegation() -> None:
     the_plan = compile_data({**INIT, "namespaces": {"cgroup": False}})
-    assert not steps(the_plan, p.Cgroup)
+    # a group for the devices cgroup only, and no cgroup2 mount
+    assert steps(the_plan, p.Cgroup) == [p.Cgroup(name="os", devices=compiler.DEVICE_RULES)]
     assert not [s for s in steps(the_plan, p.MountFs) if s.fstype == "cgroup2"]
 
 
@@ -379,8 +396,15 @@ def test_reboot_syscall_inside_ends_pflask(
     shared_tmp: Path, busybox_root: Path, how: str, status: int
 ) -> None:
     # reboot(2) in a PID namespace kills its init: with SIGINT for a halt or
-    # power-off (a clean shutdown: exit 0), SIGHUP for a reboot (128+1).
-    path = init_manifest(shared_tmp, busybox_root, "halts", command=["/bin/sh", "-c", how])
+    # power-off (a clean shutdown: exit 0), SIGHUP for a reboot (128+1).  A
+    # shell is no init, so it gets the default set: CAP_SYS_BOOT is asked for.
+    path = init_manifest(
+        shared_tmp,
+        busybox_root,
+        "halts",
+        command=["/bin/sh", "-c", how],
+        capabilities=["+sys_boot"],
+    )
     result = run_pflask("run", path)
     assert result.returncode == status, describe(result)
 
