@@ -327,11 +327,11 @@ def create(
     directories already made are removed again.
 
     `devices`: rules in the v1 devices controller's syntax ("c 1:3 rwm");
-    every device is denied but these.  They are enforced where the v1
-    devices controller is mounted (v1 and hybrid hosts; the returned
-    group's `devices` says so); cgroup v2 needs a BPF device program
-    attached to the group, which pflask does not make yet, so there the
-    caller is left to warn.
+    every device is denied but these.  They go to the v1 devices controller
+    where it is mounted (v1 and hybrid hosts), else into a BPF device program
+    attached to the v2 group (pflask.devices).  The returned group's
+    `devices` says whether either was possible; a v1 host without the
+    controller has neither, and the caller warns.
     """
     dirname = group_name(name)
     _check_limits(memory, pids, cpu)
@@ -365,8 +365,15 @@ def create(
             made.append((path, hierarchy.version))
             dirs[hierarchy.mount] = (path, hierarchy.version)
         _set_limits(_serving(layout, dirs), memory, pids, cpu)
+        enforced = False
         if devices_hierarchy is not None:
             _set_devices(dirs[devices_hierarchy.mount][0], devices)
+            enforced = True
+        elif devices and layout.v2 is not None and layout.v2.mount in dirs:
+            from pflask import devices as device_program
+
+            device_program.attach(dirs[layout.v2.mount][0], devices)
+            enforced = True
     except BaseException as err:
         try:
             Group(dirname, tuple(made), None).remove()
@@ -375,7 +382,7 @@ def create(
         raise
     memory_dir = _serving(layout, dirs)("memory") if "memory" in wanted else None
     memory_path = None if memory_dir is None else memory_dir[0]
-    return Group(dirname, tuple(made), memory_path, devices=devices_hierarchy is not None)
+    return Group(dirname, tuple(made), memory_path, devices=enforced)
 
 
 def _set_devices(path: str, rules: tuple[str, ...]) -> None:

@@ -601,9 +601,9 @@ class Supervisor:
             if step.devices and not self.group.devices:
                 os.write(
                     2,
-                    b"pflask: warning: this host has no cgroup v1 devices controller and pflask "
-                    b"has no cgroup v2 device program yet: the container's CAP_SYS_ADMIN lets "
-                    b"it open any device node it makes\n",
+                    b"pflask: warning: this host has neither the cgroup v1 devices controller "
+                    b"nor a cgroup2 tree for a device program: the container's CAP_SYS_ADMIN "
+                    b"lets it open any device node it makes\n",
                 )
         else:
             links = self._links()

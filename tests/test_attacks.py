@@ -458,3 +458,63 @@ def test_proc_1_map_files_cannot_open_host_files_for_writing(
     assert result.returncode == 0, describe(result)
     assert "opened 0" in lines(result), describe(result)
     assert any("Operation not permitted" in line for line in lines(result)), describe(result)
+
+
+def test_on_cgroup_v2_a_device_program_holds_the_same_policy(
+    loop_device: tuple[str, int, int], shared_tmp: Path
+) -> None:
+    """A host with only cgroup v2 has no devices controller: the rules become a
+    BPF device program on the container's group.  This host is hybrid, so the
+    v2 tree is used alone (Layout.only) for a process of the test's own."""
+    from pflask import cgroups, compiler
+
+    device, major, minor = loop_device
+    group = cgroups.create(
+        "atk-bpf",
+        (),
+        None,
+        None,
+        None,
+        layout=cgroups.detect().only("v2"),
+        devices=compiler.DEVICE_RULES,
+    )
+    node = shared_tmp / "blk"
+    try:
+        assert group.devices
+        read, write = os.pipe()
+        report_r, report_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            results = []
+            os.read(read, 1)
+            for path in ("/dev/null", "/dev/zero", device):
+                try:
+                    os.close(os.open(path, os.O_RDONLY))
+                    results.append(f"{path} opened")
+                except OSError as e:
+                    results.append(f"{path} {e.strerror}")
+            try:
+                os.mknod(node, 0o60600, os.makedev(major, minor))
+                results.append("mknod done")
+                os.close(os.open(node, os.O_RDONLY))
+                results.append("node opened")
+            except OSError as e:
+                results.append(f"node {e.strerror}")
+            os.write(report_w, "\n".join(results).encode())
+            os._exit(0)
+        os.close(report_w)
+        group.attach(pid)
+        os.write(write, b"go")
+        report = b""
+        while chunk := os.read(report_r, 4096):
+            report += chunk
+        os.waitpid(pid, 0)
+    finally:
+        group.remove()
+    assert report.decode().splitlines() == [
+        "/dev/null opened",
+        "/dev/zero opened",
+        f"{device} Operation not permitted",
+        "mknod done",  # "m" is allowed, as in the v1 rules
+        "node Operation not permitted",
+    ]
