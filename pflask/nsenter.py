@@ -42,7 +42,14 @@ else:
     import _signal
 
 # The plan's steps that shape the command's process (not the container).
-PROCESS_STEPS = ("rlimits", "switch_user", "capabilities", "no_new_privs", "environment")
+PROCESS_STEPS = (
+    "rlimits",
+    "session_keyring",
+    "switch_user",
+    "capabilities",
+    "no_new_privs",
+    "environment",
+)
 
 
 def namespaces(the_plan: plan.Plan) -> tuple[str, ...]:

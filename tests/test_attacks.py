@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import describe, run_as, run_pflask
+from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
 from helpers import shell as sh
 
 from pflask import capabilities
@@ -366,6 +366,43 @@ def test_the_host_keyrings_are_out_of_reach(
     assert result.returncode == 0, describe(result)
     assert SECRET not in result.stdout, describe(result)
     assert len(lines(result)) == 3, describe(result)
+
+
+def test_pflask_exec_gets_the_same_profile_and_keyring(shared_tmp: Path, py_root: Path) -> None:
+    """A command started by `pflask exec` in a running container holds what its
+    command holds, and not the keys of the session `pflask exec` ran in."""
+    box = manifest(shared_tmp, "exec", root={"path": str(py_root)}, mounts=PY_MOUNTS)
+    name = f"atk-exec-{os.getpid()}"
+    running = subprocess.Popen(
+        [*pflask_cmd(), "run", str(box), "--", "sleep", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: run_pflask("exec", name, "--", "true").returncode == 0,
+            timeout=10,
+            message="the container running",
+        )
+        status = run_pflask("exec", name, "--", "cat", "/proc/self/status")
+        assert capabilities.parse_status(status.stdout)["CapEff"] == DEFAULT_SET, describe(status)
+        command = ["exec", name, "--", *python(KEY_THIEF)]
+        ring = str(KEY_SPEC_SESSION_KEYRING)
+        result = run_as([sys.executable, "-c", KEY_WRAPPER, ring, *command])
+        assert result.returncode == 0, describe(result)
+        assert SECRET not in result.stdout, describe(result)
+        assert run_pflask("stop", name).returncode == 0
+        running.wait(timeout=10)
+    finally:
+        if running.poll() is None:
+            running.terminate()  # pflask stops the container and cleans up
+            try:
+                running.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                running.kill()
+                running.wait()
 
 
 # --- open_by_handle_at ------------------------------------------------------------------------
