@@ -347,8 +347,14 @@ def prepare_keep() -> None:
     _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 1)
 
 
-def apply(keep: tuple[str, ...] | frozenset[str]) -> None:
+def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
     """Leave this process holding exactly `keep` in all five capability sets.
+
+    With `ambient` false, only in the bounding, permitted and effective sets,
+    the inheritable and ambient ones empty: enough for uid 0, whose execve(2)
+    recomputes its capabilities from the bounding set, and for a user the
+    profile only bounds (a container's default set), which then cannot pass
+    capabilities on through binaries with file-inheritable ones.
 
     Call it last before execve(2): after any uid/gid switch (see the module
     docstring for the PR_SET_KEEPCAPS ordering) and after everything that
@@ -388,13 +394,14 @@ def apply(keep: tuple[str, ...] | frozenset[str]) -> None:
     # Inheritable too: ambient capabilities must be both permitted and
     # inheritable, and a kept inheritable bit lets file-inheritable binaries
     # work as the man page describes.
-    _capset(wanted, wanted, wanted, "keep " + (" ".join(ordered(_names(wanted))) or "none"))
+    inheritable = wanted if ambient else 0
+    _capset(wanted, wanted, inheritable, "keep " + (" ".join(ordered(_names(wanted))) or "none"))
 
     # Ambient last: it is what carries `keep` across execve(2) for a non-root
     # uid (for uid 0 the kernel recomputes from inheritable | bounding).
     _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     for number in range(top + 1):
-        if wanted >> number & 1:
+        if ambient and wanted >> number & 1:
             _prctl(
                 f"PR_CAP_AMBIENT_RAISE {_name(number)}",
                 libc.PR_CAP_AMBIENT,

@@ -193,7 +193,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.user is not None and m.capabilities is None:
         # The profile bounds what a user can regain (setuid binaries), but a
         # user other than root holds nothing after the switch, as anywhere.
-        steps.append(p.Capabilities(keep=keep))
+        steps.append(p.Capabilities(keep=keep, ambient=False))
         steps.append(p.SwitchUser(user=m.user))
     elif m.user is not None:
         # Capabilities the manifest asks for are kept across the switch
@@ -201,7 +201,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.SwitchUser(user=m.user, keep_caps=True))
         steps.append(p.Capabilities(keep=keep))
     else:
-        steps.append(p.Capabilities(keep=keep))
+        # Root: execve(2) gives uid 0 its bounding set back, nothing else is needed.
+        steps.append(p.Capabilities(keep=keep, ambient=False))
     if m.security.no_new_privileges:
         steps.append(p.NoNewPrivs())
     steps.append(_environment(m))

@@ -1037,7 +1037,7 @@ class Container:
     def _capabilities(self, step: plan.Capabilities) -> None:
         from pflask import capabilities
 
-        capabilities.apply(step.keep)
+        capabilities.apply(step.keep, step.ambient)
 
     def _environment(self, step: plan.Environment) -> None:
         env = (

@@ -543,13 +543,19 @@ class SessionKeyring(Step):
 
 
 class Capabilities(Step):
-    """Keep exactly these capabilities in every set (bounding, ..., ambient)."""
+    """Keep exactly these capabilities in every set (bounding, ..., ambient).
+
+    `ambient` false: in the bounding, permitted and effective sets only (a
+    profile that bounds; see capabilities.apply).
+    """
 
     kind = "capabilities"
     keep: tuple[str, ...]
+    ambient: bool = True
 
     def describe(self) -> str:
-        return f"capabilities: {' '.join(self.keep) or 'none'}"
+        sets = "" if self.ambient else " (not inheritable or ambient)"
+        return f"capabilities: {' '.join(self.keep) or 'none'}{sets}"
 
 
 class Environment(Step):

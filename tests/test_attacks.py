@@ -124,6 +124,8 @@ def test_a_plain_command_holds_the_default_set(
     sets = capabilities.parse_status(result.stdout)
     for field in ("CapEff", "CapPrm", "CapBnd"):
         assert sets[field] == DEFAULT_SET, (field, sorted(sets[field] ^ DEFAULT_SET))
+    # nothing to hand on through binaries with file-inheritable capabilities
+    assert sets["CapInh"] == sets["CapAmb"] == frozenset()
     # `all` gives the full set back (all that pflask itself holds)
     everything = manifest(shared_tmp, "all", root={"path": str(busybox_root)}, capabilities=["all"])
     result = run_pflask("run", everything, "--", "cat", "/proc/self/status", user=user)

@@ -308,11 +308,13 @@ def test_a_plain_command_keeps_the_default_set_and_the_manifest_changes_it() -> 
 def test_a_user_inside_is_bounded_by_the_profile_before_the_switch() -> None:
     # The default set bounds alice, who holds nothing after setuid; capabilities
     # the manifest asks for are kept across the switch (ambient) instead.
-    order = kinds(compile_data({"user": "alice", "root": {"path": "/r"}}))
+    bounded = compile_data({"user": "alice", "root": {"path": "/r"}})
+    order = kinds(bounded)
     assert order.index("capabilities") < order.index("switch_user")
+    assert not step(bounded, p.Capabilities).ambient
     asked = compile_data({"user": "alice", "capabilities": "-all,+chown"})
     assert kinds(asked).index("switch_user") < kinds(asked).index("capabilities")
-    assert step(asked, p.SwitchUser).keep_caps
+    assert step(asked, p.SwitchUser).keep_caps and step(asked, p.Capabilities).ambient
 
 
 def test_every_writable_mount_is_nodev() -> None:

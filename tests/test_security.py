@@ -97,7 +97,7 @@ def test_without_capabilities_root_gets_the_default_set_and_alice_nothing(
     assert sets["CapEff"] == sets["CapBnd"] == capabilities.DEFAULT
     as_alice = run_pflask("run", box, "--set", "user=alice", "--", "cat", "/proc/self/status")
     sets = cap_sets(as_alice.stdout)
-    assert sets["CapEff"] == sets["CapPrm"] == sets["CapAmb"] == frozenset()
+    assert sets["CapEff"] == sets["CapPrm"] == sets["CapAmb"] == sets["CapInh"] == frozenset()
     # as for any non-root process, what a setuid binary could regain: the default set
     assert sets["CapBnd"] == capabilities.DEFAULT
 
