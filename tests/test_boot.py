@@ -561,6 +561,22 @@ def test_debian_boots_to_multi_user_and_halts_cleanly(shared_tmp: Path, debian_r
             assert "ro" in c.check("findmnt", "-n", "-o", "OPTIONS", path).split(","), path
         caps = c.check("grep", "CapBnd", "/proc/1/status").split()[1]
         assert not int(caps, 16) & (1 << 30 | 1 << 37)  # CAP_AUDIT_CONTROL, CAP_AUDIT_READ
+        # the init profile: systemd-nspawn's set (what of it pflask itself has:
+        # this VM's init lacks sys_resource) ...
+        from pflask import capabilities
+
+        status = c.check("cat", "/proc/1/status")
+        ours = capabilities.status_sets()["CapBnd"]
+        assert capabilities.parse_status(status)["CapBnd"] == capabilities.BOOT & ours
+        # ... with CAP_SYS_ADMIN, so a fresh tmpfs holds a usable node, but the
+        # devices cgroup refuses to open a block device
+        attack = (
+            "mkdir -p /tmp/atk && mount -t tmpfs none /tmp/atk && "
+            "mknod /tmp/atk/blk b 7 0 && head -c 1 /tmp/atk/blk; echo status=$?; umount /tmp/atk"
+        )
+        tried = c.run("sh", "-c", attack)
+        assert "status=1" in tried.stdout, describe(tried)
+        assert "Operation not permitted" in tried.stderr, describe(tried)
 
         took = c.stop()
         print(f"multi-user after {booted_after:.2f} s; stop to exit {took:.2f} s")
