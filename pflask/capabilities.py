@@ -46,14 +46,15 @@ CapabilityBoundingSet=, ...) -- are skipped, not an error: "all" then means
 `unavailable` tells a caller which requested capabilities that affects, for a
 warning.
 
-Hot path: this module is imported by every `pflask run`, so it imports only
-`os`, `errno`, `ctypes` and `pflask.libc` (`difflib` only when reporting a
-typo).
+Hot path: every container applies a capability set (see `DEFAULT`), so
+this module is imported by every `pflask run`: it imports only `os`,
+`errno` and `pflask.libc`, whose capget(2)/capset(2) wrappers pass the
+kernel's structures as `_ctypes` arrays (`ctypes` itself costs ~3 ms);
+`difflib` only when reporting a typo.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
@@ -118,26 +119,58 @@ PR_GET_KEEPCAPS = 7
 PR_SET_KEEPCAPS = 8
 PR_CAP_AMBIENT_IS_SET = 1
 
-# <linux/capability.h>: version 3 carries 64 bits in two 32-bit words.
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_LINUX_CAPABILITY_U32S_3 = 2
-
 _STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
+# What a container holds unless its manifest says otherwise: the OCI
+# runtimes' default set (runc's spec template, Docker, podman).  It keeps
+# what images expect of root (owning and reading every file, changing
+# users, binding low ports, ping, chroot, making device nodes, which the
+# nodev mounts leave unopenable) and leaves out everything that reaches
+# the kernel or the host: sys_admin (mount, umount, bpf, namespaces),
+# dac_read_search (open_by_handle_at), sys_module, sys_rawio, sys_ptrace,
+# sys_time, net_admin, syslog, audit_control, ...
+DEFAULT: frozenset[str] = frozenset(
+    {
+        "chown",
+        "dac_override",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "net_bind_service",
+        "net_raw",
+        "sys_chroot",
+        "mknod",
+        "audit_write",
+        "setfcap",
+    }
+)
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-_CapDataPair = _CapData * _LINUX_CAPABILITY_U32S_3
+# What an init that boots an OS holds: systemd-nspawn's default set, which
+# is what systemd's container interface is tested against, but without
+# audit_control: the kernel's audit is not namespaced, and systemd and
+# journald boot cleanly without it.  It keeps sys_admin (systemd mounts its
+# own /run, /tmp, ... and sets up its services' namespaces), so devices are
+# refused by the devices cgroup rather than by nodev mounts alone (see
+# compiler._devices); net_admin comes only with a network namespace of its
+# own (compiler._capabilities).
+BOOT: frozenset[str] = DEFAULT | frozenset(
+    {
+        "dac_read_search",
+        "ipc_owner",
+        "lease",
+        "linux_immutable",
+        "net_broadcast",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_ptrace",
+        "sys_resource",
+        "sys_tty_config",
+    }
+)
 
 
 # --- names and the --caps syntax ----------------------------------------------------
@@ -153,15 +186,12 @@ def parse(
     `+name` / `name` add, `-name` remove.  A list's items may themselves hold
     commas, so a manifest can say `[-all, "net_bind_service,chown"]`.
 
-    `base` defaults to the full set because that is what a root container gets
-    when nothing is said (the original pflask leaves capabilities alone
-    without --caps): the container's root is confined by its namespaces
-    (and, with a user namespace, its capabilities only reach the namespace's
-    own resources), and a full set keeps `sudo`, package managers and init
-    systems inside working.  So `-sys_admin` means "everything but
-    sys_admin"; manifests that want less say `-all,+...`.  Capabilities the
-    host kernel or pflask's own bounding set lack are skipped when applying
-    (see `apply`).
+    `base` is the set the items change: the compiler gives the container's
+    profile (`DEFAULT`, or `BOOT` for an init), so `+sys_ptrace` means "the
+    default set and sys_ptrace", `-mknod` "the default set without mknod",
+    `all` the full set; without one, the full set.  Capabilities the host
+    kernel or pflask's own bounding set lack are skipped when applying (see
+    `apply`).
 
     Unknown names and empty items raise `ValueError`, with a suggestion for
     near-misses, because a silently ignored typo would leave a capability in.
@@ -246,42 +276,24 @@ def last_cap() -> int:
 
 def _libc_prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     """prctl(2) returning -1 instead of raising: for probing."""
-    args = (ctypes.c_ulong(a) for a in (arg2, arg3, 0, 0))
-    return int(libc.LIBC.prctl(ctypes.c_int(option), *args))
+    return libc.prctl_errno(option, arg2, arg3)[0]
 
 
 def _prctl(what: str, option: int, arg2: int = 0, arg3: int = 0) -> int:
     """prctl(2) raising a `SyscallError` that names the operation, not a number."""
-    result = _libc_prctl(option, arg2, arg3)
+    result, err = libc.prctl_errno(option, arg2, arg3)
     if result < 0:
-        raise SyscallError("prctl(2)", ctypes.get_errno(), what)
+        raise SyscallError("prctl(2)", err, what)
     return result
 
 
 def _capget() -> tuple[int, int, int]:
     """(effective, permitted, inheritable) of this thread as 64-bit masks."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = _CapDataPair()
-    if libc.LIBC.capget(ctypes.byref(header), ctypes.byref(data)) < 0:
-        raise SyscallError("capget(2)", ctypes.get_errno())
-    lo, hi = data
-    return (
-        lo.effective | hi.effective << 32,
-        lo.permitted | hi.permitted << 32,
-        lo.inheritable | hi.inheritable << 32,
-    )
+    return libc.capget()
 
 
 def _capset(effective: int, permitted: int, inheritable: int, what: str) -> None:
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = _CapDataPair()
-    for word in range(_LINUX_CAPABILITY_U32S_3):
-        shift = 32 * word
-        data[word].effective = (effective >> shift) & 0xFFFFFFFF
-        data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
-        data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    if libc.LIBC.capset(ctypes.byref(header), ctypes.byref(data)) < 0:
-        raise SyscallError("capset(2)", ctypes.get_errno(), what)
+    libc.capset(effective, permitted, inheritable, what)
 
 
 def _bounding() -> int:
@@ -335,8 +347,14 @@ def prepare_keep() -> None:
     _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 1)
 
 
-def apply(keep: tuple[str, ...] | frozenset[str]) -> None:
+def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
     """Leave this process holding exactly `keep` in all five capability sets.
+
+    With `ambient` false, only in the bounding, permitted and effective sets,
+    the inheritable and ambient ones empty: enough for uid 0, whose execve(2)
+    recomputes its capabilities from the bounding set, and for a user the
+    profile only bounds (a container's default set), which then cannot pass
+    capabilities on through binaries with file-inheritable ones.
 
     Call it last before execve(2): after any uid/gid switch (see the module
     docstring for the PR_SET_KEEPCAPS ordering) and after everything that
@@ -376,13 +394,14 @@ def apply(keep: tuple[str, ...] | frozenset[str]) -> None:
     # Inheritable too: ambient capabilities must be both permitted and
     # inheritable, and a kept inheritable bit lets file-inheritable binaries
     # work as the man page describes.
-    _capset(wanted, wanted, wanted, "keep " + (" ".join(ordered(_names(wanted))) or "none"))
+    inheritable = wanted if ambient else 0
+    _capset(wanted, wanted, inheritable, "keep " + (" ".join(ordered(_names(wanted))) or "none"))
 
     # Ambient last: it is what carries `keep` across execve(2) for a non-root
     # uid (for uid 0 the kernel recomputes from inheritable | bounding).
     _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     for number in range(top + 1):
-        if wanted >> number & 1:
+        if ambient and wanted >> number & 1:
             _prctl(
                 f"PR_CAP_AMBIENT_RAISE {_name(number)}",
                 libc.PR_CAP_AMBIENT,
@@ -425,6 +444,8 @@ def status_sets(pid: int | str = "self") -> dict[str, frozenset[str]]:
 
 __all__ = [
     "ALL",
+    "BOOT",
+    "DEFAULT",
     "NAMES",
     "NUMBERS",
     "apply",

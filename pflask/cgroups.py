@@ -257,12 +257,19 @@ def _own_dir(mount: str, root: str, path: str | None) -> str | None:
 class Group:
     """A container's cgroup: one directory per hierarchy it lives in."""
 
-    __slots__ = ("_dirs", "_memory", "name")
+    __slots__ = ("_dirs", "_memory", "devices", "name")
 
-    def __init__(self, name: str, dirs: tuple[tuple[str, int], ...], memory: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        dirs: tuple[tuple[str, int], ...],
+        memory: str | None,
+        devices: bool = False,
+    ) -> None:
         self.name = name
         self._dirs = dirs  # (path, version), in the order they were made
         self._memory = memory  # the directory holding the memory controller's files
+        self.devices = devices  # whether a device policy is enforced (see create)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -311,6 +318,7 @@ def create(
     cpu: float | None,
     layout: Layout | None = None,
     default_pids: int | None = None,
+    devices: tuple[str, ...] = (),
 ) -> Group:
     """Make the group `pflask-<name>-<pid>-<start>` wherever the controllers and limits need it.
 
@@ -325,6 +333,12 @@ def create(
     or a cgroup2 tree offering pids): a fork bomb should not take the host's
     pids by default, but a host or a delegation without the controller
     should not stop containers that never asked for a limit.
+    `devices`: rules in the v1 devices controller's syntax ("c 1:3 rwm");
+    every device is denied but these.  They go to the v1 devices controller
+    where it is mounted (v1 and hybrid hosts), else into a BPF device program
+    attached to the v2 group (pflask.devices).  The returned group's
+    `devices` says whether either was possible; a v1 host without the
+    controller has neither, and the caller warns.
     """
     dirname = group_name(name)
     _check_limits(memory, pids, cpu)
@@ -334,6 +348,9 @@ def create(
         pids = default_pids
         _check_limits(None, pids, None)
     wanted = _wanted(controllers, memory, pids, cpu, layout)
+    devices_hierarchy = layout.v1_hierarchy("devices") if devices else None
+    if devices_hierarchy is not None and "devices" not in wanted:
+        wanted.append("devices")
     v1, use_v2, enable = _placement(wanted, layout)
     if layout.v2 is not None and not use_v2 and (not wanted or _writable(layout.v2.cgroup)):
         # The v2 group is a free extra on hybrid hosts: cgroup.kill and
@@ -358,6 +375,15 @@ def create(
             made.append((path, hierarchy.version))
             dirs[hierarchy.mount] = (path, hierarchy.version)
         _set_limits(_serving(layout, dirs), memory, pids, cpu)
+        enforced = False
+        if devices_hierarchy is not None:
+            _set_devices(dirs[devices_hierarchy.mount][0], devices)
+            enforced = True
+        elif devices and layout.v2 is not None and layout.v2.mount in dirs:
+            from pflask import devices as device_program
+
+            device_program.attach(dirs[layout.v2.mount][0], devices)
+            enforced = True
     except BaseException as err:
         try:
             Group(dirname, tuple(made), None).remove()
@@ -365,7 +391,19 @@ def create(
             err.add_note(f"while undoing: {cleanup}")
         raise
     memory_dir = _serving(layout, dirs)("memory") if "memory" in wanted else None
-    return Group(dirname, tuple(made), None if memory_dir is None else memory_dir[0])
+    memory_path = None if memory_dir is None else memory_dir[0]
+    return Group(dirname, tuple(made), memory_path, devices=enforced)
+
+
+def _set_devices(path: str, rules: tuple[str, ...]) -> None:
+    """Deny every device in a v1 devices group, then allow `rules`, one write each.
+
+    A new group inherits its parent's list; "a" in devices.deny empties it,
+    and nothing can be allowed that the parent does not allow.
+    """
+    _write(os.path.join(path, "devices.deny"), "a")
+    for rule in rules:
+        _write(os.path.join(path, "devices.allow"), rule)
 
 
 def _nowhere(layout: Layout) -> SyscallError:

@@ -9,15 +9,16 @@ The order (see docs/architecture.md for who runs what):
 namespaces -> [host] uid/gid maps, cgroup, links -> cgroup namespace -> root of
 the user namespace -> fork PID 1 -> [host] machined registration -> propagation
 -> root -> system mounts -> user mounts -> masked and read-only paths ->
-pivot_root -> hostname -> network -> rlimits -> [seccomp, without
-no_new_privs] -> user -> capabilities -> no_new_privs -> environment ->
-workdir -> [seccomp, with no_new_privs] -> reaper -> exec.
+pivot_root -> hostname -> network -> rlimits -> session keyring ->
+[seccomp, without no_new_privs] -> user and capabilities -> no_new_privs ->
+environment -> workdir -> [seccomp, with no_new_privs] -> reaper -> exec.
 
 Booting an OS (an init such as systemd as PID 1 in a root of its own, see
 `boots`) adds what systemd's container interface asks of a container manager
 beyond an ordinary root: a cgroup of its own behind the cgroup namespace,
 mounted read-write (`_cgroup`, `_system_mounts`), a boot id of its own (the
-BootId step), and no audit capabilities (`_capabilities`).  The rest it needs
+BootId step), and systemd-nspawn's capability set instead of the default one
+(`_capabilities`), hence a devices cgroup (`_devices`).  The rest it needs
 every root already gets: `container=` in the environment, read-only /sys and
 /proc/sys, a private /dev with a devpts, /run on a tmpfs, and SIGRTMIN+3 as
 the stop signal.
@@ -57,9 +58,25 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-# What a booting OS does without (systemd's container interface, "What You
-# Shouldn't Do"): audit is not virtualised for containers.
-BOOT_DROPPED_CAPABILITIES = ("-audit_control", "-audit_read")
+# The devices a container that keeps CAP_SYS_ADMIN may open, as devices
+# cgroup rules (v1 syntax: type major:minor access).  Such a container can
+# mount a filesystem without nodev, so the mount flags alone cannot keep it
+# from a node it makes: the standard character devices, the ptys (the
+# Unix98 majors, its own devpts) and /dev/ptmx, /dev/console; mknod of
+# anything ("m"), as images expect, but no opening it.
+DEVICE_RULES = (
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",  # null
+    "c 1:5 rwm",  # zero
+    "c 1:7 rwm",  # full
+    "c 1:8 rwm",  # random
+    "c 1:9 rwm",  # urandom
+    "c 5:0 rwm",  # tty
+    "c 5:1 rwm",  # console
+    "c 5:2 rwm",  # ptmx
+    *(f"c {major}:* rwm" for major in range(136, 144)),  # pts
+)
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -122,7 +139,9 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     ]
     pid1_is_command = m.pid1 == "command" or (m.pid1 == "auto" and is_init(command))
     boot = boots(m, command, pid1_is_command)
-    cgroup = _cgroup(m, ctx, boot)
+    keep = _capabilities(m, boot, net)
+    devices = _devices(m, ctx, userns, keep)
+    cgroup = _cgroup(m, ctx, boot, devices)
     defer_cgroupns = cgroup is not None and "cgroup" in namespaces
     first = [n for n in namespaces if not (defer_cgroupns and n == "cgroup")]
     # Without a user namespace the supervisor can make the PID namespace
@@ -196,19 +215,30 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             )
     if m.security.rlimits:
         steps.append(p.Rlimits(limits=m.security.rlimits))
-    keep = _capabilities(m, boot)
     seccomp = _seccomp(m, keep)
     # Loading a filter takes no_new_privs or CAP_SYS_ADMIN (seccomp(2)):
     # without the first it goes before the steps that drop the second.
     early = seccomp is not None and not m.security.no_new_privileges
-    early = early and (m.user is not None or (keep is not None and "sys_admin" not in keep))
+    early = early and (m.user is not None or "sys_admin" not in keep)
+    # Keys in the session keyring pflask was started from are readable by
+    # whoever inherits it: the container gets an empty one of its own (before
+    # the filter, which refuses keyctl(2)).
+    steps.append(p.SessionKeyring())
     if seccomp is not None and early:
         steps.append(seccomp)
-    if m.user is not None:
-        # PR_SET_KEEPCAPS before setuid, or the switch empties the permitted set.
-        steps.append(p.SwitchUser(user=m.user, keep_caps=keep is not None))
-    if keep is not None:
+    if m.user is not None and m.capabilities is None:
+        # The profile bounds what a user can regain (setuid binaries), but a
+        # user other than root holds nothing after the switch, as anywhere.
+        steps.append(p.Capabilities(keep=keep, ambient=False))
+        steps.append(p.SwitchUser(user=m.user))
+    elif m.user is not None:
+        # Capabilities the manifest asks for are kept across the switch
+        # (PR_SET_KEEPCAPS, then ambient): its user holds them.
+        steps.append(p.SwitchUser(user=m.user, keep_caps=True))
         steps.append(p.Capabilities(keep=keep))
+    else:
+        # Root: execve(2) gives uid 0 its bounding set back, nothing else is needed.
+        steps.append(p.Capabilities(keep=keep, ambient=False))
     if m.security.no_new_privileges:
         steps.append(p.NoNewPrivs())
     steps.append(_environment(m))
@@ -253,7 +283,7 @@ def boots(m: Manifest, command: tuple[str, ...], pid1_is_command: bool) -> bool:
     )
 
 
-def _cgroup(m: Manifest, ctx: Context, boot: bool) -> p.Cgroup | None:
+def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> p.Cgroup | None:
     """The container's own cgroup: the manifest's, or for a boot an empty one.
 
     systemd as PID 1 must be able to create init.scope, system.slice and the
@@ -264,7 +294,8 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool) -> p.Cgroup | None:
     empty unified tree: it delegates process tracking, not resource control.
     Only root gets one made automatically: an ordinary user's own cgroup is
     normally not writable (not delegated) and an init such as busybox's needs
-    none.
+    none.  A container that needs the devices cgroup (`_devices`) gets a
+    group for it.
 
     Every group pflask makes gets a task limit, DEFAULT_PIDS, unless the
     manifest sets `pids` (a number, or "max" for none): without one, a fork
@@ -279,27 +310,48 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool) -> p.Cgroup | None:
             pids=pids if isinstance(pids, int) else None,
             cpu=m.cgroup.cpu,
             default_pids=DEFAULT_PIDS if pids is None else None,
+            devices=devices,
         )
-    if boot and ctx.uid == 0 and m.namespaces.cgroup:
-        return p.Cgroup(name=m.name, default_pids=DEFAULT_PIDS)
+    if (boot and ctx.uid == 0 and m.namespaces.cgroup) or devices:
+        return p.Cgroup(name=m.name, default_pids=DEFAULT_PIDS, devices=devices)
     return None
 
 
-def _capabilities(m: Manifest, boot: bool) -> tuple[str, ...] | None:
-    """The capabilities to keep, or None to leave the full set alone.
+def _devices(m: Manifest, ctx: Context, userns: bool, keep: tuple[str, ...]) -> tuple[str, ...]:
+    """The devices cgroup rules, when the mount flags are not enough.
 
-    A booting OS loses the audit capabilities unless the manifest says
-    otherwise: the kernel's audit subsystem is not namespaced, and with them
-    systemd and journald try to use it and fail (systemd's container
-    interface asks managers to drop them for a clean boot).
+    Every writable mount a container gets is nodev, so a node made with
+    CAP_MKNOD cannot be opened, and without CAP_SYS_ADMIN no mount can be
+    made or changed to undo that.  A container that keeps CAP_SYS_ADMIN
+    (the boot profile, or a manifest that asks) can mount a fresh tmpfs, so
+    the devices cgroup refuses the opening instead.  In a user namespace the
+    kernel refuses device nodes itself (mknod, and every mount made there is
+    nodev); without a root of its own the container shares the host's /dev
+    anyway, which no policy here pretends to fix.
+    """
+    if ctx.uid != 0 or userns or m.root.path is None or not m.namespaces.mount:
+        return ()
+    return DEVICE_RULES if "sys_admin" in keep else ()
+
+
+def _capabilities(m: Manifest, boot: bool, net: bool) -> tuple[str, ...]:
+    """The capabilities the container keeps: its profile, changed by the manifest.
+
+    A plain command gets the OCI runtimes' default set
+    (`capabilities.DEFAULT`), an init that boots an OS systemd-nspawn's
+    (`capabilities.BOOT`), with net_admin when the network namespace is its
+    own, as nspawn does with a private network: on the host's network it
+    would reconfigure the host's.  `capabilities:` (or `--caps`) adds to and
+    drops from the profile; `all` is the full set.
     """
     from pflask import capabilities
 
-    if m.capabilities is not None:
-        return tuple(sorted(capabilities.parse(list(m.capabilities))))
+    base = capabilities.DEFAULT
     if boot:
-        return tuple(sorted(capabilities.parse(list(BOOT_DROPPED_CAPABILITIES))))
-    return None
+        base = capabilities.BOOT | ({"net_admin"} if net else set())
+    if m.capabilities is not None:
+        return capabilities.ordered(capabilities.parse(list(m.capabilities), base))
+    return capabilities.ordered(base)
 
 
 def _seccomp(m: Manifest, keep: tuple[str, ...] | None) -> p.Seccomp | None:
@@ -442,9 +494,12 @@ def _root_step(m: Manifest, root: str) -> p.Step:
         raise _error(
             m, "root.size", "bounds the ephemeral root's changes: it needs ephemeral: true"
         )
+    # nodev: a device node made in the root cannot be opened (see _devices).
     if not m.root.ephemeral:
-        return p.BindRoot(path=root)
-    return p.EphemeralRoot(path=root, tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size))
+        return p.BindRoot(path=root, flags=("nodev",))
+    return p.EphemeralRoot(
+        path=root, tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size), flags=("nodev",)
+    )
 
 
 def _tmpfs_data(defaults: tuple[tuple[str, str], ...], **given: object) -> str:
@@ -539,10 +594,12 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
     replaced = _system_tmpfs(m)
     pts_data = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
     steps += [
+        # nodev: the standard nodes are bound from the host's /dev
+        # (DevNodes), and a node made here cannot be opened.
         p.MountFs(
             fstype="tmpfs",
             target="/dev",
-            flags=("nosuid", "strictatime"),
+            flags=("nosuid", "nodev", "strictatime"),
             data="mode=755,size=65536k",
         ),
         p.DevNodes(target="/dev", nodes=DEV_NODES),
@@ -565,22 +622,32 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
     return steps
 
 
+def _nodev(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """A user mount's flags with nodev: no device node on it can be opened.
+
+    A bind whose source is itself a device node is how a manifest hands a
+    device to the container, and keeps it usable (mounts.bind).
+    """
+    return flags if "nodev" in flags else (*flags, "nodev")
+
+
 def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
     target = container_path(mount.target)
+    flags = _nodev(mount.flags)
     if isinstance(mount, BindMount):
         return p.Bind(
             source=mount.source,
             target=target,
             readonly=mount.readonly,
             recursive=mount.recursive,
-            flags=mount.flags,
+            flags=flags,
             optional=mount.optional,
         )
     if isinstance(mount, TmpMount):
         data = _tmpfs_data(
             TMP_TMPFS, size=mount.size, mode=mount.mode, uid=mount.uid, gid=mount.gid
         )
-        flags = (*(("ro",) if mount.readonly else ()), *mount.flags)
+        flags = (*(("ro",) if mount.readonly else ()), *flags)
         return p.MountFs(fstype="tmpfs", target=target, flags=flags, data=data)
     if isinstance(mount, OverlayMount):
         return p.Overlay(
@@ -589,7 +656,7 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             upper=mount.upper,
             work=mount.work,
             readonly=mount.readonly,
-            flags=mount.flags,
+            flags=flags,
             tmpfs=_tmpfs_data(TMP_TMPFS) if mount.upper is None else "",
         )
     if isinstance(mount, AufsMount):
@@ -603,7 +670,7 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             lower=(target,),
             upper=mount.source,
             work=work,
-            flags=mount.flags,
+            flags=flags,
             lower_inside=True,
             temporary_work=mount.work is None,
         )
@@ -621,7 +688,7 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
         fstype=mount.fstype,
         readonly=mount.readonly,
         options=mount.options,
-        flags=mount.flags,
+        flags=flags,
     )
 
 

@@ -603,9 +603,17 @@ class Supervisor:
                 step.pids,
                 step.cpu,
                 default_pids=step.default_pids,
+                devices=step.devices,
             )
             self.cleanups.append(self.group.remove)
             self.group.attach(pid)
+            if step.devices and not self.group.devices:
+                os.write(
+                    2,
+                    b"pflask: warning: this host has neither the cgroup v1 devices controller "
+                    b"nor a cgroup2 tree for a device program: the container's CAP_SYS_ADMIN "
+                    b"lets it open any device node it makes\n",
+                )
         else:
             links = self._links()
             if isinstance(step, plan.Veth):
@@ -962,13 +970,13 @@ class Container:
     def _bind_root(self, step: plan.BindRoot) -> None:
         from pflask import mounts
 
-        mounts.bind_root(step.path)
+        mounts.bind_root(step.path, step.flags)
         self.root = mounts.Root(step.path)
 
     def _ephemeral_root(self, step: plan.EphemeralRoot) -> None:
         from pflask import mounts
 
-        mounts.ephemeral_root(step.path, step.tmpfs)
+        mounts.ephemeral_root(step.path, step.tmpfs, step.flags)
         self.root = mounts.Root(step.path)
 
     def _mount(self, step: plan.MountFs) -> None:
@@ -1132,10 +1140,13 @@ class Container:
             libc.prctl(PR_SET_DUMPABLE, 1)
         self.user = user
 
+    def _session_keyring(self, step: plan.SessionKeyring) -> None:
+        libc.join_session_keyring()
+
     def _capabilities(self, step: plan.Capabilities) -> None:
         from pflask import capabilities
 
-        capabilities.apply(step.keep)
+        capabilities.apply(step.keep, step.ambient)
 
     def _environment(self, step: plan.Environment) -> None:
         env = (

@@ -117,6 +117,13 @@ SYS_close_range = 436
 SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_keyctl = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+
+# <linux/keyctl.h>
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+# <linux/capability.h>: version 3 carries 64 bits in two 32-bit words.
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 if TYPE_CHECKING:
@@ -135,6 +142,28 @@ class _ULong(_Simple):
 
 class _UByte(_Simple):
     _type_ = "B"
+class _UInt(_Simple):
+    _type_ = "I"
+
+
+if TYPE_CHECKING:
+    _Array = _ctypes.Array[_UInt]
+else:
+    _Array = _ctypes.Array
+
+
+class _CapHeader(_Array):
+    """struct __user_cap_header_struct: version, pid."""
+
+    _type_ = _UInt
+    _length_ = 2
+
+
+class _CapData(_Array):
+    """Two struct __user_cap_data_struct: effective, permitted, inheritable; low word first."""
+
+    _type_ = _UInt
+    _length_ = 6
 
 
 _FLAGS = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO  # errno kept for get_errno()
@@ -169,6 +198,8 @@ _umount2 = _function("umount2")
 _sethostname = _function("sethostname")
 _setdomainname = _function("setdomainname")
 _prctl = _function("prctl")
+_capget = _function("capget")
+_capset = _function("capset")
 
 
 def __getattr__(name: str) -> Any:
@@ -273,6 +304,44 @@ def seccomp_set_mode_filter(program: bytes) -> None:
     fprog += _ctypes.addressof(instructions).to_bytes(pointer, sys.byteorder)
     result = _prctl(PR_SET_SECCOMP, _ULong(SECCOMP_MODE_FILTER), fprog, _ULong(0), _ULong(0))
     _check(result, "prctl(2) PR_SET_SECCOMP", f"{len(program) // 8} BPF instructions")
+def prctl_errno(option: int, arg2: int = 0, arg3: int = 0) -> tuple[int, int]:
+    """prctl(2) without raising: (result, errno), for probing and for callers
+    that name the operation in their own error."""
+    result = _prctl(option, _ULong(arg2), _ULong(arg3), _ULong(0), _ULong(0))
+    return result, _ctypes.get_errno() if result < 0 else 0
+
+
+def capget() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of this thread as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapData()
+    _check(_capget(header, data), "capget(2)", None)
+    lo_eff, lo_prm, lo_inh, hi_eff, hi_prm, hi_inh = data
+    return lo_eff | hi_eff << 32, lo_prm | hi_prm << 32, lo_inh | hi_inh << 32
+
+
+def capset(effective: int, permitted: int, inheritable: int, what: str | None = None) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    words = []
+    for shift in (0, 32):
+        words += [(mask >> shift) & 0xFFFFFFFF for mask in (effective, permitted, inheritable)]
+    _check(_capset(header, _CapData(*words)), "capset(2)", what)
+
+
+def join_session_keyring() -> None:
+    """A new anonymous session keyring for this process and its children.
+
+    A session keyring is inherited across fork and exec, and every key in it
+    is "possessed", hence readable, by whoever holds it: without this, a
+    container would read the keys of the session that started pflask.
+    """
+    number = _SYS_keyctl[os.uname().machine]
+    result = _syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)
+    if result < 0 and _ctypes.get_errno() in (_errno.EPERM, _errno.ENOSYS):
+        # A seccomp filter around pflask (a pflask inside a container) refuses
+        # the keyring calls: then no keyring is reachable from here either.
+        return
+    _check(result, "keyctl(2)", "KEYCTL_JOIN_SESSION_KEYRING")
 
 
 def mount_setattr(

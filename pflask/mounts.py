@@ -238,9 +238,16 @@ def make_private(mode: str) -> None:
     libc.mount(None, "/", None, libc.MS_REC | flag, what="/ (propagation)")
 
 
-def bind_root(path: str) -> None:
-    """pivot_root(2) needs the new root to be a mount point: bind it onto itself."""
+def bind_root(path: str, flags: tuple[str, ...] = ()) -> None:
+    """pivot_root(2) needs the new root to be a mount point: bind it onto itself.
+
+    `flags` (nodev) go on the bind and every mount below it.
+    """
     libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC, what=f"{path} -> {path}")
+    if flags:
+        libc.mount_setattr(
+            libc.AT_FDCWD, path, libc.AT_RECURSIVE, attr_flags(flags), what=f"{path} ({flags})"
+        )
 
 
 def detached_tmpfs(data: str = "mode=0755") -> int:
@@ -290,12 +297,13 @@ def scratch_layers(like: int, tmpfs: str = "") -> tuple[int, str, str]:
     return scratch, f"{fd_path(scratch)}/upper", f"{fd_path(scratch)}/work"
 
 
-def ephemeral_root(path: str, tmpfs: str = "") -> None:
+def ephemeral_root(path: str, tmpfs: str = "", flags: tuple[str, ...] = ()) -> None:
     """An overlay over the root with a tmpfs upper, mounted over the root's path.
 
     Everything the container writes lands in a tmpfs that no path names, so
     it is gone with the container's mount namespace, however that ends.
-    `tmpfs`: that tmpfs's options beyond its mode (its size and inode bound).
+    `tmpfs`: that tmpfs's options beyond its mode (its size and inode bound);
+    `flags`: the overlay's mount flags (nodev).
     """
     lower = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -303,7 +311,9 @@ def ephemeral_root(path: str, tmpfs: str = "") -> None:
         try:
             options = overlay_options([fd_path(lower)], upper, work)
             try:
-                libc.mount("overlay", path, "overlay", 0, options, what=f"overlay on {path}")
+                libc.mount(
+                    "overlay", path, "overlay", ms_flags(flags), options, what=f"overlay on {path}"
+                )
             except libc.SyscallError as e:
                 raise overlay_refused(e, f"ephemeral root: overlay on {path}") from None
         finally:
@@ -404,6 +414,9 @@ def bind(
             raise
         raise libc.SyscallError("open(2)", e.errno or 0, f"bind source {source}") from None
     try:
+        if "nodev" in flags and _is_device(src):
+            # Binding a device node is how a manifest hands that device over.
+            flags = tuple(flag for flag in flags if flag != "nodev")
         dst = root.make(target, directory=_is_dir(src))
         try:
             bind_fd(
@@ -419,6 +432,10 @@ def bind(
 
 def _is_dir(fd: int) -> bool:
     return os.fstat(fd).st_mode & 0o170000 == 0o040000
+
+
+def _is_device(fd: int) -> bool:
+    return os.fstat(fd).st_mode & 0o170000 in (0o020000, 0o060000)  # S_IFCHR, S_IFBLK
 
 
 def overlay(
@@ -555,19 +572,17 @@ def _scandir(path: str) -> Iterator[tuple[str, bool]]:
 
 
 def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
-    """Device nodes by mknod(2); in a user namespace (EPERM) bind the host's."""
-    parent = root.open(target, os.O_PATH | os.O_DIRECTORY)
-    umask = os.umask(0)  # 0666 as asked, not as our umask would have it
-    try:
-        for name in nodes:
-            major, minor = DEVICES[name]
-            try:
-                os.mknod(name, 0o20666, os.makedev(major, minor), dir_fd=parent)
-            except PermissionError:
-                bind_file(root, f"/dev/{name}", f"{target.rstrip('/')}/{name}")
-    finally:
-        os.umask(umask)
-        os.close(parent)
+    """The standard device nodes, bound from the host's /dev.
+
+    Bound, not made with mknod(2): the container's /dev is a nodev tmpfs, so
+    that a node the container makes there cannot be opened, while each bind
+    is a mount of its own that keeps the host's node usable.  (A user
+    namespace could not make them anyway.)
+    """
+    for name in nodes:
+        if name not in DEVICES:
+            raise libc.SyscallError("mknod(2)", EINVAL, f"/dev/{name}: not a standard device")
+        bind_file(root, f"/dev/{name}", f"{target.rstrip('/')}/{name}")
 
 
 def bind_file(root: Root, source: str | int, path: str, mode: int = 0o644) -> None:

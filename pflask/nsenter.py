@@ -46,6 +46,7 @@ else:
 PROCESS_STEPS = (
     "rlimits",
     "seccomp",
+    "session_keyring",
     "switch_user",
     "capabilities",
     "no_new_privs",

@@ -118,6 +118,7 @@ class Cgroup(Step):
     # Without `pids`: the limit set where the host offers the pids controller
     # to this group (skipped, not an error, where it does not).
     default_pids: int | None = None
+    devices: tuple[str, ...] = ()  # devices cgroup rules to allow; none: no device policy
 
     def describe(self) -> str:
         limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
@@ -125,6 +126,7 @@ class Cgroup(Step):
         if self.pids is None and self.default_pids is not None:
             limits.append(f"pids={self.default_pids} (default, where the pids controller is)")
         limits += [f"cpu={self.cpu:g} CPUs"] if self.cpu is not None else []
+        limits += [f"devices: all denied but {len(self.devices)} rules"] if self.devices else []
         what = ", ".join([*self.controllers, *limits]) or "no limits"
         return f"cgroup for {self.name}, container moved in: {what}"
 
@@ -293,9 +295,10 @@ class BindRoot(Step):
 
     kind = "bind_root"
     path: str
+    flags: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return f"bind root {self.path}"
+        return f"bind root {self.path}{_flags(self.flags)}"
 
 
 class EphemeralRoot(Step):
@@ -304,10 +307,14 @@ class EphemeralRoot(Step):
     kind = "ephemeral_root"
     path: str
     tmpfs: str = ""  # the upper layer's tmpfs options (its size bound)
+    flags: tuple[str, ...] = ()
 
     def describe(self) -> str:
         bound = f" ({self.tmpfs})" if self.tmpfs else ""
-        return f"ephemeral root: overlay over {self.path}, changes on a tmpfs{bound}"
+        return (
+            f"ephemeral root: overlay over {self.path}, changes on a tmpfs{bound}"
+            f"{_flags(self.flags)}"
+        )
 
 
 class MountFs(Step):
@@ -556,14 +563,29 @@ class SwitchUser(Step):
         return f"switch to user {self.user} (supplementary groups set){keep}"
 
 
+class SessionKeyring(Step):
+    """Join a new, empty session keyring: none of the keys pflask's session holds."""
+
+    kind = "session_keyring"
+
+    def describe(self) -> str:
+        return "a new session keyring"
+
+
 class Capabilities(Step):
-    """Keep exactly these capabilities in every set (bounding, ..., ambient)."""
+    """Keep exactly these capabilities in every set (bounding, ..., ambient).
+
+    `ambient` false: in the bounding, permitted and effective sets only (a
+    profile that bounds; see capabilities.apply).
+    """
 
     kind = "capabilities"
     keep: tuple[str, ...]
+    ambient: bool = True
 
     def describe(self) -> str:
-        return f"capabilities: {' '.join(self.keep) or 'none'}"
+        sets = "" if self.ambient else " (not inheritable or ambient)"
+        return f"capabilities: {' '.join(self.keep) or 'none'}{sets}"
 
 
 class Environment(Step):
@@ -642,6 +664,7 @@ STEPS: dict[str, type[Step]] = {
         NoNewPrivs,
         Seccomp,
         SwitchUser,
+        SessionKeyring,
         Capabilities,
         Environment,
         Chdir,

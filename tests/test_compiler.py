@@ -87,8 +87,8 @@ def test_without_host_steps_the_container_waits_only_before_the_command() -> Non
     the_plan = compile_data({"root": {"path": "/srv/root"}})
     order = kinds(the_plan)
     assert order.count("await_host") == 1
-    assert order[-4:] == ["await_host", "seccomp", "reaper", "exec"]
-    assert the_plan.steps[-4] == p.AwaitHost(after="name claimed")
+    assert order[-3:] == ["await_host", "reaper", "exec"]
+    assert the_plan.steps[-3] == p.AwaitHost(after="name claimed")
     assert order.index("pivot_root") < order.index("await_host")
 
 
@@ -122,7 +122,15 @@ def test_turning_namespaces_off() -> None:
         {"namespaces": {"mount": False, "pid": False, "ipc": False, "uts": False, "cgroup": False}}
     )
     assert the_plan.steps[0] == p.Unshare(namespaces=())
-    assert kinds(the_plan) == ["unshare", "environment", "await_host", "seccomp", "exec"]
+    assert kinds(the_plan) == [
+        "unshare",
+        "session_keyring",
+        "seccomp",
+        "capabilities",
+        "environment",
+        "await_host",
+        "exec",
+    ]
 
 
 def test_ordinary_user_gets_a_user_namespace_mapping_itself_to_root() -> None:
@@ -261,6 +269,7 @@ def test_aufs_gets_a_temporary_work_directory_beside_the_source() -> None:
         lower=("/opt",),
         upper="/srv/up",
         work="/srv/.up.pflask-work",
+        flags=("nodev",),
         lower_inside=True,
         temporary_work=True,
     )
@@ -279,3 +288,72 @@ def test_an_ordinary_user_gets_pid_1_by_a_fork_after_the_user_namespace() -> Non
     assert the_plan.steps[0].pid1 is False
     order = kinds(the_plan)
     assert order.index("gid_map") < order.index("become_root") < order.index("fork")
+
+
+# --------------------------------------------------------------------------- the default profile
+
+
+def test_a_plain_command_keeps_the_default_set_and_the_manifest_changes_it() -> None:
+    from pflask import capabilities
+
+    assert set(step(compile_data({}), p.Capabilities).keep) == capabilities.DEFAULT
+    assert set(step(compile_data({}, USER), p.Capabilities).keep) == capabilities.DEFAULT
+    changed = compile_data({"capabilities": ["-chown", "+sys_ptrace"]})
+    assert set(step(changed, p.Capabilities).keep) == capabilities.DEFAULT - {"chown"} | {
+        "sys_ptrace"
+    }
+    assert set(step(compile_data({"capabilities": "all"}), p.Capabilities).keep) == set(
+        capabilities.ALL
+    )
+    assert step(compile_data({"capabilities": "-all"}), p.Capabilities).keep == ()
+
+
+def test_a_user_inside_is_bounded_by_the_profile_before_the_switch() -> None:
+    # The default set bounds alice, who holds nothing after setuid; capabilities
+    # the manifest asks for are kept across the switch (ambient) instead.
+    bounded = compile_data({"user": "alice", "root": {"path": "/r"}})
+    order = kinds(bounded)
+    assert order.index("capabilities") < order.index("switch_user")
+    assert not step(bounded, p.Capabilities).ambient
+    asked = compile_data({"user": "alice", "capabilities": "-all,+chown"})
+    assert kinds(asked).index("switch_user") < kinds(asked).index("capabilities")
+    assert step(asked, p.SwitchUser).keep_caps and step(asked, p.Capabilities).ambient
+
+
+def test_every_writable_mount_is_nodev() -> None:
+    the_plan = compile_data(
+        {
+            "root": {"path": "/r"},
+            "mounts": [
+                {"type": "bind", "source": "/src", "target": "/b"},
+                {"type": "tmp", "target": "/t"},
+                {"type": "overlay", "lower": ["/l"], "target": "/o"},
+            ],
+        }
+    )
+    assert step(the_plan, p.BindRoot).flags == ("nodev",)
+    assert "nodev" in step(the_plan, p.Bind).flags
+    assert "nodev" in step(the_plan, p.Overlay).flags
+    for mount in [s for s in the_plan.steps if isinstance(s, p.MountFs)]:
+        if mount.fstype not in ("devpts",):  # devpts cannot hold a node made by mknod
+            assert "nodev" in mount.flags, mount
+    ephemeral = compile_data({"root": {"path": "/r", "ephemeral": True}})
+    assert step(ephemeral, p.EphemeralRoot).flags == ("nodev",)
+
+
+def test_the_devices_cgroup_comes_with_cap_sys_admin_as_root() -> None:
+    root = {"root": {"path": "/r"}}
+    assert not [s for s in compile_data(root).steps if isinstance(s, p.Cgroup)]
+    kept = compile_data({**root, "capabilities": "+sys_admin"})
+    assert step(kept, p.Cgroup) == p.Cgroup(
+        name="t", default_pids=compiler.DEFAULT_PIDS, devices=compiler.DEVICE_RULES
+    )
+    limited = compile_data({**root, "capabilities": "all", "cgroup": {"pids": 10}})
+    assert step(limited, p.Cgroup).devices == compiler.DEVICE_RULES
+    # a user namespace refuses device nodes by itself; the host's root is the host's /dev
+    assert not [
+        s
+        for s in compile_data(root | {"capabilities": "all"}, USER).steps
+        if isinstance(s, p.Cgroup)
+    ]
+    assert not [s for s in compile_data({"capabilities": "all"}).steps if isinstance(s, p.Cgroup)]

@@ -215,7 +215,7 @@ def test_setup_failure_names_step_path_and_syscall(shared_tmp: Path, busybox_roo
     assert result.returncode == 125
     line = result.stderr.strip()
     assert line.startswith("pflask: step ")
-    assert f"(bind {shared_tmp / 'missing'} -> /m)" in line
+    assert f"(bind {shared_tmp / 'missing'} -> /m (nodev))" in line
     assert line.endswith(
         f"open(2) bind source {shared_tmp / 'missing'}: ENOENT (No such file or directory)"
     )
@@ -399,9 +399,9 @@ def test_output_streams_and_stdin_pass_through(box: Path) -> None:
 
 def test_host_mount_table_is_unchanged_and_nothing_leaks(box: Path) -> None:
     before = Path("/proc/self/mountinfo").read_text()
-    result = run_pflask(
-        "run", box, "--", *sh("mount -t tmpfs none /tmp && touch /tmp/x && cat /proc/mounts")
-    )
+    # mounting needs CAP_SYS_ADMIN, which the default set leaves out
+    mounts = "mount -t tmpfs none /tmp && touch /tmp/x && cat /proc/mounts"
+    result = run_pflask("run", box, "--set", "capabilities=+sys_admin", "--", *sh(mounts))
     assert result.returncode == 0, result.stderr
     assert " /tmp tmpfs" in result.stdout
     assert Path("/proc/self/mountinfo").read_text() == before

@@ -1021,7 +1021,17 @@ def test_run_veth_classic(
     command = "ip -o link show eth0; ip -o addr show eth0; echo ready; read go; " + (
         "ip addr add 10.243.0.2/24 dev eth0 && " + first_action("10.243.0.1") + "true"
     )
-    job = background("-r", busybox_root, "--netif", "veth:pft-rv2:eth0", "--", *script(command))
+    # configuring a link inside takes CAP_NET_ADMIN, which the default set leaves out
+    job = background(
+        "-r",
+        busybox_root,
+        "--caps",
+        "+net_admin",
+        "--netif",
+        "veth:pft-rv2:eth0",
+        "--",
+        *script(command),
+    )
     inside = job.wait_ready()
     assert ",UP" in inside[0] and "scope global" not in "\n".join(inside[1:])
     assert ",UP" in host_link_state("pft-rv2")
@@ -1098,6 +1108,8 @@ def test_run_move(
         result = run_pflask(
             "-r",
             busybox_root,
+            "--caps",
+            "+net_admin",  # for `ip addr add`: not in the default set
             "--netif",
             "pft-rm0:eth0",
             "--",
@@ -1164,6 +1176,8 @@ def test_run_macvlan(
         result = run_pflask(
             "-r",
             busybox_root,
+            "--caps",
+            "+net_admin",  # for `ip addr add`: not in the default set
             "--netif",
             "macvlan:pft-rm3:mv0",
             "--",

@@ -87,20 +87,30 @@ def test_capabilities_are_exactly_the_requested_ones_in_all_five_sets(
     )
 
 
-def test_without_capabilities_root_keeps_everything_and_alice_has_nothing(
+def test_without_capabilities_root_gets_the_default_set_and_alice_nothing(
     shared_tmp: Path, root: dict[str, str]
 ) -> None:
     box = manifest(shared_tmp, root=root)
-    # Everything pflask itself may have: this VM's init has no sys_resource.
-    everything = capabilities.status_sets()["CapBnd"]
     as_root = run_pflask("run", box, "--", "cat", "/proc/self/status")
     assert as_root.returncode == 0, describe(as_root)
     sets = cap_sets(as_root.stdout)
-    assert sets["CapEff"] == sets["CapBnd"] == everything
+    assert sets["CapEff"] == sets["CapBnd"] == capabilities.DEFAULT
     as_alice = run_pflask("run", box, "--set", "user=alice", "--", "cat", "/proc/self/status")
     sets = cap_sets(as_alice.stdout)
-    assert sets["CapEff"] == sets["CapPrm"] == sets["CapAmb"] == frozenset()
-    assert sets["CapBnd"] == everything  # as for any non-root process
+    assert sets["CapEff"] == sets["CapPrm"] == sets["CapAmb"] == sets["CapInh"] == frozenset()
+    # as for any non-root process, what a setuid binary could regain: the default set
+    assert sets["CapBnd"] == capabilities.DEFAULT
+
+
+def test_capabilities_change_the_default_set(shared_tmp: Path, root: dict[str, str]) -> None:
+    box = manifest(shared_tmp, root=root, capabilities=["+sys_ptrace", "-mknod"])
+    result = run_pflask("run", box, "--", "cat", "/proc/self/status")
+    assert result.returncode == 0, describe(result)
+    assert cap_sets(result.stdout)["CapEff"] == capabilities.DEFAULT - {"mknod"} | {"sys_ptrace"}
+    # `all`: everything pflask itself may have (this VM's init has no sys_resource)
+    everything = manifest(shared_tmp, "all", root=root, capabilities="all")
+    result = run_pflask("run", everything, "--", "cat", "/proc/self/status")
+    assert cap_sets(result.stdout)["CapEff"] == capabilities.status_sets()["CapBnd"]
 
 
 def subordinate_ids(user: UserInfo) -> dict[str, list[dict[str, int]]]:
