@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("-r", "--chroot", metavar="DIR", help="use DIR as the container's root directory")
+    a(
+        "-r",
+        "--chroot",
+        "--root",  # its name until December 2013, which the original README's examples use
+        metavar="DIR",
+        help="use DIR as the container's root directory",
+    )
     a("-c", "--chdir", metavar="DIR", help="change to DIR inside the container")
     a("-t", "--hostname", metavar="NAME", help="set the container's hostname")
     a(
@@ -30,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="bind:SRC:DST, bind-ro:SRC:DST, tmp:DST, overlay:ROOT_DIR:DST:WORK_DIR, "
-        "aufs:DIR:DST, loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]",
+        "aufs:DIR:DST (DST / or the --chroot DIR: a copy-on-write root), "
+        "loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]; "
+        "',' may replace ':' (the original's first syntax)",
     )
     a(
         "-n",
@@ -41,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="",
         default=None,
         help="a network namespace; SPEC moves or creates a link: DEV:NAME, "
-        "macvlan:MASTER:NAME, ipvlan:MASTER:NAME, veth:OUTSIDE:INSIDE",
+        "macvlan:MASTER:NAME, ipvlan:MASTER:NAME, veth:OUTSIDE:INSIDE (',' may replace ':')",
     )
     a("-u", "--user", metavar="USER", help="run the command as USER (name or uid[:gid])")
     a(
