@@ -175,3 +175,29 @@ def test_a_bad_netif_lists_the_shapes(spec: str) -> None:
         result.stderr
     )
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- item 8: roots
+
+DEBIAN = Path("/var/cache/pflask-test/debian")
+
+
+@pytest.mark.skipif(not (DEBIAN / "etc/debian_version").exists(), reason="no Debian root built")
+def test_debian_root_configures_a_root_it_did_not_build(shared_tmp: Path) -> None:
+    """A debootstrapped root from elsewhere is configured in place, not
+    refused; its /etc/hostname (the host's, from debootstrap) goes, so the
+    booted system keeps the hostname pflask gives it."""
+    import subprocess
+
+    root = shared_tmp / "debian"
+    subprocess.run(["cp", "-a", str(DEBIAN), str(root)], check=True)
+    (root / "etc/.debian-root-done").unlink()
+    (root / "etc/hostname").write_text("the-host\n")
+    script = Path(__file__).resolve().parent.parent / "scripts/debian-root"
+    result = subprocess.run(
+        [str(script), str(root)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configured in place" in result.stdout
+    assert not (root / "etc/hostname").exists()
+    subprocess.run(["rm", "-rf", "--", str(root)], check=True)
