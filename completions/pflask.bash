@@ -57,7 +57,7 @@ _pflask_value() {
 # The options of a subcommand ('pflask': the original flags).
 _pflask_options() {
     case ${1:-pflask} in
-    pflask) echo -r --chroot -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
+    pflask) echo -r --chroot --root -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
     run) echo --set --name -d --detach --no-cache -v --verbose ;;
     validate) echo  ;;
     plan) echo --json --set ;;
@@ -76,6 +76,7 @@ _pflask_option() {
     case "$1 ${2%%=*}" in
     ' -r') echo directory ;;
     ' --chroot') echo directory ;;
+    ' --root') echo directory ;;
     ' -c') echo free ;;
     ' --chdir') echo free ;;
     ' -t') echo free ;;

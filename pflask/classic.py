@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("-r", "--chroot", metavar="DIR", help="use DIR as the container's root directory")
+    a(
+        "-r",
+        "--chroot",
+        "--root",  # its name until December 2013, which the original README's examples use
+        metavar="DIR",
+        help="use DIR as the container's root directory",
+    )
     a("-c", "--chdir", metavar="DIR", help="change to DIR inside the container")
     a("-t", "--hostname", metavar="NAME", help="set the container's hostname")
     a(
@@ -30,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="bind:SRC:DST, bind-ro:SRC:DST, tmp:DST, overlay:ROOT_DIR:DST:WORK_DIR, "
-        "aufs:DIR:DST, loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]",
+        "aufs:DIR:DST (DST / or the --chroot DIR: a copy-on-write root), "
+        "loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]; "
+        "',' may replace ':' (the original's first syntax)",
     )
     a(
         "-n",
@@ -41,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="",
         default=None,
         help="a network namespace; SPEC moves or creates a link: DEV:NAME, "
-        "macvlan:MASTER:NAME, ipvlan:MASTER:NAME, veth:OUTSIDE:INSIDE",
+        "macvlan:MASTER:NAME, ipvlan:MASTER:NAME, veth:OUTSIDE:INSIDE (',' may replace ':')",
     )
     a("-u", "--user", metavar="USER", help="run the command as USER (name or uid[:gid])")
     a(
@@ -127,7 +135,9 @@ def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
             i += 1
             continue
         following = args[i + 1] if i + 1 < len(args) else None
-        if action.nargs == "?" and (following is None or (following and ":" not in following)):
+        if action.nargs == "?" and (
+            following is None or (following and ":" not in following and "," not in following)
+        ):
             out.append(arg)  # a bare --netif; an empty word after it is its empty value
             i += 1
             continue
@@ -225,10 +235,20 @@ def _container(spec: str, path: str) -> str:
     return path
 
 
+def separator(spec: str) -> str:
+    """The separator of a --mount or --netif SPEC: `:` (the original since
+    2015), or `,` where the spec has no colon (the original's 2013 syntax,
+    which its man page and README examples use: `--mount tmp,$HOME`).  A
+    colon anywhere decides, so a path with a comma in it keeps working in the
+    colon form."""
+    return ":" if ":" in spec or "," not in spec else ","
+
+
 def mount_spec(spec: str) -> dict[str, Any]:
     """One --mount SPEC as a manifest mount entry."""
-    kind, _, rest = spec.partition(":")
-    parts = rest.split(":") if rest else []
+    sep = separator(spec)
+    kind, _, rest = spec.partition(sep)
+    parts = rest.split(sep) if rest else []
     shapes = {
         "bind": (2, "bind:SRC:DST"),
         "bind-ro": (2, "bind-ro:SRC:DST"),
@@ -275,23 +295,45 @@ def mount_spec(spec: str) -> dict[str, Any]:
     return entry
 
 
+NETIF_SHAPES = "DEV[:NAME], macvlan:MASTER:NAME, ipvlan:MASTER:NAME or veth:OUTSIDE:INSIDE"
+
+
+def _link_names(spec: str, names: list[str]) -> None:
+    """Refuse a name no link can have (the kernel's dev_valid_name: 1 to 15
+    bytes, no `/`, no white space, not `.` or `..`) with the shapes --netif
+    takes: a wrong spec is far more often a wrong shape than a wrong name."""
+    for name in names:
+        size = len(name.encode())
+        if (
+            not 0 < size <= 15
+            or name in (".", "..")
+            or "/" in name
+            or any(c.isspace() for c in name)
+        ):
+            raise UsageError(
+                f"--netif {shown(spec)}: {shown(name, 24)} is not a link name; "
+                f"expected {NETIF_SHAPES} (',' may replace ':')"
+            )
+
+
 def netif_spec(spec: str) -> dict[str, Any] | None:
     """One --netif SPEC as a manifest interface; None for a bare --netif."""
     if not spec:
         return None
-    parts = spec.split(":")
-    if parts[0] in ("macvlan", "ipvlan"):
-        if len(parts) != 3 or not all(parts):
-            raise UsageError(f"--netif {shown(spec)}: expected {parts[0]}:MASTER:NAME")
+    parts = spec.split(separator(spec))
+    if parts[0] in ("macvlan", "ipvlan", "veth") and len(parts) == 3:
+        _link_names(spec, parts[1:])
+        if parts[0] == "veth":
+            return {"type": "veth", "host": parts[1], "name": parts[2]}
         return {"type": parts[0], "master": parts[1], "name": parts[2]}
-    if parts[0] == "veth":
-        if len(parts) != 3 or not all(parts):
-            raise UsageError(f"--netif {shown(spec)}: expected veth:OUTSIDE:INSIDE")
-        return {"type": "veth", "host": parts[1], "name": parts[2]}
+    if parts[0] in ("macvlan", "ipvlan", "veth"):
+        shape = "veth:OUTSIDE:INSIDE" if parts[0] == "veth" else f"{parts[0]}:MASTER:NAME"
+        raise UsageError(f"--netif {shown(spec)}: expected {shape}")
+    if len(parts) > 2:
+        raise UsageError(f"--netif {shown(spec)}: expected {NETIF_SHAPES} (',' may replace ':')")
+    _link_names(spec, parts)
     if len(parts) == 1:
         return {"type": "move", "device": parts[0]}
-    if len(parts) != 2 or not all(parts):
-        raise UsageError(f"--netif {shown(spec)}: expected DEV:NAME")
     return {"type": "move", "device": parts[0], "name": parts[1]}
 
 

@@ -159,7 +159,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.AwaitHost(after=p.AFTER_HOST_STEPS))
     if defer_cgroupns:
         steps.append(p.Unshare(namespaces=("cgroup",)))
-    if userns:
+    if userns and maps_root(m, ctx):
         steps.append(p.BecomeRoot())
     if m.namespaces.pid and not pid1_first:
         steps.append(p.Fork())
@@ -172,10 +172,16 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.Propagation(mode="slave"))
         if root is not None:
             steps.append(_root_step(m, root))
+        over_root = _root_overlays(m)
+        for index in over_root:
+            over = _user_mount(m, index, m.mounts[index], userns)
+            assert isinstance(over, p.Overlay)
+            lower = ("/",) if over.lower_inside else over.lower
+            steps.append(over.replace(target="/", lower=lower))
         steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
         replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
-            if index not in replacing:
+            if index not in replacing and index not in over_root:
                 steps.append(_user_mount(m, index, mount, userns))
         if root is not None:
             masked = MASKED_PATHS if m.security.masked_paths is None else m.security.masked_paths
@@ -388,8 +394,8 @@ def _wants_userns(m: Manifest, ctx: Context) -> bool:
 def _id_maps(m: Manifest, ctx: Context) -> list[p.Step]:
     uid_ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
     gid_ranges = _ranges(m.gid_map, m, ctx, "gid", ctx.gid, ctx.subgid)
-    uid_helper = ctx.uid != 0 and uid_ranges != ((0, ctx.uid, 1),)
-    gid_helper = ctx.uid != 0 and gid_ranges != ((0, ctx.gid, 1),)
+    uid_helper = ctx.uid != 0 and not _only_self(uid_ranges, ctx.uid)
+    gid_helper = ctx.uid != 0 and not _only_self(gid_ranges, ctx.gid)
     return [
         p.UidMap(ranges=uid_ranges, helper=uid_helper),
         # An unprivileged process may write its own gid_map only after
@@ -402,6 +408,28 @@ def _id_maps(m: Manifest, ctx: Context) -> list[p.Step]:
     ]
 
 
+def _only_self(ranges: tuple[tuple[int, int, int], ...], own: int) -> bool:
+    """The one line a process may write to its own uid_map or gid_map."""
+    return len(ranges) == 1 and ranges[0][1:] == (own, 1)
+
+
+def maps_root(m: Manifest, ctx: Context) -> bool:
+    """Whether uid 0 exists inside the user namespace (it does not when an
+    ordinary user without subordinate ids runs as itself, see `_ranges`):
+    only then can the container's first process become root in it."""
+    ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
+    return any(inside == 0 for inside, _, _ in ranges)
+
+
+def names_invoker(m: Manifest, ctx: Context) -> bool:
+    """Whether `user:` (--user) names the invoking ordinary user itself, by
+    name or uid: `pflask --user=$USER`, as in the original's examples."""
+    if ctx.uid == 0 or m.user is None:
+        return False
+    who = m.user.partition(":")[0]
+    return who == str(ctx.uid) or (ctx.name is not None and who == ctx.name)
+
+
 def _ranges(
     given: tuple[IdRange, ...],
     m: Manifest,
@@ -410,7 +438,19 @@ def _ranges(
     own: int,
     subordinate: tuple[tuple[int, int], ...],
 ) -> tuple[tuple[int, int, int], ...]:
-    """The id map: as given, or the invoking user as root (+ subordinate ids)."""
+    """The id map: as given, or the default for who runs pflask.
+
+    - root: the first /etc/subuid range (or DEFAULT_ID_RANGE) from 0 up;
+    - an ordinary user running as itself (`user:` names it, the original's
+      `--user=$USER`): its own id is the same id inside, so what it writes on
+      a bind is its own; its subordinate range, if it has one and the helpers
+      are installed, fills the ids below and above (root inside included);
+    - otherwise the invoker is root inside, and its subordinate range (when
+      the helpers are installed, as podman does) gives 1..N, so package tools
+      that chown to system users work; a `user:` other than root or the
+      invoker needs that range.
+    `idmap:` replaces all of this.
+    """
     if given:
         ranges = tuple((r.inside, r.outside, r.count) for r in given)
         if ctx.uid != 0:
@@ -419,18 +459,29 @@ def _ranges(
     if ctx.uid == 0:
         start, count = subordinate[0] if subordinate else DEFAULT_ID_RANGE
         return ((0, start, count),)
+    usable = subordinate[0] if subordinate and ctx.id_helpers else None
+    if names_invoker(m, ctx):
+        if usable is None:
+            return ((own, own, 1),)
+        start, count = usable
+        below = min(own, count)
+        keep_id = [(0, start, below)] if below else []
+        keep_id.append((own, own, 1))
+        if count > own:
+            keep_id.append((own + 1, start + own, count - own))
+        return tuple(keep_id)
     needs_more = m.user is not None and m.user.split(":")[0] not in ("root", "0")
-    if not needs_more:
-        return ((0, own, 1),)
-    if not subordinate:
+    if needs_more and not subordinate:
         raise _error(
             m,
             "user",
             f"user {m.user!r} needs {kind}s beyond your own, but /etc/sub{kind} has no range "
             f"for you (add one: usermod --add-sub{kind}s 100000-165535 $USER)",
         )
-    start, count = subordinate[0]
-    return ((0, own, 1), (1, start, count))
+    if needs_more or usable is not None:
+        start, count = subordinate[0]
+        return ((0, own, 1), (1, start, count))
+    return ((0, own, 1),)
 
 
 def _check_allowed(
@@ -500,6 +551,28 @@ def _root_step(m: Manifest, root: str) -> p.Step:
     return p.EphemeralRoot(
         path=root, tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size), flags=("nodev",)
     )
+
+
+def _root_overlays(m: Manifest) -> list[int]:
+    """The mounts that stack a directory over the whole root: an aufs (or
+    overlay) at `/`, a copy-on-write root as the original's examples make one.
+
+    They come right after the root, before /proc, /sys, /dev and /run: an
+    overlay mounted over `/` after those would hide them.  The original man
+    page's form names the root by its host path (`--chroot DIR --mount
+    aufs:OVERLAY:DIR`); inside the container that path means a directory of
+    the same name *in* the root, which pflask would have made there, so an
+    aufs target equal to the root's path is the root, `/`.
+    """
+    found = []
+    for index, mount in enumerate(m.mounts):
+        target = container_path(mount.target)
+        root = m.root.path
+        if isinstance(mount, AufsMount) and root is not None and target == container_path(root):
+            target = "/"
+        if isinstance(mount, (AufsMount, OverlayMount)) and target == "/":
+            found.append(index)
+    return found
 
 
 def _tmpfs_data(defaults: tuple[tuple[str, str], ...], **given: object) -> str:

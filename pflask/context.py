@@ -20,6 +20,12 @@ class Context(Record):
     subgid: tuple[tuple[int, int], ...] = ()
     shell: str = "/bin/sh"
     command: tuple[str, ...] | None = None
+    name: str | None = None
+    """The invoking user's name, so that `user:` naming it keeps its files its own."""
+    id_helpers: bool = False
+    """Whether newuidmap and newgidmap are installed: an ordinary user's
+    subordinate ranges are mapped by default only then (they are the only way
+    to map them), so a host without shadow's uidmap keeps working."""
 
     def key(self) -> tuple[object, ...]:
         """Every field, for a cache key: what the compiler may read of the user
@@ -74,4 +80,11 @@ def read(command: tuple[str, ...] | None) -> Context:
         subgid=subordinate_ids("/etc/subgid", uid, name),
         shell=os.environ.get("SHELL") or "/bin/sh",
         command=command,
+        name=name,
+        id_helpers=uid != 0 and _installed("newuidmap") and _installed("newgidmap"),
     )
+
+
+def _installed(tool: str) -> bool:
+    """Whether `tool` is where shadow's uidmap package puts it (a stat, not a PATH walk)."""
+    return any(os.access(f"{d}/{tool}", os.X_OK) for d in ("/usr/bin", "/bin"))
