@@ -166,7 +166,10 @@ def _validate(ns: argparse.Namespace) -> int:
     for file in loader.iter_files(ns.files):
         try:
             loaded = loader.load(file)
-            compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+            try:
+                compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+            except ManifestError as e:  # its field indexes the merged lists: place it
+                raise loaded.place(e) from None
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)
