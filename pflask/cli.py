@@ -85,7 +85,6 @@ def context(command: tuple[str, ...] | None) -> Context:
 
 def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
     from pflask import compiler, loader, manifest
-
     from pflask.errors import ManifestError
 
     loaded = loader.load(file, overrides=overrides)

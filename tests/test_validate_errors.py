@@ -90,7 +90,7 @@ def test_a_value_left_unset_is_not_also_called_the_wrong_type(tmp_path: Path) ->
     f = write(
         tmp_path / "m.yaml",
         'version: 1\nroot: {readonly: "${RO}", path: /}\nhostname: "${HOST}"\n'
-        "mounts:\n  - {type: tmp, target: /t, size: \"${SIZE}\"}\n",
+        'mounts:\n  - {type: tmp, target: /t, size: "${SIZE}"}\n',
     )
     assert errors("validate", f) == [
         f"{f}:2:18: root.readonly: {unset('RO')}",
@@ -209,6 +209,5 @@ def test_set_indexes_the_merged_list(tmp_path: Path) -> None:
     assert "/moved" in plan.stdout and " /c" not in plan.stdout, plan.stdout
     assert " /a" in plan.stdout and " /b" in plan.stdout, plan.stdout
     assert errors("plan", child, "--set", "mounts[2].target=moved") == [
-        "command line: mounts[2].target: must be an absolute path inside the container, "
-        "not 'moved'"
+        "command line: mounts[2].target: must be an absolute path inside the container, not 'moved'"
     ]
