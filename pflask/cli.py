@@ -85,10 +85,14 @@ def context(command: tuple[str, ...] | None) -> Context:
 
 def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
     from pflask import compiler, loader, manifest
+    from pflask.errors import ManifestError
 
     loaded = loader.load(file, overrides=overrides)
     m = manifest.from_data(loaded.data, source=file)
-    return compiler.compile_plan(m, ctx), loaded
+    try:
+        return compiler.compile_plan(m, ctx), loaded
+    except ManifestError as e:  # its field indexes the merged lists: place it
+        raise loaded.place(e) from None
 
 
 # --- run ------------------------------------------------------------------------------

@@ -66,7 +66,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="the manifest")
     p.add_argument("--json", action="store_true", help="stable JSON instead of text")
     p.add_argument(
-        "--set", action="append", default=[], metavar="PATH=VALUE", help="override a field"
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field; list indexes count the merged lists (bases' items first)",
     )
     p.add_argument("command", nargs="*", metavar="COMMAND", help="plan COMMAND instead")
     p = sub.add_parser("schema", help="print the manifest's JSON Schema")
@@ -130,7 +134,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a field for this run, e.g. --set root.ephemeral=true",
+        help=(
+            "override a field for this run, e.g. --set root.ephemeral=true; list indexes "
+            "(mounts[2]) count the merged lists, the bases' items first"
+        ),
     )
     a("--name", metavar="NAME", help="the container's name (default: the manifest's)")
     a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
@@ -187,7 +194,10 @@ def _validate(ns: argparse.Namespace) -> int:
     for file in loader.iter_files(ns.files):
         try:
             loaded = loader.load(file)
-            compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+            try:
+                compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
+            except ManifestError as e:  # its field indexes the merged lists: place it
+                raise loaded.place(e) from None
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)

@@ -66,6 +66,8 @@ class ManifestError(PflaskError):
         self.line = line
         self.column = column
         self.field = field
+        self.path: tuple[str | int, ...] | None = None
+        """The field path in the merged manifest, when the loader placed it."""
         super().__init__(self.__str__())
 
     def __str__(self) -> str:

@@ -83,12 +83,33 @@ class LocDict(dict):  # type: ignore[type-arg]
 
 
 class LocList(list):  # type: ignore[type-arg]
-    """A list that remembers where it and each of its items came from."""
+    """A list that remembers where it and each of its items came from.
+
+    `item_index` is each item's index in the file that holds it: `extends`
+    appends lists, so a file's first mount may be the merged list's third,
+    and a message about it must say `mounts[0]` with that file's position.
+    """
 
     def __init__(self, loc: Loc) -> None:
         super().__init__()
         self.loc = loc
         self.item_locs: list[Loc] = []
+        self.item_index: list[int] = []
+
+    def add(self, item: Any, loc: Loc) -> None:
+        """Append an item that is the `len(self)`th of its own file."""
+        self.item_index.append(len(self))
+        self.append(item)
+        self.item_locs.append(loc)
+
+
+class Unset(str):
+    """A string whose `${VAR}` could not be expanded, kept as written.
+
+    Loading goes on past an unset variable so that one run reports every
+    one (and every other error); an error the schema or a rule finds in this
+    value is the variable's error, already reported, and is left out.
+    """
 
 
 class Loaded:
@@ -102,6 +123,49 @@ class Loaded:
     def error(self, path: Path, message: str) -> ManifestError:
         """An error placed at the value a field path points to."""
         return error_at(self.data, path, message)
+
+    def place(self, error: ManifestError) -> ManifestError:
+        """A compiler's error (`FILE: mounts[3]: ...`, with merged indexes),
+        placed at the file, line, column and own index of the entry it names."""
+        path = parse_field(error.field or "")
+        if error.line is not None or path is None or not path:
+            return error
+        placed = error_at(self.data, path, error.message)
+        return placed if placed.file != "<manifest>" else error
+
+
+def parse_field(text: str) -> Path | None:
+    """`mounts[3].lower[0]` as a path, or None if it is not one."""
+    try:
+        parts = _split_path(text)
+    except ManifestError:
+        return None
+    ok = all(isinstance(p, int) or (p.isidentifier() and p.isascii()) for p in parts)
+    return tuple(parts) if ok else None
+
+
+def own_path(data: Any, path: Path) -> Path:
+    """`path` with each list index replaced by the item's index in its own file."""
+    result: list[str | int] = []
+    node = data
+    for part in path:
+        if isinstance(node, LocList) and isinstance(part, int) and part < len(node):
+            result.append(node.item_index[part])
+            node = node[part]
+            continue
+        result.append(part)
+        node = node.get(part) if isinstance(node, dict) and isinstance(part, str) else None
+    return tuple(result)
+
+
+def entry_name(data: Any, path: Path, file: str | None) -> str:
+    """How a message names another entry (`interfaces[0]`): by its own
+    file's index, and with that file when it is not `file`."""
+    loc = locate(data, path)
+    if loc is None or loc[0] == "command line":
+        return field_name(path)
+    name = field_name(own_path(data, path))
+    return name if loc[0] == file else f"{name} ({loc[0]})"
 
 
 def field_name(path: Path) -> str:
@@ -133,9 +197,22 @@ def locate(data: Any, path: Path) -> Loc | None:
     return loc
 
 
-def error_at(data: Any, path: Path, message: str, loc: Loc | None = None) -> ManifestError:
+def error_at(
+    data: Any, path: Path, message: str, loc: Loc | None = None, value: bool = True
+) -> ManifestError:
+    """An error at `path` of the merged `data`, placed in the file that holds it.
+
+    Indexes are the file's own (see LocList), except for a value `--set`
+    gave ("command line"), which keeps the merged indexes the user typed.
+    `value`: the error is about the value at `path` (not a key's name), so
+    an unset variable there makes it redundant.
+    """
     file, line, column = loc or locate(data, path) or ("<manifest>", None, None)
-    return ManifestError(message, file, line, column, field_name(path) or None)
+    shown_path = path if file == "command line" else own_path(data, path)
+    error = ManifestError(message, file, line, column, field_name(shown_path) or None)
+    if value:
+        error.path = path
+    return error
 
 
 # --- parsing ----------------------------------------------------------------------
@@ -357,10 +434,8 @@ def _from_node(loader: Any, node: Any, file: str) -> Any:
     if isinstance(node, yaml.SequenceNode):
         items = LocList(loc)
         for item_node in node.value:
-            items.append(_from_node(loader, item_node, file))
-            items.item_locs.append(
-                (file, item_node.start_mark.line + 1, item_node.start_mark.column + 1)
-            )
+            item_loc: Loc = (file, item_node.start_mark.line + 1, item_node.start_mark.column + 1)
+            items.add(_from_node(loader, item_node, file), item_loc)
         return items
     return loader.construct_object(node, deep=True)
 
@@ -436,8 +511,7 @@ def located(value: Any, file: str) -> Any:
     if isinstance(value, list):
         items = LocList(loc)
         for item in value:
-            items.append(located(item, file))
-            items.item_locs.append(loc)
+            items.add(located(item, file), loc)
         return items
     return value
 
@@ -451,26 +525,35 @@ def interpolate(
     used: dict[str, str | None],
     path: Path = (),
     budget: Budget | None = None,
+    unset: list[tuple[Path, str]] | None = None,
 ) -> Any:
     """Expand `${VAR}` and `${VAR:-default}` in string values; `$$` is `$`.
 
-    What the expansions add is bounded by `budget` (a megabyte-long variable
-    named a thousand times would otherwise make a gigabyte).
+    A string that cannot be expanded (an unset variable, a bad reference)
+    stays as written, marked Unset, and `(path, message)` goes to `unset`;
+    without that list the first one raises.  What the expansions add is
+    bounded by `budget` (a megabyte-long variable named a thousand times
+    would otherwise make a gigabyte), and going past it always raises.
     """
     budget = Budget() if budget is None else budget
     if isinstance(data, LocDict):
         for key in data:
-            data[key] = interpolate(data[key], env, used, (*path, key), budget)
+            data[key] = interpolate(data[key], env, used, (*path, key), budget, unset)
         return data
     if isinstance(data, LocList):
         for index, item in enumerate(data):
-            data[index] = interpolate(item, env, used, (*path, index), budget)
+            data[index] = interpolate(item, env, used, (*path, index), budget, unset)
         return data
     if isinstance(data, str) and "$" in data:
         try:
             expanded = expand(data, env, used, budget.expansion)
-        except KeyError as e:
+        except _TooLong as e:
             raise _Unresolved(path, str(e.args[0])) from None
+        except KeyError as e:
+            if unset is None:
+                raise _Unresolved(path, str(e.args[0])) from None
+            unset.append((path, str(e.args[0])))
+            return Unset(data)
         budget.expansion -= max(0, len(expanded) - len(data))
         return expanded
     return data
@@ -480,6 +563,10 @@ class _Unresolved(Exception):
     def __init__(self, path: Path, message: str) -> None:
         self.path = path
         self.message = message
+
+
+class _TooLong(KeyError):
+    """The expansion budget is spent: a limit, which ends the load."""
 
 
 def expand(
@@ -508,7 +595,7 @@ def expand(
             out.append(value)
             size += len(value)
             if size > limit:
-                raise KeyError(f"variables expand to more than {MAX_EXPANSION >> 20} MiB")
+                raise _TooLong(f"variables expand to more than {MAX_EXPANSION >> 20} MiB")
             i = end + 1
         else:
             out.append("$")
@@ -549,7 +636,7 @@ def absolutize(data: LocDict, base: str) -> None:
     """Make host paths absolute against the directory of their manifest."""
 
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and not isinstance(value, Unset):
             return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
         return value
 
@@ -598,6 +685,7 @@ def merge(base: Any, over: Any) -> Any:
         items.extend(base)
         items.extend(over)
         items.item_locs = [*base.item_locs, *over.item_locs]
+        items.item_index = [*base.item_index, *over.item_index]
         return items
     return over
 
@@ -615,14 +703,19 @@ def load(
     env = os.environ if env is None else env
     files: list[str] = []
     used: dict[str, str | None] = {}
-    data = _load_tree(os.path.abspath(file), env, used, files, (), Budget())
-    data.pop("extends", None)
-    data.key_locs.pop("extends", None)
-    if "name" not in data:
-        data["name"] = default_name(file)
-        data.key_locs["name"] = data.value_locs["name"] = data.loc
-    for override in overrides:
-        apply_override(data, override)
+    unset: list[ManifestError] = []
+    try:
+        data = _load_tree(os.path.abspath(file), env, used, files, (), Budget(), unset)
+        data.pop("extends", None)
+        data.key_locs.pop("extends", None)
+        if "name" not in data:
+            data["name"] = default_name(file)
+            data.key_locs["name"] = data.value_locs["name"] = data.loc
+        for override in overrides:
+            apply_override(data, override)
+    except ManifestError as e:
+        report([*unset, e])  # what stopped the load, with what was found before it
+        raise
     profile = (
         data.get("security", {}).get("seccomp") if isinstance(data.get("security"), dict) else None
     )
@@ -633,7 +726,9 @@ def load(
         files.append(profile)
     loaded = Loaded(data, files, used)
     if validate:
-        check(loaded.data, text=True)
+        check(loaded.data, text=True, found=unset)
+    else:
+        report(unset)
     return loaded
 
 
@@ -650,7 +745,10 @@ def _load_tree(
     files: list[str],
     stack: tuple[str, ...],
     budget: Budget,
+    unset: list[ManifestError],
 ) -> LocDict:
+    """`file` merged over its bases; unset variables go to `unset` (each
+    placed in its own file, before merging), every other error raises."""
     real = os.path.realpath(file)
     if real in stack:
         chain = " -> ".join((*stack, real))
@@ -660,11 +758,16 @@ def _load_tree(
     files.append(real)
     data = parse(text, file, budget)
     del text
+    found: list[tuple[Path, str]] = []
     try:
-        interpolate(data, env, used, (), budget)
+        interpolate(data, env, used, (), budget, found)
     except _Unresolved as e:
         raise error_at(data, e.path, e.message) from None
-    if data.get("version") != 1:
+    for unset_path, message in found:
+        error = error_at(data, unset_path, message)
+        if str(error) not in {str(e) for e in unset}:  # a base named twice
+            unset.append(error)
+    if data.get("version") != 1 and not isinstance(data.get("version"), Unset):
         problem = "must be 1" if "version" in data else "required field is missing"
         raise error_at(data, ("version",), problem)
     base_dir = os.path.dirname(file)
@@ -676,6 +779,8 @@ def _load_tree(
     merged: LocDict | None = None
     for index, base in enumerate(base_paths):
         where: Path = ("extends",) if isinstance(bases, str) else ("extends", index)
+        if isinstance(base, Unset):
+            continue  # its variable is reported; there is no file to read
         if not base or len(base) > PATH_MAX or "\0" in base:
             raise error_at(data, where, f"{shown(base)} is not a file name")
         if len(stack) + 1 > MAX_EXTENDS_DEPTH:
@@ -686,7 +791,7 @@ def _load_tree(
         if not os.path.exists(path):
             raise error_at(data, where, f"no such file: {_path_shown(path)}")
         try:
-            loaded = _load_tree(path, env, used, files, (*stack, real), budget)
+            loaded = _load_tree(path, env, used, files, (*stack, real), budget, unset)
         except Unreadable as e:
             if e.file != path:
                 raise
@@ -735,8 +840,7 @@ def apply_override(data: LocDict, override: str) -> None:
         if not isinstance(node, LocList) or last > len(node):
             raise ManifestError(f"--set {path_text}: no item {last}", "command line")
         if last == len(node):
-            node.append(value)
-            node.item_locs.append(("command line", None, None))
+            node.add(value, ("command line", None, None))
         else:
             node[last] = value
             node.item_locs[last] = ("command line", None, None)
@@ -798,12 +902,16 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
         yield jsonschema.ValidationError(f"does not match {pattern!r}")
 
 
-def check(data: LocDict, text: bool = False) -> None:
+def check(data: LocDict, text: bool = False, found: list[ManifestError] | None = None) -> None:
     """Validate against the schema, then the rules a schema cannot say.
 
     `text`: the data came from manifest files, which are Unicode text, so a
     surrogate in a string is an error; the original flags' arguments are
     bytes, where a surrogate stands for a byte that is not UTF-8 (PEP 383).
+    `found`: errors already found while loading (unset variables), reported
+    with these; an error about a value left Unset is theirs, and dropped.
+    The rules run only on a document the schema accepted (they rely on its
+    shapes), Unset strings included.
     """
     errors = _unrepresentable(data, text)
     if not errors:
@@ -812,14 +920,35 @@ def check(data: LocDict, text: bool = False) -> None:
         from pflask import semantics
 
         errors = semantics.check(data)
-    if errors:
-        errors.sort(key=lambda e: (e.file or "", e.line or 0, e.column or 0))
-        if len(errors) > MAX_ERRORS:
-            more = ManifestError(f"and {len(errors) - MAX_ERRORS} more errors", errors[0].file)
-            errors = [*errors[:MAX_ERRORS], more]
-        if len(errors) == 1:
-            raise errors[0]
-        raise ManifestErrors(errors)
+    report([*(found or ()), *(e for e in errors if not _about_unset(data, e))])
+
+
+def report(errors: list[ManifestError]) -> None:
+    """Raise `errors`, if any: in file order, at most MAX_ERRORS and a count of the rest."""
+    if not errors:
+        return
+    errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0, e.column or 0))
+    if len(errors) > MAX_ERRORS:
+        more = ManifestError(f"and {len(errors) - MAX_ERRORS} more errors", errors[0].file)
+        errors = [*errors[:MAX_ERRORS], more]
+    if len(errors) == 1:
+        raise errors[0]
+    raise ManifestErrors(errors)
+
+
+def _about_unset(data: Any, error: ManifestError) -> bool:
+    """Whether the value `error` judges is, or lies in, an Unset string."""
+    node = data
+    for part in error.path or ():
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        if not in_dict and not (isinstance(node, list) and isinstance(part, int)):
+            return False
+        if isinstance(part, int) and part >= len(node):
+            return False
+        node = node[part]
+        if isinstance(node, Unset):
+            return True
+    return False
 
 
 def _unrepresentable(data: Any, text: bool) -> list[ManifestError]:
@@ -844,7 +973,8 @@ def _unrepresentable(data: Any, text: bool) -> list[ManifestError]:
                 problem = _bad_text(key, text) if isinstance(key, str) else None
                 if problem:
                     message = f"the name holds {problem}"
-                    errors.append(error_at(data, (*path, key), message, key_locs.get(key)))
+                    place = key_locs.get(key)
+                    errors.append(error_at(data, (*path, key), message, place, value=False))
                 pending.append((item, (*path, key)))
         elif isinstance(value, list):
             pending.extend((item, (*path, index)) for index, item in enumerate(value))
@@ -891,7 +1021,7 @@ def _explain(data: LocDict, error: Any) -> ManifestError:
         loc = node.key_locs.get(key) if isinstance(node, LocDict) else None
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
         message = f"unknown field{_suggest(key, allowed)}{more}"
-        return error_at(data, (*path, key), message, loc)
+        return error_at(data, (*path, key), message, loc, value=False)
     if validator_name == "required":
         missing = error.message.split("'")[1] if "'" in error.message else "?"
         return error_at(data, (*path, missing), "required field is missing", locate(data, path))

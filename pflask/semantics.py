@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 
 from pflask.errors import shown
-from pflask.loader import error_at
+from pflask.loader import entry_name, error_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,19 +129,19 @@ def _network(data: LocDict) -> list[ManifestError]:
     for index, iface in enumerate(interfaces):
         name = iface.get("name") or iface.get("device")
         if name in seen:
-            errors.append(
-                error_at(
-                    data,
-                    ("network", "interfaces", index, "name"),
-                    f"interface name {name!r} is already used by interfaces[{seen[name]}]",
-                )
-            )
+            error = error_at(data, ("network", "interfaces", index, "name"), "")
+            other = entry_name(data, ("network", "interfaces", seen[name]), error.file)
+            other = other.removeprefix("network.")
+            message = f"interface name {name!r} is already used by {other}"
+            errors.append(error_at(data, ("network", "interfaces", index, "name"), message))
         seen.setdefault(name, index)
         host_name = iface.get("host") or iface.get("device")
         if host_name is not None:
             if host_name in host_seen:
-                other = host_seen[host_name]
-                message = f"host link {host_name!r} is already used by interfaces[{other}]"
+                here = error_at(data, ("network", "interfaces", index), "").file
+                other = entry_name(data, ("network", "interfaces", host_seen[host_name]), here)
+                other = other.removeprefix("network.")
+                message = f"host link {host_name!r} is already used by {other}"
                 errors.append(error_at(data, ("network", "interfaces", index), message))
             host_seen.setdefault(host_name, index)
         for key in ("address", "host_address", "gateway"):

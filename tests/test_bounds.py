@@ -190,7 +190,8 @@ def test_root_size_without_ephemeral_is_a_manifest_error(
     result = run_pflask("run", box, "--", "true")
     assert result.returncode == 2, describe(result)
     assert result.stderr == (
-        f"pflask: {box}: root.size: bounds the ephemeral root's changes: it needs ephemeral: true\n"
+        f"pflask: {box}:4:9: root.size: bounds the ephemeral root's changes: "
+        "it needs ephemeral: true\n"
     )
 
 
