@@ -130,6 +130,8 @@ class Loaded:
         path = parse_field(error.field or "")
         if error.line is not None or path is None or not path:
             return error
+        if error.file is not None and os.path.abspath(error.file) != self.data.loc[0]:
+            return error  # about another file (a seccomp profile): placed there already
         placed = error_at(self.data, path, error.message)
         return placed if placed.file != "<manifest>" else error
 

@@ -413,9 +413,11 @@ def test_exec_joins_every_namespace_and_the_root(
 ) -> None:
     name = unique()
     assert detached(box, name, "sleep", "60", user=user).returncode == 0
+    # Compared with the container's command (PID 1, pflask's reaper, is not
+    # dumpable: its /proc/1/ns links are closed to the container's root).
     script = (
-        "for n in user mnt pid ipc uts net cgroup; do "
-        '[ "$(readlink /proc/self/ns/$n)" = "$(readlink /proc/1/ns/$n)" ] || echo differs-$n; '
+        "c=$(pidof sleep); for n in user mnt pid ipc uts net cgroup; do "
+        '[ "$(readlink /proc/self/ns/$n)" = "$(readlink /proc/$c/ns/$n)" ] || echo differs-$n; '
         "done; echo $$; cat /etc/hostname; pwd; env | sort"
     )
     result = run_pflask(
