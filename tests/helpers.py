@@ -197,6 +197,15 @@ def run_pflask(
     return result
 
 
+def status_field(text: str, field: str) -> str:
+    """The value of `field` (CapEff, Seccomp, NoNewPrivs...) in a /proc/PID/status text."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == field:
+            return value.strip()
+    raise AssertionError(f"no {field} in:\n{text}")
+
+
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     """A readable account of a finished command, for assertion messages."""
     return (

@@ -28,7 +28,7 @@ from typing import Any
 import pyseccomp
 import pytest
 import yaml
-from helpers import pflask_cmd, run_pflask
+from helpers import pflask_cmd, run_pflask, status_field
 from helpers import shell as sh
 
 from pflask import seccomp
@@ -82,14 +82,6 @@ def manifest(directory: Path, name: str = "box", **fields: Any) -> Path:
     data = {"version": 1, "name": f"sc-{name}-{uuid.uuid4().hex[:6]}", **fields}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def status_field(text: str, field: str) -> str:
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key == field:
-            return value.strip()
-    raise AssertionError(f"no {field} in:\n{text}")
 
 
 # --- the default profile ---------------------------------------------------------------

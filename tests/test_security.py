@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import UserInfo, describe, pflask_cmd, run_as, run_pflask
+from helpers import UserInfo, describe, pflask_cmd, run_as, run_pflask, status_field
 from helpers import shell as sh
 
 from pflask import capabilities
@@ -53,14 +53,6 @@ def cap_sets(text: str) -> dict[str, frozenset[str]]:
     sets = capabilities.parse_status(text)
     assert set(sets) == {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}, text
     return sets
-
-
-def status_field(text: str, field: str) -> str:
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            return value.strip()
-    raise AssertionError(f"no {field} in:\n{text}")
 
 
 # --- capabilities ----------------------------------------------------------------------
