@@ -99,14 +99,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds before SIGKILL (default: the manifest's stop.timeout)",
     )
-    p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
+    p = sub.add_parser(
+        "exec", help="run a command in a running container (default: the user's login shell)"
+    )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
     _owner_argument(p)
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         metavar="-- COMMAND [ARG...]",
-        help="the command to run (default: /bin/sh)",
+        help="the command to run (default: the login shell /etc/passwd in the container "
+        "gives its user, else /bin/sh)",
     )
     p = sub.add_parser(
         "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
@@ -330,7 +333,7 @@ def _exec(ns: argparse.Namespace) -> int:
         ns.owner = value if equals else (command.pop(0) if command else "")
     if command[:1] == ["--"]:
         command = command[1:]
-    return nsenter.run(ns.name, command or ["/bin/sh"], _owner(ns))
+    return nsenter.run(ns.name, command, _owner(ns))
 
 
 def _attach(ns: argparse.Namespace) -> int:

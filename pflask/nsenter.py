@@ -127,7 +127,7 @@ def _ptmx(the_plan: plan.Plan) -> str:
 
 def run(spec: str, argv: list[str], owner: int | None = None) -> int:
     """Run `argv` in the container `spec` (name or pid) of `owner` (default: ours);
-    return its exit status."""
+    return its exit status.  An empty `argv` is the user's login shell (`login_shell`)."""
     from pflask import state
 
     record = state.find(spec, owner)
@@ -153,11 +153,27 @@ def run(spec: str, argv: list[str], owner: int | None = None) -> int:
             workdir = _workdir(the_plan)
             if workdir is not None:
                 os.chdir(workdir)
+            if not argv:
+                argv = [login_shell(the_plan)]
         except OSError as e:
             raise SetupError(f"exec in {record.name}: {e}") from None
     finally:
         os.close(pidfd)
     return Session(the_plan, record, argv, terminal).run()
+
+
+def login_shell(the_plan: plan.Plan) -> str:
+    """The shell of the user the command runs as (the plan's `user:`, else
+    root), from the container's own /etc/passwd: we are in its mount
+    namespace by now, at its root, so "/" is the container's.  The file is
+    read with the bounded reader (users._entries); /bin/sh when it says nothing usable."""
+    from pflask import users
+
+    spec = next((s.user for s in the_plan.steps if isinstance(s, plan.SwitchUser)), "0")
+    try:
+        return users.login_shell(spec)
+    except (LookupError, ValueError):
+        return users.DEFAULT_SHELL
 
 
 def _workdir(the_plan: plan.Plan) -> str | None:

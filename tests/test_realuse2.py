@@ -71,3 +71,27 @@ def test_stop_that_succeeds_at_once_is_quiet(box: Path, detached: Any) -> None:
     assert result.returncode == 0
     assert result.stderr == ""
     assert entry(name) is None
+
+
+# ---------------------------------------------------------------- item 10: exec's default shell
+
+
+@pytest.mark.parametrize("user", [None, "pflask-test"])
+def test_exec_without_a_command_runs_the_login_shell_from_passwd(
+    writable_busybox_root: Path, shared_tmp: Path, detached: Any, user: str | None
+) -> None:
+    """root's shell is /bin/ash in this root's passwd; alice's /bin/bash is
+    not there, so she gets /bin/sh (as `pflask exec NAME -- /bin/sh` did)."""
+    (writable_busybox_root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/ash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+    )
+    root = {"path": str(writable_busybox_root)}
+    as_root = manifest(shared_tmp, name=unique("sh"), root=root)
+    as_alice = manifest(shared_tmp, name=unique("sh"), root=root, user="alice")
+    for path, shell in ((as_root, "/bin/ash"), (as_alice, "/bin/sh")):
+        name = path.stem
+        assert detached(path, name, "sleep", "60", user=user).returncode == 0
+        result = run_pflask("exec", name, input=b'echo "$0 $(id -u)"\n', user=user)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{shell} {0 if path is as_root else 1000}\n"
+        assert run_pflask("stop", name, user=user).returncode == 0
