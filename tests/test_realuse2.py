@@ -95,3 +95,24 @@ def test_exec_without_a_command_runs_the_login_shell_from_passwd(
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"{shell} {0 if path is as_root else 1000}\n"
         assert run_pflask("stop", name, user=user).returncode == 0
+
+
+# ---------------------------------------------------------------- item 10: the classic --detach
+
+
+@pytest.mark.parametrize("user", [None, "pflask-test"])
+def test_classic_detach_prints_a_name_whose_pid_attach_finds(user: str | None) -> None:
+    """The original's `pflask --detach CMD` then `pflask --attach PID`: the pid
+    in the printed name is the background pflask's, the one that stays."""
+    script = "echo hello from it; sleep 2"
+    result = run_pflask("--detach", "--", "sh", "-c", script, user=user)
+    assert result.returncode == 0, result.stderr
+    name = result.stdout.strip()
+    assert name.startswith("pflask-")
+    pid = name.removeprefix("pflask-")
+    row = entry(name, user)
+    assert row is not None and row["supervisor"] == int(pid)
+    attached = run_pflask("--attach", pid, user=user, timeout=15)
+    assert attached.returncode == 0, attached.stderr
+    assert "hello from it" in attached.stdout
+    assert entry(name, user) is None  # it ended while attached
