@@ -67,6 +67,7 @@ complete -c pflask -n __pflask_sub -s b -l caps -r -a '(__pflask_caps)' -d 'capa
 complete -c pflask -n __pflask_sub -l seccomp -r -F -d 'the seccomp filter: default, unconfined, or a Docker/OCI JSON profile file'
 complete -c pflask -n __pflask_sub -s d -l detach -d 'run in the background (pflask attach NAME)'
 complete -c pflask -n __pflask_sub -s a -l attach -r -a '(__pflask_containers)' -d 'attach to a detached container (name or pid)'
+complete -c pflask -n __pflask_sub -l detach-keys -r -d 'with --attach: the keys that detach, comma separated as in podman (ctrl-p,ctrl-q); \'\' never detaches (default: ctrl-@)'
 complete -c pflask -n __pflask_sub -s s -l setenv -r -d 'set environment variables (comma separated)'
 complete -c pflask -n __pflask_sub -s k -l keepenv -d 'do not clear the environment'
 complete -c pflask -n __pflask_sub -s U -l no-userns -d 'no user namespace'
@@ -108,4 +109,5 @@ complete -c pflask -n '__pflask_sub exec' -l owner -r -d 'another user\'s contai
 complete -c pflask -n '__pflask_sub exec; and __pflask_dashdash' -a '(__fish_complete_command)' -d 'the command to run (default: the login shell /etc/passwd in the container gives its user, else /bin/sh)'
 complete -c pflask -n '__pflask_sub attach; and not __pflask_dashdash' -a '(__pflask_containers)' -d 'the container\'s name or pid'
 complete -c pflask -n '__pflask_sub attach' -l owner -r -d 'another user\'s container (root only; a name or uid): looked for in /run/user/UID/pflask and /tmp/pflask-UID, and acted on only if the processes it names are that user\'s (default: your own containers only, root\'s too)'
+complete -c pflask -n '__pflask_sub attach' -l detach-keys -r -d 'the keys that detach, comma separated as in podman: ctrl-p,ctrl-q; \'\' never detaches (default: ctrl-@)'
 complete -c pflask -n '__pflask_sub completion; and not __pflask_dashdash' -a 'bash zsh fish' -d 'the shell'

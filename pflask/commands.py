@@ -116,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
     _owner_argument(p)
+    _detach_keys_argument(p)
     p = sub.add_parser(
         "completion",
         help="print a shell's completion script",
@@ -336,10 +337,23 @@ def _exec(ns: argparse.Namespace) -> int:
     return nsenter.run(ns.name, command, _owner(ns))
 
 
+DETACH_KEYS = "ctrl-@"
+
+
+def _detach_keys_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detach-keys",
+        metavar="KEYS",
+        default=DETACH_KEYS,
+        help="the keys that detach, comma separated as in podman: ctrl-p,ctrl-q; "
+        "'' never detaches (default: ctrl-@)",
+    )
+
+
 def _attach(ns: argparse.Namespace) -> int:
     from pflask import attach
 
-    return attach.attach(ns.name, _owner(ns))
+    return attach.attach(ns.name, _owner(ns), attach.parse_detach_keys(ns.detach_keys))
 
 
 def _completion(ns: argparse.Namespace) -> int:
@@ -388,7 +402,9 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
     if ns.attach:
         from pflask import attach
 
-        return attach.attach(ns.attach)
+        return attach.attach(ns.attach, keys=attach.parse_detach_keys(ns.detach_keys))
+    if ns.detach_keys != DETACH_KEYS:
+        raise UsageError("--detach-keys goes with --attach (the keys that detach from it)")
     data = classic.to_manifest(ns)
     if ns.verbose or ns.no_cache:
         entry = None  # never stored, so these flags never come from the cache either

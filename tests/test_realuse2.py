@@ -19,7 +19,8 @@ import pytest
 from helpers import pflask_cmd, run_pflask, wait_for
 from test_state import detached as detached  # a fixture shared with that module
 from test_state import entry
-from test_terminal import manifest
+from test_terminal import PFLASK, manifest
+from test_terminal import tmux_factory as tmux_factory  # a fixture shared with that module
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -116,3 +117,43 @@ def test_classic_detach_prints_a_name_whose_pid_attach_finds(user: str | None) -
     assert attached.returncode == 0, attached.stderr
     assert "hello from it" in attached.stdout
     assert entry(name, user) is None  # it ended while attached
+
+
+# ---------------------------------------------------------------- item 10: --detach-keys
+
+
+@pytest.mark.parametrize("user", [None, "pflask-test"])
+def test_detach_keys_as_podman_writes_them(
+    box: Path, detached: Any, tmux_factory: Any, user: str | None
+) -> None:
+    name = unique()
+    assert detached(box, name, "sh", user=user).returncode == 0
+    tmux = tmux_factory(user)
+    tmux.type(f"{PFLASK} attach --detach-keys ctrl-p,ctrl-q {name}")
+    tmux.wait_for_text("/ #")
+    tmux.keys("C-@")  # no longer the detach key: the shell gets it
+    assert tmux.run("echo still=attached") == ["still=attached"]
+    tmux.keys("C-p", "C-q")
+    tmux.wait_for_text(f"pflask: detached from {name}")
+    tmux.wait_for_prompt()
+    assert tmux.run("echo attach=$?") == ["attach=0"]
+
+    # The original's --attach by pid takes them too; a key that begins the
+    # sequence but is not followed by the rest reaches the container intact.
+    pid = entry(name, user)["pid"]  # type: ignore[index]
+    tmux.type(f"{PFLASK} --attach {pid} --detach-keys x,y")
+    time.sleep(0.5)
+    assert tmux.run("echo xax") == ["xax"]
+    tmux.type("xy", enter=False)
+    tmux.wait_for_text(f"pflask: detached from {name}")
+    tmux.wait_for_prompt()
+    assert entry(name, user) is not None  # it runs on
+
+
+def test_detach_keys_refuses_what_is_not_a_key(box: Path) -> None:
+    result = run_pflask("attach", "--detach-keys", "ctrl-1", "nosuch")
+    assert result.returncode == 2
+    assert result.stderr.startswith("pflask: --detach-keys: 'ctrl-1' is not a key: ")
+    alone = run_pflask("--detach-keys", "ctrl-p,ctrl-q", "--", "true")
+    assert alone.returncode == 2
+    assert "--detach-keys goes with --attach" in alone.stderr
