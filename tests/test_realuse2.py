@@ -9,6 +9,8 @@ Item 4: `pflask exec` leaves nothing in the container's cgroups.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import time
 import uuid
@@ -16,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import pflask_cmd, run_pflask, wait_for
+from helpers import describe, pflask_cmd, run_pflask, wait_for
+from test_boot import booted, init_manifest, opt_in, wait_running
+from test_boot import debian_root as debian_root  # a fixture shared with that module
 from test_state import detached as detached  # a fixture shared with that module
 from test_state import entry
 from test_terminal import PFLASK, manifest
@@ -157,3 +161,55 @@ def test_detach_keys_refuses_what_is_not_a_key(box: Path) -> None:
     alone = run_pflask("--detach-keys", "ctrl-p,ctrl-q", "--", "true")
     assert alone.returncode == 2
     assert "--detach-keys goes with --attach" in alone.stderr
+
+
+# ---------------------------------------------------------------- item 4: exec and the cgroups
+
+
+@pytest.mark.boot
+@opt_in
+def test_exec_in_a_booted_debian_leaves_nothing_in_its_cgroups(
+    shared_tmp: Path, debian_root: Path
+) -> None:
+    """systemd reads every process of a unit's cgroup: one of pflask exec's,
+    outside the container's PID namespace, shows there as pid 0 and
+    `systemctl status` failed with "Input/output error"."""
+    name = "deb-exec"
+    path = init_manifest(shared_tmp, debian_root, name, command=["/sbin/init"], terminal=False)
+    with booted(path, name, shared_tmp / "console.log") as c:
+        wait_running(c)
+        # The command is in PID 1's group, under its own pid; pflask exec's
+        # own process (outside the PID namespace) is nowhere in there.
+        script = "echo $$; cat /proc/self/cgroup; cat /sys/fs/cgroup/init.scope/cgroup.procs"
+        shown = c.check("sh", "-c", script).split("\n")
+        own, groups, procs = shown[0], shown[1:11], shown[11:-1]
+        assert groups[-1] == "0::/init.scope", groups
+        assert "0" not in procs and "1" in procs and own in procs, procs
+        status = c.run("systemctl", "status", "--no-pager")
+        assert status.returncode == 0, describe(status)
+        assert status.stderr == "", describe(status)
+        assert "Input/output error" not in status.stdout
+        # Once it ended, PID 1's own groups on the host (every hierarchy,
+        # the v1 ones as well) hold the container's processes only.
+        own_ns = os.readlink(f"/proc/{c.pid1}/ns/pid")
+        lines = Path(f"/proc/{c.pid1}/cgroup").read_text().splitlines()
+        ours = [line for line in lines if f"/pflask-{name}-" in line]
+        assert len(ours) >= 2, lines  # the v2 tree and at least the devices hierarchy
+        for line in ours:
+            _, controllers, group = line.split(":", 2)
+            mount = _mount_of(controllers)
+            for pid in (Path(mount + group) / "cgroup.procs").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    assert os.readlink(f"/proc/{pid}/ns/pid") == own_ns, (line, pid)
+        c.stop()
+
+
+def _mount_of(controllers: str) -> str:
+    """Where the host mounts the hierarchy of a /proc/PID/cgroup line's controllers."""
+    if not controllers:
+        return "/sys/fs/cgroup/unified"
+    name = controllers.removeprefix("name=")
+    for candidate in (name, *name.split(",")):
+        if os.path.isdir(f"/sys/fs/cgroup/{candidate}"):
+            return f"/sys/fs/cgroup/{candidate}"
+    raise AssertionError(f"no mount for {controllers}")
