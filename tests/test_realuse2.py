@@ -213,3 +213,47 @@ def _mount_of(controllers: str) -> str:
         if os.path.isdir(f"/sys/fs/cgroup/{candidate}"):
             return f"/sys/fs/cgroup/{candidate}"
     raise AssertionError(f"no mount for {controllers}")
+
+
+def test_exec_runs_under_the_containers_limits_and_its_own_process_stays_out(
+    box: Path, shared_tmp: Path, busybox_root: Path, detached: Any
+) -> None:
+    """A container with a pids limit: the exec'd command is in PID 1's pids
+    group (a fork loop stops there too), pflask exec's own process is not."""
+    name = unique("lim")
+    path = manifest(shared_tmp, name=name, root={"path": str(busybox_root)}, cgroup={"pids": 20})
+    assert detached(path, name, "sleep", "60").returncode == 0
+    pid1 = entry(name)["pid"]  # type: ignore[index]
+    group = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{pid1}/cgroup").read_text().splitlines()
+        if line.split(":")[1] == "pids"
+    )
+    procs = Path("/sys/fs/cgroup/pids") / group.lstrip("/") / "cgroup.procs"
+    execing = subprocess.Popen(
+        [*pflask_cmd(), "exec", name, "--", "sh", "-c", "echo $$; sleep 2"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert execing.stdout is not None
+    inside = execing.stdout.readline().strip()
+    assert inside.isdigit() and inside != "1"
+    members = procs.read_text().split()
+    assert str(execing.pid) not in members  # pflask exec itself
+    own_ns = os.readlink(f"/proc/{pid1}/ns/pid")
+    assert all(os.readlink(f"/proc/{pid}/ns/pid") == own_ns for pid in members)
+    inner = [_nspid(pid) for pid in members]
+    assert inside in inner, (inside, inner)  # the command itself, by its pid in there
+    assert execing.wait(timeout=10) == 0
+    loop = run_pflask("exec", name, "--", "sh", "-c", "for i in $(seq 40); do sleep 1 & done")
+    assert "can't fork" in loop.stderr or loop.returncode != 0, describe(loop)
+    assert run_pflask("stop", name, "-t", "1").returncode == 0
+
+
+def _nspid(pid: str) -> str:
+    """`pid`'s number in its own PID namespace (the last of NSpid)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return line.split()[-1]
+    return ""
