@@ -13,7 +13,9 @@ the mount namespace puts us at its root as PID 1 sees it, pivot_root
 included.  Having joined a user namespace we become its root, as nsenter(1)
 does; the plan's `user:` follows later.  A PID namespace is entered by
 children only, so the command is forked: it is PID >1 in there, and dies
-with the container's PID 1.
+with the container's PID 1.  The command, and only the command, joins PID 1's
+cgroups (see open_cgroups): our own process, outside the PID namespace,
+never sits in the container's groups, where systemd would see it as pid 0.
 
 The plan recorded with the container gives the rules the command runs under,
 as the container's own command did: rlimits, seccomp filter, user,
