@@ -67,7 +67,7 @@ complete -c pflask -n __pflask_sub -s b -l caps -r -a '(__pflask_caps)' -d 'capa
 complete -c pflask -n __pflask_sub -l seccomp -r -F -d 'the seccomp filter: default, unconfined, or a Docker/OCI JSON profile file'
 complete -c pflask -n __pflask_sub -s d -l detach -d 'run in the background (pflask attach NAME)'
 complete -c pflask -n __pflask_sub -s a -l attach -r -a '(__pflask_containers)' -d 'attach to a detached container (name or pid)'
-complete -c pflask -n __pflask_sub -l detach-keys -r -d 'with --attach: the keys that detach, comma separated as in podman (ctrl-p,ctrl-q); \'\' never detaches (default: ctrl-@)'
+complete -c pflask -n __pflask_sub -l detach-keys -r -d 'with --attach: the keys that detach, comma separated as in podman (ctrl-p,ctrl-q; default: ctrl-@)'
 complete -c pflask -n __pflask_sub -s s -l setenv -r -d 'set environment variables (comma separated)'
 complete -c pflask -n __pflask_sub -s k -l keepenv -d 'do not clear the environment'
 complete -c pflask -n __pflask_sub -s U -l no-userns -d 'no user namespace'

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEYS",
         default="ctrl-@",
         help="with --attach: the keys that detach, comma separated as in podman "
-        "(ctrl-p,ctrl-q); '' never detaches (default: ctrl-@)",
+        "(ctrl-p,ctrl-q; default: ctrl-@)",
     )
     a(
         "-s",
