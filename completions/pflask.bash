@@ -57,7 +57,7 @@ _pflask_value() {
 # The options of a subcommand ('pflask': the original flags).
 _pflask_options() {
     case ${1:-pflask} in
-    pflask) echo -r --chroot --root -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
+    pflask) echo -r --chroot --root -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach --detach-keys -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
     run) echo --set --name -d --detach --no-cache -v --verbose ;;
     validate) echo  ;;
     plan) echo --json --set ;;
@@ -66,7 +66,7 @@ _pflask_options() {
     ps) echo --json -q --quiet --owner ;;
     stop) echo --owner -t --timeout ;;
     exec) echo --owner ;;
-    attach) echo --owner ;;
+    attach) echo --owner --detach-keys ;;
     completion) echo  ;;
     esac
 }
@@ -96,6 +96,7 @@ _pflask_option() {
     ' --seccomp') echo file ;;
     ' -a') echo container ;;
     ' --attach') echo container ;;
+    ' --detach-keys') echo free ;;
     ' -s') echo free ;;
     ' --setenv') echo free ;;
     ' --name') echo free ;;
@@ -112,6 +113,7 @@ _pflask_option() {
     'stop --timeout') echo free ;;
     'exec --owner') echo free ;;
     'attach --owner') echo free ;;
+    'attach --detach-keys') echo free ;;
     esac
 }
 

@@ -4,6 +4,8 @@ A detached container keeps its pty in the background supervisor, which
 serves it on a unix socket (NAME.sock in the state directory, mode 0600 in a
 0700 directory).  `pflask attach` connects any terminal to it; Ctrl-@ (a NUL
 byte, as in the original pflask) detaches again and the container runs on.
+`--detach-keys` changes that key, in podman's and docker's syntax: a comma
+separated sequence such as `ctrl-p,ctrl-q`; "" never detaches.
 Attaching again from elsewhere takes the pty over (the earlier client is told
 and leaves), so a terminal lost with its ssh session never locks anyone out.
 
@@ -46,6 +48,7 @@ else:
     import _socket
 
 DETACH_KEY = b"\0"  # Ctrl-@
+_CTRL_PUNCTUATION = "@[\\]^_"  # ctrl-@ is 0, ctrl-[ 27 ... ctrl-_ 31
 BACKLOG = 1 << 16  # output kept while nobody is attached
 CLIENT_LIMIT = 1 << 20  # output queued for a client that does not read: then it is dropped
 _HEADER = 5
@@ -273,15 +276,82 @@ class Server:
             self.master = -1
 
 
+def parse_detach_keys(text: str) -> bytes:
+    """`ctrl-p,ctrl-q` -> b"\\x10\\x11": each comma separated item is `ctrl-X`
+    (X a letter or one of @ [ \\ ] ^ _) or one printable ASCII character; ""
+    is no key at all (attach never detaches)."""
+    from pflask.errors import UsageError
+
+    if text == "":
+        return b""
+    keys = bytearray()
+    for item in text.split(","):
+        name = item.lower()
+        if name.startswith("ctrl-") and len(name) == 6:
+            x = name[5]
+            if "a" <= x <= "z":
+                keys.append(ord(x) - ord("a") + 1)
+                continue
+            if x in _CTRL_PUNCTUATION:
+                keys.append(_CTRL_PUNCTUATION.index(x) + (0 if x == "@" else 26))
+                continue
+        elif len(item) == 1 and item.isascii() and item.isprintable():
+            keys.append(ord(item))
+            continue
+        raise UsageError(
+            f"--detach-keys: {item!r} is not a key: ctrl-a..ctrl-z, ctrl-@, ctrl-[, "
+            "ctrl-\\, ctrl-], ctrl-^, ctrl-_ or one character, comma separated (e.g. ctrl-p,ctrl-q)"
+        )
+    return bytes(keys)
+
+
+class DetachKeys:
+    """Finds the detach sequence in typed input, across reads.
+
+    The bytes that may start the sequence are held back until the next one
+    shows whether they do: typed as a whole the sequence never reaches the
+    container, and anything else is passed on unchanged and in order.
+    """
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """What to send on, and whether the sequence was typed (then nothing
+        after it is sent: the user detached)."""
+        keys = self.keys
+        if not keys:
+            return data, False
+        if not self.held and keys[0] not in data:
+            return data, False  # the common case: nothing to look at byte by byte
+        out = bytearray()
+        held = self.held
+        for i in range(len(data)):
+            held += data[i : i + 1]
+            if held == keys:
+                self.held = b""
+                return bytes(out), True
+            # Keep the longest end of `held` that still begins the sequence.
+            k = len(held)
+            while k and not keys.startswith(held[len(held) - k :]):
+                k -= 1
+            out += held[: len(held) - k]
+            held = held[len(held) - k :]
+        self.held = held
+        return bytes(out), False
+
+
 # --- pflask attach ------------------------------------------------------------------------------
 
 
 class _Detach(Exception):
-    """The user pressed Ctrl-@, or pflask attach was told to stop."""
+    """The user typed the detach keys, or pflask attach was told to stop."""
 
 
-def attach(spec: str, owner: int | None = None) -> int:
-    """Connect this terminal to a detached container until Ctrl-@ or its end.
+def attach(spec: str, owner: int | None = None, keys: bytes = DETACH_KEY) -> int:
+    """Connect this terminal to a detached container until the detach `keys`
+    (Ctrl-@ by default) or its end.
 
     Returns 0 after detaching, the container's exit status if it ended while
     attached.  The socket must be served by the record's supervisor (its
@@ -314,7 +384,7 @@ def attach(spec: str, owner: int | None = None) -> int:
             f"{served_by[0]} (uid {served_by[1]}), not by its supervisor (pid "
             f"{record.supervisor}, uid {record.directory.uid}): refused"
         )
-    session = _Session(sock, record)
+    session = _Session(sock, record, keys)
     try:
         return session.run()
     finally:
@@ -324,8 +394,9 @@ def attach(spec: str, owner: int | None = None) -> int:
 class _Session:
     """One attach: the user's terminal in raw mode, copied both ways through the socket."""
 
-    def __init__(self, sock: _socket.socket, record: Container) -> None:
+    def __init__(self, sock: _socket.socket, record: Container, keys: bytes) -> None:
         self.sock = sock
+        self.keys = DetachKeys(keys)
         self.record = record
         self.raw = RawMode(0)
         self.inbox = bytearray()
@@ -407,12 +478,11 @@ class _Session:
         if not data:
             self.reading = False  # input ended: keep showing output until the end
             return
-        key = data.find(DETACH_KEY)
-        if key >= 0:
-            if key:
-                self.sock.sendall(frame(b"i", data[:key]))
+        data, detach = self.keys.feed(data)
+        if data:
+            self.sock.sendall(frame(b"i", data))
+        if detach:
             raise _Detach
-        self.sock.sendall(frame(b"i", data))
 
     def _output(self) -> int | None:
         """Copy output; the container's status once it has ended."""

@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
     a("-a", "--attach", metavar="PID", help="attach to a detached container (name or pid)")
     a(
+        "--detach-keys",
+        metavar="KEYS",
+        default="ctrl-@",
+        help="with --attach: the keys that detach, comma separated as in podman "
+        "(ctrl-p,ctrl-q; default: ctrl-@)",
+    )
+    a(
         "-s",
         "--setenv",
         metavar="NAME=VALUE,...",

@@ -24,12 +24,18 @@ if TYPE_CHECKING:
     from pflask.plan import Plan
 
 UNNAMED = "pflask-PID"
-"""A container the original flags do not name is called pflask-<pid of pflask>;
-a cached plan holds this instead, and each run puts its own pid in (`named`)."""
+"""A container the original flags do not name is called pflask-<pid of its
+supervisor>; a cached plan holds this instead, and each run puts the pid in:
+`named` for a foreground run (we are the supervisor), executor.detach for a
+detached one, whose supervisor is a child (the pid that stays, so the name
+printed and `--attach PID` agree)."""
 
 
 def named(plan: Plan) -> Plan:
-    """`plan` with this run's name if the flags gave it none."""
+    """`plan` with this run's name if the flags gave it none (a detached plan's
+    is the background supervisor's: see executor.detach)."""
+    if plan.detach:
+        return plan
     return plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
 
 

@@ -99,20 +99,24 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds before SIGKILL (default: the manifest's stop.timeout)",
     )
-    p = sub.add_parser("exec", help="run a command in a running container (default: /bin/sh)")
+    p = sub.add_parser(
+        "exec", help="run a command in a running container (default: the user's login shell)"
+    )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
     _owner_argument(p)
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         metavar="-- COMMAND [ARG...]",
-        help="the command to run (default: /bin/sh)",
+        help="the command to run (default: the login shell /etc/passwd in the container "
+        "gives its user, else /bin/sh)",
     )
     p = sub.add_parser(
         "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
     )
     p.add_argument("name", metavar="NAME", help="the container's name or pid")
     _owner_argument(p)
+    _detach_keys_argument(p)
     p = sub.add_parser(
         "completion",
         help="print a shell's completion script",
@@ -330,13 +334,26 @@ def _exec(ns: argparse.Namespace) -> int:
         ns.owner = value if equals else (command.pop(0) if command else "")
     if command[:1] == ["--"]:
         command = command[1:]
-    return nsenter.run(ns.name, command or ["/bin/sh"], _owner(ns))
+    return nsenter.run(ns.name, command, _owner(ns))
+
+
+DETACH_KEYS = "ctrl-@"
+
+
+def _detach_keys_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detach-keys",
+        metavar="KEYS",
+        default=DETACH_KEYS,
+        help="the keys that detach, comma separated as in podman: ctrl-p,ctrl-q; "
+        "'' never detaches (default: ctrl-@)",
+    )
 
 
 def _attach(ns: argparse.Namespace) -> int:
     from pflask import attach
 
-    return attach.attach(ns.name, _owner(ns))
+    return attach.attach(ns.name, _owner(ns), attach.parse_detach_keys(ns.detach_keys))
 
 
 def _completion(ns: argparse.Namespace) -> int:
@@ -385,7 +402,9 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
     if ns.attach:
         from pflask import attach
 
-        return attach.attach(ns.attach)
+        return attach.attach(ns.attach, keys=attach.parse_detach_keys(ns.detach_keys))
+    if ns.detach_keys != DETACH_KEYS:
+        raise UsageError("--detach-keys goes with --attach (the keys that detach from it)")
     data = classic.to_manifest(ns)
     if ns.verbose or ns.no_cache:
         entry = None  # never stored, so these flags never come from the cache either

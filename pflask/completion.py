@@ -43,6 +43,7 @@ VALUES: dict[tuple[str, str], str] = {
     ("", "cgroup"): FREE,
     ("", "caps"): CAPS,
     ("", "attach"): CONTAINER,
+    ("", "detach_keys"): FREE,
     ("", "setenv"): FREE,
     ("", "name"): FREE,
     ("", "save"): MANIFEST,
@@ -68,6 +69,7 @@ VALUES: dict[tuple[str, str], str] = {
     ("stop", "owner"): FREE,
     ("exec", "owner"): FREE,
     ("attach", "owner"): FREE,
+    ("attach", "detach_keys"): FREE,
     ("completion", "shell"): CHOICES,
 }
 

@@ -108,13 +108,19 @@ def detach(the_plan: plan.Plan, verbose: bool) -> int:
     stderr until the command has been executed, so setup errors still reach
     the user, then tells us the verdict on a pipe: "0" (we print the name and
     exit 0) or the setup failure's status (125, 126, 127; or 125 if it died).
+    A container the original flags left unnamed is named after the background
+    S, the process that stays: `pflask --attach PID` and `pflask stop PID`
+    then find the pid in the name printed (ours is gone the moment we return).
     """
+    from pflask.cli import UNNAMED
+
     verdict_r, verdict_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
         os.close(verdict_r)
         os.setsid()
-        _background(the_plan, verbose, verdict_w)
+        _background(the_plan.renamed(UNNAMED, f"pflask-{os.getpid()}"), verbose, verdict_w)
+    the_plan = the_plan.renamed(UNNAMED, f"pflask-{child}")
     os.close(verdict_w)
     chunks = []
     while chunk := os.read(verdict_r, 64):

@@ -13,7 +13,9 @@ the mount namespace puts us at its root as PID 1 sees it, pivot_root
 included.  Having joined a user namespace we become its root, as nsenter(1)
 does; the plan's `user:` follows later.  A PID namespace is entered by
 children only, so the command is forked: it is PID >1 in there, and dies
-with the container's PID 1.
+with the container's PID 1.  The command, and only the command, joins PID 1's
+cgroups (see open_cgroups): our own process, outside the PID namespace,
+never sits in the container's groups, where systemd would see it as pid 0.
 
 The plan recorded with the container gives the rules the command runs under,
 as the container's own command did: rlimits, seccomp filter, user,
@@ -81,8 +83,23 @@ def _become_root() -> None:
     os.setresuid(0, 0, 0)
 
 
-def join_cgroups(pid: int) -> None:
-    """Move ourselves into PID 1's cgroup in every hierarchy (its limits apply to us)."""
+def open_cgroups(pid: int) -> list[tuple[int, str]]:
+    """PID 1's `cgroup.procs` in every hierarchy, opened for writing (fd, path).
+
+    Opened here, on the host side, and written by the command's own process
+    (`join_cgroups`) once it exists in the container's PID namespace.  So the
+    command lives in PID 1's cgroups (their limits apply to it; systemd sees
+    it under init.scope, a real pid in its namespace, and `systemctl status`
+    lists it) while pflask exec's own process stays where it was started: it
+    is outside the PID namespace, and in the container's groups it showed as
+    pid 0, which systemd cannot read ("Failed to dump process list:
+    Input/output error").  The kernel checks a move through cgroup.procs
+    against the credentials and cgroup namespace of the opener (Linux 5.16),
+    so writing from inside the container's cgroup namespace is the same as
+    writing from here.  PID 1's own group and not the container's top group:
+    that is systemd's root, which on cgroup v2 cannot take processes once it
+    delegates controllers to its children, and is what runc's exec does.
+    """
     from pflask import cgroups
 
     path = f"/proc/{pid}/cgroup"
@@ -91,13 +108,30 @@ def join_cgroups(pid: int) -> None:
             text = f.read()
     except OSError as e:
         raise libc.SyscallError("open(2)", e.errno or 0, path) from None
-    for hierarchy in cgroups.detect(proc_cgroup=text).hierarchies():
-        procs = os.path.join(hierarchy.cgroup, "cgroup.procs")
+    opened: list[tuple[int, str]] = []
+    try:
+        for hierarchy in cgroups.detect(proc_cgroup=text).hierarchies():
+            procs = os.path.join(hierarchy.cgroup, "cgroup.procs")
+            try:
+                opened.append((os.open(procs, os.O_WRONLY | os.O_CLOEXEC), procs))
+            except OSError as e:
+                raise libc.SyscallError("open(2)", e.errno or 0, procs) from None
+    except BaseException:
+        for fd, _ in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def join_cgroups(opened: list[tuple[int, str]]) -> None:
+    """Move this process into the groups `open_cgroups` opened ("0": the writer)."""
+    for fd, procs in opened:
         try:
-            with open(procs, "w", encoding="ascii") as f:
-                f.write(str(os.getpid()))
+            os.write(fd, b"0")
         except OSError as e:
             raise libc.SyscallError("write(2)", e.errno or 0, procs) from None
+        finally:
+            os.close(fd)
 
 
 def _preload(the_plan: plan.Plan, terminal: bool) -> None:
@@ -127,7 +161,7 @@ def _ptmx(the_plan: plan.Plan) -> str:
 
 def run(spec: str, argv: list[str], owner: int | None = None) -> int:
     """Run `argv` in the container `spec` (name or pid) of `owner` (default: ours);
-    return its exit status."""
+    return its exit status.  An empty `argv` is the user's login shell (`login_shell`)."""
     from pflask import state
 
     record = state.find(spec, owner)
@@ -145,19 +179,38 @@ def run(spec: str, argv: list[str], owner: int | None = None) -> int:
         # goes in only as the root of that user's user namespace (open_pid1
         # checked it is theirs), never as the host's root.
         names = ("user", *names)
+    groups: list[tuple[int, str]] = []
     try:
         try:
             if any(isinstance(s, plan.Cgroup) for s in the_plan.steps):
-                join_cgroups(record.pid)
+                groups = open_cgroups(record.pid)
             enter(pidfd, names, f"PID 1 of {record.name} ({record.pid})")
             workdir = _workdir(the_plan)
             if workdir is not None:
                 os.chdir(workdir)
+            if not argv:
+                argv = [login_shell(the_plan)]
         except OSError as e:
+            for fd, _ in groups:
+                os.close(fd)
             raise SetupError(f"exec in {record.name}: {e}") from None
     finally:
         os.close(pidfd)
-    return Session(the_plan, record, argv, terminal).run()
+    return Session(the_plan, record, argv, terminal, groups).run()
+
+
+def login_shell(the_plan: plan.Plan) -> str:
+    """The shell of the user the command runs as (the plan's `user:`, else
+    root), from the container's own /etc/passwd: we are in its mount
+    namespace by now, at its root, so "/" is the container's.  The file is
+    read with the bounded reader (users._entries); /bin/sh when it says nothing usable."""
+    from pflask import users
+
+    spec = next((s.user for s in the_plan.steps if isinstance(s, plan.SwitchUser)), "0")
+    try:
+        return users.login_shell(spec)
+    except (LookupError, ValueError):
+        return users.DEFAULT_SHELL
 
 
 def _workdir(the_plan: plan.Plan) -> str | None:
@@ -172,8 +225,14 @@ class Session:
     """E, inside the container's namespaces: forks the command, copies its pty, waits."""
 
     def __init__(
-        self, the_plan: plan.Plan, record: Record, argv: list[str], terminal: bool
+        self,
+        the_plan: plan.Plan,
+        record: Record,
+        argv: list[str],
+        terminal: bool,
+        groups: list[tuple[int, str]],
     ) -> None:
+        self.groups = groups  # PID 1's cgroup.procs, for the command to join
         self.plan = the_plan
         self.record = record
         self.argv = argv
@@ -211,6 +270,9 @@ class Session:
             if master >= 0:
                 os.close(master)
             self._command(status_w, slave)
+        for fd, _ in self.groups:
+            os.close(fd)  # ours stay where pflask exec started: see open_cgroups
+        self.groups = []
         self.child = child
         os.close(status_w)
         if slave >= 0:
@@ -234,6 +296,10 @@ class Session:
         for signum in (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
         runner = Container(self.plan, False, -1, status, 0, console=slave)
+        try:  # first: a command that fails later still never ran outside PID 1's groups
+            join_cgroups(self.groups)
+        except OSError as e:
+            runner._fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
         try:  # in the container's PID namespace: keep nothing of our invoker's
             seclude((status, slave), b"pflask-exec", dumpable=False)
         except FileNotFoundError:

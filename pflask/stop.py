@@ -9,6 +9,12 @@ not depend on the supervisor being responsive.  SIGKILL to PID 1 ends the
 whole PID namespace.  `stop` returns once the supervisor has exited, which is
 after it has cleaned up (cgroups, links, the state record): when it returns,
 the name is free again.
+
+A stop that succeeds at once is quiet.  When PID 1 is still there after
+NOTICE_AFTER seconds (a command that ignores SIGTERM, an init shutting down
+slowly), one line on stderr says what `stop` is waiting for and for how long,
+and one more says when it escalates to SIGKILL: a silent ten-second pause
+looks like a hang.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ else:
     import _signal
 
 CLEANUP_TIMEOUT = 30.0  # seconds the supervisor may take to clean up after PID 1 died
+NOTICE_AFTER = 0.5  # seconds of silence before saying what `stop` waits for
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(f"pflask: {line}", file=sys.stderr, flush=True)
 
 
 def _wait(fd: int, timeout: float | None) -> bool:
@@ -54,6 +67,23 @@ def _signal_pidfd(fd: int, signum: int) -> None:
             raise
 
 
+def _wait_pid1(record: Container, pid1: int, timeout: float) -> bool:
+    """Whether PID 1 exited within `timeout` seconds of its stop signal.
+
+    Quiet for the first NOTICE_AFTER seconds; then one line names the wait.
+    """
+    started = time.monotonic()
+    if timeout <= NOTICE_AFTER:
+        return _wait(pid1, timeout)
+    if _wait(pid1, NOTICE_AFTER):
+        return True
+    _say(
+        f"waiting up to {timeout:g} s for {record.name} to stop "
+        f"({record.stop_signal} sent); then SIGKILL"
+    )
+    return _wait(pid1, max(0.0, timeout - (time.monotonic() - started)))
+
+
 def stop(record: Container, timeout: float | None = None) -> None:
     """Stop the container and wait until its supervisor is gone."""
     timeout = record.stop_timeout if timeout is None else timeout
@@ -69,7 +99,8 @@ def stop(record: Container, timeout: float | None = None) -> None:
         else:
             try:
                 _signal_pidfd(pid1, signal_number(record.stop_signal))
-                if not _wait(pid1, timeout):
+                if not _wait_pid1(record, pid1, timeout):
+                    _say(f"{record.name} did not stop within {timeout:g} s; sending SIGKILL")
                     _signal_pidfd(pid1, _signal.SIGKILL)
                     _wait(pid1, None)
             finally:

@@ -103,3 +103,32 @@ def name_and_home(uid: int, root: str = "/") -> tuple[str, str]:
         if len(entry) >= 6 and entry[2] == key:
             return entry[0], entry[5] or "/"
     return key, "/"
+
+
+DEFAULT_SHELL = "/bin/sh"
+
+
+def login_shell(spec: str, root: str = "/") -> str:
+    """The login shell passwd gives `spec`'s user (`name`, `uid`, `name:group`...),
+    for `pflask exec NAME` without a command: what people expect from `su` or
+    `machinectl shell`, not always /bin/sh.  DEFAULT_SHELL when the user is
+    not in passwd, its shell field is empty or not absolute, or the shell
+    is not an executable file in `root` (a root without bash whose passwd came
+    from elsewhere still gets a shell).  A numeric spec matches by uid first,
+    as `lookup` does."""
+    user_part = spec.partition(":")[0]
+    entries = [e for _, e in _entries(root, "/etc/passwd") if len(e) >= 7]
+    found = None
+    if user_part.isdigit():
+        found = next((e for e in entries if e[2] == user_part), None)
+    if found is None:
+        found = next((e for e in entries if e[0] == user_part), None)
+    shell = found[6].strip() if found is not None else ""
+    if not shell.startswith("/"):
+        return DEFAULT_SHELL
+    import os
+
+    where = os.path.join(root, shell.lstrip("/"))
+    if not (os.path.isfile(where) and os.access(where, os.X_OK)):
+        return DEFAULT_SHELL
+    return shell

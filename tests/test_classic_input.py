@@ -107,6 +107,7 @@ SHAPED = {
     "--cgroup": "c" * BIG,
     "--caps": ",".join(["+chown"] * (BIG // 6)),
     "--attach": "9" * BIG,
+    "--detach-keys": ",".join(["ctrl-p"] * (BIG // 7)),
     "--setenv": "A=" + "v" * BIG,
     "--name": "n" * BIG,
     "--save": "s" * BIG + ".yaml",
