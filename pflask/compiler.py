@@ -178,7 +178,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             assert isinstance(over, p.Overlay)
             lower = ("/",) if over.lower_inside else over.lower
             steps.append(over.replace(target="/", lower=lower))
-        steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
+        steps.extend(_system_mounts(m, userns, net, boot, delegated=boot and defer_cgroupns))
         replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
             if index not in replacing and index not in over_root:
@@ -626,8 +626,12 @@ def _system_tmpfs_step(m: Manifest, target: str, replaced: dict[str, int]) -> p.
     )
 
 
-def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> list[p.Step]:
+def _system_mounts(
+    m: Manifest, userns: bool, net: bool, boot: bool, delegated: bool
+) -> list[p.Step]:
     """What a real OS expects under a root; with the host's root, only a new /proc.
+
+    `boot`: an init boots, which gets a console whatever pflask's stdin is.
 
     `delegated`: the container has a cgroup of its own behind a cgroup
     namespace and boots an init that manages it, so cgroup2 is mounted
@@ -678,7 +682,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
         p.DevNodes(target="/dev", nodes=DEV_NODES),
         p.MountFs(fstype="devpts", target="/dev/pts", flags=("nosuid", "noexec"), data=pts_data),
         p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
-        *([p.Console()] if m.terminal != "false" else []),
+        *([p.Console(boot=boot)] if m.terminal != "false" else []),
         _system_tmpfs_step(m, "/dev/shm", replaced),
     ]
     if m.namespaces.ipc:

@@ -176,11 +176,17 @@ def preload(the_plan: plan.Plan, terminal: bool) -> None:
 
 
 def wants_terminal(the_plan: plan.Plan, detached: bool) -> bool:
-    """terminal: true, or auto with a terminal on stdin or a detached container."""
+    """terminal: true, or auto with a terminal on stdin, a detached container
+    or a booting init (its console, see plan.Console)."""
     wanted = the_plan.terminal
     if wanted == "auto":
-        return detached or os.isatty(0)
+        return detached or os.isatty(0) or boot_console(the_plan)
     return wanted == "true"
+
+
+def boot_console(the_plan: plan.Plan) -> bool:
+    """Whether the plan gives a booting init its console whatever stdin is."""
+    return any(isinstance(s, plan.Console) and s.boot for s in the_plan.steps)
 
 
 def _trace(verbose: bool, number: int, step: plan.Step) -> None:
@@ -393,7 +399,11 @@ class Supervisor:
         else:
             from pflask.terminal import Proxy
 
-            self.io = Proxy(master)
+            # Input that is not a terminal (a file, /dev/null) is copied until
+            # it ends; a Ctrl-D then would end the login prompt of a booted OS
+            # (its getty restarts, over and over), so only an ordinary
+            # command's input is closed with one.
+            self.io = Proxy(master, send_eof=not boot_console(self.plan))
             if os.isatty(0):
                 _signal.signal(_signal.SIGWINCH, self._on_resize)
                 _signal.signal(_signal.SIGTSTP, self._on_suspend)

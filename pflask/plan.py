@@ -435,15 +435,20 @@ class Console(Step):
 
     A pty from the container's own devpts instance (`ptmx`), its slave bound
     onto `path` (/dev/console) and made the command's controlling terminal;
-    the master goes to the supervisor.  Skipped when there is no terminal.
+    the master goes to the supervisor.  Skipped when there is no terminal,
+    unless `boot`: an init writes its boot messages to /dev/console and starts
+    a getty there only when it exists, so a booting OS has one whatever
+    pflask's stdin is, and pflask copies it to its stdout.
     """
 
     kind = "console"
     ptmx: str = "/dev/pts/ptmx"
     path: str = "/dev/console"
+    boot: bool = False
 
     def describe(self) -> str:
-        return f"terminal (when used): a pty from {self.ptmx}, bound onto {self.path}"
+        when = "always, for the init" if self.boot else "when used"
+        return f"terminal ({when}): a pty from {self.ptmx}, bound onto {self.path}"
 
 
 class BootId(Step):

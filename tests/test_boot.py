@@ -672,6 +672,28 @@ def test_login_prompt_on_the_console_then_poweroff_from_the_shell(
 
 @pytest.mark.boot
 @opt_in
+def test_a_boot_without_a_terminal_shows_its_console_on_stdout(
+    shared_tmp: Path, debian_root: Path
+) -> None:
+    """`pflask run boot.yaml </dev/null >log`: the init still gets a console
+    (its boot messages and console-getty need one) and the log holds it; the
+    end of the input is no Ctrl-D at the login prompt."""
+    name = "deb-log"
+    path = init_manifest(shared_tmp, debian_root, name, command=["/sbin/init"])
+    with booted(path, name, shared_tmp / "console.log") as c:
+        prompt = f"{name} login: "
+        wait_for(lambda: prompt in c.output(), timeout=90, message=f"{prompt!r} in the log")
+        log = c.output()
+        assert "Welcome to" in log and "Reached target" in log, log
+        time.sleep(2)  # a getty ended by a Ctrl-D would restart and prompt again
+        assert c.output().count(prompt) == 1, c.output()
+        c.stop()
+        assert c.proc.returncode == 0, c.output()
+        assert "Reached target" in c.output().split(prompt, 1)[1]  # the shutdown, logged too
+
+
+@pytest.mark.boot
+@opt_in
 @pytest.mark.parametrize(("command", "status"), [("poweroff", 0), ("halt", 0)])
 def test_shutting_down_from_inside_ends_pflask(
     shared_tmp: Path, debian_root: Path, command: str, status: int
