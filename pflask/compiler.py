@@ -198,12 +198,16 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         if boot:
             # Its own boot id, or its journal takes every boot for one (see boot.py).
             steps.append(p.BootId())
+            name = _hostname(m)
+            if name:
+                # systemd takes the root's /etc/hostname over the kernel's name.
+                steps.append(p.EtcHostname(name=name))
         if root is not None:
             if m.root.readonly:
                 steps.append(p.RemountRoot(readonly=True))
             steps.append(p.PivotRoot(path=root))
 
-    hostname = m.hostname or (m.name if root is not None and m.namespaces.uts else None)
+    hostname = _hostname(m)
     if hostname:
         steps.append(p.Hostname(name=hostname))
     if net:
@@ -270,6 +274,12 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         root=root,
         command=command,
     )
+
+
+def _hostname(m: Manifest) -> str | None:
+    """The container's hostname: the manifest's, or with a root and a UTS
+    namespace of its own, the container's name."""
+    return m.hostname or (m.name if m.root.path is not None and m.namespaces.uts else None)
 
 
 def boots(m: Manifest, command: tuple[str, ...], pid1_is_command: bool) -> bool:

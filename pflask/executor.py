@@ -64,6 +64,7 @@ MODULES = {
     "cgroup": "cgroups",
     "register_machine": "machined",
     "boot_id": "boot",
+    "etc_hostname": "boot",
     "veth": "network",
     "move_link": "network",
     "macvlan": "network",
@@ -1072,6 +1073,11 @@ class Container:
         from pflask import boot
 
         boot.fresh_boot_id(self._root(), step.scratch, step.path)
+
+    def _etc_hostname(self, step: plan.EtcHostname) -> None:
+        from pflask import boot
+
+        boot.etc_hostname(self._root(), step.scratch, step.path, step.name)
 
     def _mask_paths(self, step: plan.MaskPaths) -> None:
         from pflask import mounts

@@ -466,6 +466,26 @@ class BootId(Step):
         return f"a fresh random boot id over {self.path}"
 
 
+class EtcHostname(Step):
+    """The container's hostname in a file bound read-only over the root's
+    /etc/hostname (when the root has one), for a booting OS.
+
+    systemd as PID 1 sets the hostname from /etc/hostname before anything
+    else, and hostnamed reports it as the static name: a root made by
+    debootstrap holds the host's name there, which would replace the
+    container's.  `scratch`: where the file is written before it is bound
+    and unlinked (the container's /run).
+    """
+
+    kind = "etc_hostname"
+    name: str
+    path: str = "/etc/hostname"
+    scratch: str = "/run/.hostname"
+
+    def describe(self) -> str:
+        return f"{self.path} (if the root has one) holds {self.name}, read-only"
+
+
 class MaskPaths(Step):
     """Make kernel paths inaccessible: /dev/null over files, an empty ro tmpfs over dirs."""
 
@@ -660,6 +680,7 @@ STEPS: dict[str, type[Step]] = {
         Symlink,
         Console,
         BootId,
+        EtcHostname,
         MaskPaths,
         ReadonlyPaths,
         PivotRoot,
