@@ -178,6 +178,16 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             assert isinstance(over, p.Overlay)
             lower = ("/",) if over.lower_inside else over.lower
             steps.append(over.replace(target="/", lower=lower))
+        if root is not None and m.root.ephemeral and userns and _home_unmapped(m, ctx):
+            # /root belongs to the host's root, unmapped inside: the mapped
+            # root could neither read nor write its home (bash's .bashrc,
+            # .bash_history).  An ephemeral root's changes are thrown away
+            # anyway, so its home is a fresh tmpfs it owns, as bounded as the
+            # root's changes.  Mounts the manifest asks for under /root come after.
+            data = _tmpfs_data(TMP_TMPFS, size=m.root.size) + ",mode=700"
+            steps.append(
+                p.MountFs(fstype="tmpfs", target="/root", flags=("nosuid", "nodev"), data=data)
+            )
         steps.extend(_system_mounts(m, userns, net, boot, delegated=boot and defer_cgroupns))
         replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
@@ -429,6 +439,15 @@ def maps_root(m: Manifest, ctx: Context) -> bool:
     only then can the container's first process become root in it."""
     ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
     return any(inside == 0 for inside, _, _ in ranges)
+
+
+def _home_unmapped(m: Manifest, ctx: Context) -> bool:
+    """Whether root exists inside the user namespace but is not the host's
+    root: the root directory's /root is then someone else's."""
+    ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
+    inside_root = any(inside == 0 for inside, _, _ in ranges)
+    host_root = any(outside <= 0 < outside + count for _, outside, count in ranges)
+    return inside_root and not host_root
 
 
 def names_invoker(m: Manifest, ctx: Context) -> bool:
