@@ -322,6 +322,7 @@ class Supervisor:
         self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         self._install_handlers()
+        self._remove_made_later()
         if first.pid1:
             # Only our next child lands in it (pid_namespaces(7)): it is PID 1.
             libc.unshare(libc.CLONE_NEWPID)
@@ -363,6 +364,25 @@ class Supervisor:
                 os.close(self.channel)
             reader.close()
             self._cleanup()
+
+    def _remove_made_later(self) -> None:
+        """A root that stays (not ephemeral) keeps nothing pflask made for its
+        mounts: the mount points missing now are removed after the container,
+        if still empty (mounts.remove_made)."""
+        root = next((s.path for s in self.plan.steps if isinstance(s, plan.BindRoot)), None)
+        if root is None:
+            return
+        made = mounts.missing_targets(root, mounts.mount_targets(self.plan.steps))
+        if not made:
+            return
+
+        def remove() -> None:
+            refused = mounts.remove_made(root, made)
+            if refused:
+                where = ", ".join(refused)
+                raise OSError(f"mount points made in {root} left (permission denied): {where}")
+
+        self.cleanups.append(remove)
 
     # -- the terminal -------------------------------------------------------------------------
 

@@ -78,3 +78,76 @@ def test_the_mapped_root_writes_its_home_in_an_ephemeral_debian(
     )
     assert "Permission denied" not in bash.stderr, bash.stderr
     assert sorted(p.name for p in (debian_root / "root").iterdir()) == before
+
+
+# ---------------------------------------------------------------- item 8: mount points left
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("user", [None, "pflask-test"])
+def test_mount_points_pflask_made_in_a_root_are_removed_after(
+    shared_tmp: Path, writable_busybox_root: Path, user: str | None, test_user: Any
+) -> None:
+    """Binds and tmp mounts to paths the root lacks: pflask makes them, and
+    removes them after the run, unless the container left something there."""
+    root = writable_busybox_root
+    for gone in ("proc", "sys", "dev", "run"):  # a minimal root: pflask makes these too
+        path = root / gone
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    (root / "etc/app").mkdir()
+    source = shared_tmp / "data"
+    source.mkdir()
+    single = shared_tmp / "single.conf"
+    single.write_text("x\n")
+    if user is not None:
+        import os
+
+        from helpers import user_info
+
+        info = user_info(user)
+        for path in (root, *root.rglob("*"), source, single):
+            os.lchown(path, info.uid, info.gid)
+    before = _tree(root)
+    result = run_pflask(
+        f"--chroot={root}",
+        f"--mount=bind:{source}:/srv/deep/data",
+        f"--mount=bind:{single}:/etc/app/single.conf",
+        "--mount=tmp:/var/scratch",
+        "--mount=tmp:/kept/tmp",
+        "--",
+        *sh("ls /srv/deep/data /var/scratch && cat /etc/app/single.conf && touch /kept/mine"),
+        user=user,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    # /kept held something the container wrote beside the mount point: it stays
+    # with what it holds; everything else pflask made is gone
+    after = _tree(root)
+    assert set(after) - set(before) == {"kept", "kept/mine"}, after
+    assert set(before) <= set(after)
+    assert (root / "kept").stat().st_uid == (0 if user is None else info.uid)
+
+
+def test_the_removal_follows_no_symlink_the_container_left(
+    shared_tmp: Path, writable_busybox_root: Path
+) -> None:
+    """A container that moves a mount point's parent away and leaves a symlink
+    to a host directory in its place: the removal goes nowhere near it."""
+    root = writable_busybox_root
+    victim = shared_tmp / "victim"
+    (victim / "data").mkdir(parents=True)  # empty: what a followed symlink would remove
+    source = shared_tmp / "data"
+    source.mkdir()
+    result = run_pflask(
+        f"--chroot={root}",
+        f"--mount=bind:{source}:/srv/deep/data",
+        "--",
+        *sh(f"mv /srv/deep /srv/moved && ln -s {victim} /srv/deep"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (victim / "data").is_dir()
+    assert (root / "srv/deep").is_symlink()  # what the container made stays, not pflask's
