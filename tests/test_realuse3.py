@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_pflask
+from helpers import run_pflask, wait_for
 from helpers import shell as sh
 from test_boot import debian_root  # noqa: F401  (the session's debootstrapped root)
+from test_terminal import tmux_factory as tmux_factory  # a fixture shared with that module
 
 from pflask import plan as p
 from pflask.compiler import compile_plan
@@ -151,3 +152,41 @@ def test_the_removal_follows_no_symlink_the_container_left(
     assert result.returncode == 0, result.stderr
     assert (victim / "data").is_dir()
     assert (root / "srv/deep").is_symlink()  # what the container made stays, not pflask's
+
+
+# ---------------------------------------------------------------- item 8: a detached boot's size
+
+
+@pytest.mark.boot
+def test_a_detached_boot_takes_the_attaching_terminals_size(
+    shared_tmp: Path,
+    debian_root: Path,  # noqa: F811
+    tmux_factory: Any,
+) -> None:
+    """Booted in the background (24x80, nobody's terminal), then attached
+    from a 100x30 terminal: the login shell works at 100 columns."""
+    from test_boot import init_manifest
+    from test_terminal import PFLASK
+
+    name = "deb-detached"
+    path = init_manifest(shared_tmp, debian_root, name, command=["/sbin/init"])
+    started = run_pflask("run", path, "--detach", timeout=60)
+    assert started.returncode == 0, started.stderr
+    try:
+        bus = ("exec", name, "--", "test", "-S", "/run/systemd/private")
+        wait_for(lambda: run_pflask(*bus).returncode == 0, timeout=30, message="systemd's bus")
+        wait = ("exec", name, "--", "systemctl", "is-system-running", "--wait")
+        booted = run_pflask(*wait, timeout=120)
+        assert booted.stdout.strip() == "running", booted.stdout + booted.stderr
+        tmux = tmux_factory()
+        tmux.type(f"{PFLASK} attach {name}")
+        tmux.type("")  # the prompt was drawn before: a new one
+        tmux.wait_for_text(f"{name} login:", timeout=30)
+        tmux.type("root")
+        tmux.wait_for_text(f"root@{name}:~#", timeout=30)
+        assert tmux.run("stty size") == ["30 100"]
+        tmux.keys("C-@")
+        tmux.wait_for_prompt()
+    finally:
+        stopped = run_pflask("stop", name, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
