@@ -136,6 +136,7 @@ class Server:
         self.listener: _socket.socket | None = None
         self.client: _Client | None = None
         self.backlog = bytearray()
+        self.sized = False  # the attached client's first frame (its size) has come
         self.pending = bytearray()  # input for the pty
         self.open = True
         set_window_size(master, DEFAULT_SIZE)
@@ -200,7 +201,7 @@ class Server:
 
     def _deliver(self, data: bytes) -> None:
         client = self.client
-        if client is None:
+        if client is None or not self.sized:
             self.backlog += data
             del self.backlog[:-BACKLOG]
             return
@@ -226,9 +227,9 @@ class Server:
         if self.client is not None:
             self.client.close(frame(b"d"))
         self.client = client
-        if self.backlog:
-            client.outbox += frame(b"o", bytes(self.backlog))
-            self.backlog.clear()
+        # The backlog waits for the client's first frame, its window size: the
+        # pty takes that size (SIGWINCH inside) before anything is shown.
+        self.sized = False
 
     def _receive(self, client: _Client) -> None:
         try:
@@ -248,6 +249,11 @@ class Server:
                 size = (int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:], "big"))
                 if size[0] and size[1]:
                     set_window_size(self.master, size)
+            if not self.sized:
+                self.sized = True
+                if self.backlog:
+                    client.outbox += frame(b"o", bytes(self.backlog))
+                    self.backlog.clear()
 
     def _drop(self) -> None:
         if self.client is not None:
@@ -262,6 +268,8 @@ class Server:
                 break
             self._deliver(data)
         if self.client is not None:
+            if not self.sized and self.backlog:
+                self.client.outbox += frame(b"o", bytes(self.backlog))  # never sized: show it
             last = frame(b"x", str(status).encode()) if status is not None else b""
             self.client.close(last)
             self.client = None
@@ -411,10 +419,12 @@ class _Session:
     def _on_stop(self, _signum: int, _frame: object) -> None:
         self.stop = True
 
-    def _send_size(self) -> None:
+    def _send_size(self, first: bool = False) -> None:
+        """Our terminal's size; the first time always, 0x0 without a terminal
+        (the supervisor shows the backlog once it has this frame)."""
         size = window_size(0)
-        if size is not None:
-            self.sock.sendall(frame(b"w", _size_payload(size)))
+        if size is not None or first:
+            self.sock.sendall(frame(b"w", _size_payload(size or (0, 0))))
 
     def run(self) -> int:
         import select
@@ -436,7 +446,7 @@ class _Session:
         status: int | None = None
         detached = False
         try:
-            self._send_size()
+            self._send_size(first=True)
             self.raw.enter()
             while status is None and not self.stop:
                 readers = [self.sock.fileno(), wakeup_r] + ([0] if self.reading else [])

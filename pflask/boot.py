@@ -33,13 +33,39 @@ def random_uuid() -> str:
 
 
 def fresh_boot_id(root: mounts.Root, scratch: str, target: str = BOOT_ID) -> str:
-    """Bind a file holding a new random boot id read-only over `target`; return the id.
+    """Bind a file holding a new random boot id read-only over `target`; return the id."""
+    value = random_uuid()
+    bind_text(root, scratch, target, f"{value}\n", "boot id")
+    return value
+
+
+def etc_hostname(root: mounts.Root, scratch: str, target: str, name: str) -> None:
+    """The hostname over the root's /etc/hostname, which systemd reads first
+    (a root without one keeps none: systemd then keeps the kernel's name,
+    which the Hostname step sets)."""
+    import stat
+
+    try:
+        fd = root.open(target)
+    except libc.SyscallError as e:
+        if e.errno in (2, 20):  # ENOENT, ENOTDIR: the root has none
+            return
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return  # not a file systemd would read as one
+    finally:
+        os.close(fd)
+    bind_text(root, scratch, target, f"{name}\n", "hostname")
+
+
+def bind_text(root: mounts.Root, scratch: str, target: str, text: str, what: str) -> None:
+    """Bind a file holding `text` read-only over `target`.
 
     The file is made at `scratch` (a path on the container's own /run
     tmpfs), bound, then unlinked: the mount keeps it alive, and nothing of it
     is left to see in /run.
     """
-    value = random_uuid()
     parent_path, _, name = scratch.rstrip("/").rpartition("/")
     parent = root.make(parent_path or "/")
     try:
@@ -53,7 +79,7 @@ def fresh_boot_id(root: mounts.Root, scratch: str, target: str = BOOT_ID) -> str
         except OSError as e:
             raise libc.SyscallError("open(2)", e.errno or 0, root.host_path(scratch)) from None
         try:
-            os.write(fd, f"{value}\n".encode())
+            os.write(fd, text.encode())
         finally:
             os.close(fd)
         source = root.open(scratch)
@@ -66,7 +92,7 @@ def fresh_boot_id(root: mounts.Root, scratch: str, target: str = BOOT_ID) -> str
                     readonly=True,
                     recursive=False,
                     flags=("nosuid", "nodev", "noexec"),
-                    what=f"boot id -> {root.host_path(target)}",
+                    what=f"{what} -> {root.host_path(target)}",
                 )
             finally:
                 os.close(destination)
@@ -75,4 +101,3 @@ def fresh_boot_id(root: mounts.Root, scratch: str, target: str = BOOT_ID) -> str
         os.unlink(name, dir_fd=parent)
     finally:
         os.close(parent)
-    return value

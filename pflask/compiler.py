@@ -178,7 +178,17 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             assert isinstance(over, p.Overlay)
             lower = ("/",) if over.lower_inside else over.lower
             steps.append(over.replace(target="/", lower=lower))
-        steps.extend(_system_mounts(m, userns, net, delegated=boot and defer_cgroupns))
+        if root is not None and m.root.ephemeral and userns and _home_unmapped(m, ctx):
+            # /root belongs to the host's root, unmapped inside: the mapped
+            # root could neither read nor write its home (bash's .bashrc,
+            # .bash_history).  An ephemeral root's changes are thrown away
+            # anyway, so its home is a fresh tmpfs it owns, as bounded as the
+            # root's changes.  Mounts the manifest asks for under /root come after.
+            data = _tmpfs_data(TMP_TMPFS, size=m.root.size) + ",mode=700"
+            steps.append(
+                p.MountFs(fstype="tmpfs", target="/root", flags=("nosuid", "nodev"), data=data)
+            )
+        steps.extend(_system_mounts(m, userns, net, boot, delegated=boot and defer_cgroupns))
         replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
             if index not in replacing and index not in over_root:
@@ -198,12 +208,16 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         if boot:
             # Its own boot id, or its journal takes every boot for one (see boot.py).
             steps.append(p.BootId())
+            name = _hostname(m)
+            if name:
+                # systemd takes the root's /etc/hostname over the kernel's name.
+                steps.append(p.EtcHostname(name=name))
         if root is not None:
             if m.root.readonly:
                 steps.append(p.RemountRoot(readonly=True))
             steps.append(p.PivotRoot(path=root))
 
-    hostname = m.hostname or (m.name if root is not None and m.namespaces.uts else None)
+    hostname = _hostname(m)
     if hostname:
         steps.append(p.Hostname(name=hostname))
     if net:
@@ -270,6 +284,12 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         root=root,
         command=command,
     )
+
+
+def _hostname(m: Manifest) -> str | None:
+    """The container's hostname: the manifest's, or with a root and a UTS
+    namespace of its own, the container's name."""
+    return m.hostname or (m.name if m.root.path is not None and m.namespaces.uts else None)
 
 
 def boots(m: Manifest, command: tuple[str, ...], pid1_is_command: bool) -> bool:
@@ -419,6 +439,15 @@ def maps_root(m: Manifest, ctx: Context) -> bool:
     only then can the container's first process become root in it."""
     ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
     return any(inside == 0 for inside, _, _ in ranges)
+
+
+def _home_unmapped(m: Manifest, ctx: Context) -> bool:
+    """Whether root exists inside the user namespace but is not the host's
+    root: the root directory's /root is then someone else's."""
+    ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
+    inside_root = any(inside == 0 for inside, _, _ in ranges)
+    host_root = any(outside <= 0 < outside + count for _, outside, count in ranges)
+    return inside_root and not host_root
 
 
 def names_invoker(m: Manifest, ctx: Context) -> bool:
@@ -626,8 +655,12 @@ def _system_tmpfs_step(m: Manifest, target: str, replaced: dict[str, int]) -> p.
     )
 
 
-def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> list[p.Step]:
+def _system_mounts(
+    m: Manifest, userns: bool, net: bool, boot: bool, delegated: bool
+) -> list[p.Step]:
     """What a real OS expects under a root; with the host's root, only a new /proc.
+
+    `boot`: an init boots, which gets a console whatever pflask's stdin is.
 
     `delegated`: the container has a cgroup of its own behind a cgroup
     namespace and boots an init that manages it, so cgroup2 is mounted
@@ -678,7 +711,7 @@ def _system_mounts(m: Manifest, userns: bool, net: bool, delegated: bool) -> lis
         p.DevNodes(target="/dev", nodes=DEV_NODES),
         p.MountFs(fstype="devpts", target="/dev/pts", flags=("nosuid", "noexec"), data=pts_data),
         p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
-        *([p.Console()] if m.terminal != "false" else []),
+        *([p.Console(boot=boot)] if m.terminal != "false" else []),
         _system_tmpfs_step(m, "/dev/shm", replaced),
     ]
     if m.namespaces.ipc:

@@ -64,6 +64,7 @@ MODULES = {
     "cgroup": "cgroups",
     "register_machine": "machined",
     "boot_id": "boot",
+    "etc_hostname": "boot",
     "veth": "network",
     "move_link": "network",
     "macvlan": "network",
@@ -182,11 +183,17 @@ def preload(the_plan: plan.Plan, terminal: bool) -> None:
 
 
 def wants_terminal(the_plan: plan.Plan, detached: bool) -> bool:
-    """terminal: true, or auto with a terminal on stdin or a detached container."""
+    """terminal: true, or auto with a terminal on stdin, a detached container
+    or a booting init (its console, see plan.Console)."""
     wanted = the_plan.terminal
     if wanted == "auto":
-        return detached or os.isatty(0)
+        return detached or os.isatty(0) or boot_console(the_plan)
     return wanted == "true"
+
+
+def boot_console(the_plan: plan.Plan) -> bool:
+    """Whether the plan gives a booting init its console whatever stdin is."""
+    return any(isinstance(s, plan.Console) and s.boot for s in the_plan.steps)
 
 
 def _trace(verbose: bool, number: int, step: plan.Step) -> None:
@@ -321,6 +328,7 @@ class Supervisor:
         self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         self._install_handlers()
+        self._remove_made_later()
         if first.pid1:
             # Only our next child lands in it (pid_namespaces(7)): it is PID 1.
             libc.unshare(libc.CLONE_NEWPID)
@@ -363,6 +371,25 @@ class Supervisor:
             reader.close()
             self._cleanup()
 
+    def _remove_made_later(self) -> None:
+        """A root that stays (not ephemeral) keeps nothing pflask made for its
+        mounts: the mount points missing now are removed after the container,
+        if still empty (mounts.remove_made)."""
+        root = next((s.path for s in self.plan.steps if isinstance(s, plan.BindRoot)), None)
+        if root is None:
+            return
+        made = mounts.missing_targets(root, mounts.mount_targets(self.plan.steps))
+        if not made:
+            return
+
+        def remove() -> None:
+            refused = mounts.remove_made(root, made)
+            if refused:
+                where = ", ".join(refused)
+                raise OSError(f"mount points made in {root} left (permission denied): {where}")
+
+        self.cleanups.append(remove)
+
     # -- the terminal -------------------------------------------------------------------------
 
     def _open_terminal(self) -> tuple[int, int, int]:
@@ -399,7 +426,11 @@ class Supervisor:
         else:
             from pflask.terminal import Proxy
 
-            self.io = Proxy(master)
+            # Input that is not a terminal (a file, /dev/null) is copied until
+            # it ends; a Ctrl-D then would end the login prompt of a booted OS
+            # (its getty restarts, over and over), so only an ordinary
+            # command's input is closed with one.
+            self.io = Proxy(master, send_eof=not boot_console(self.plan))
             if os.isatty(0):
                 _signal.signal(_signal.SIGWINCH, self._on_resize)
                 _signal.signal(_signal.SIGTSTP, self._on_suspend)
@@ -1068,6 +1099,11 @@ class Container:
         from pflask import boot
 
         boot.fresh_boot_id(self._root(), step.scratch, step.path)
+
+    def _etc_hostname(self, step: plan.EtcHostname) -> None:
+        from pflask import boot
+
+        boot.etc_hostname(self._root(), step.scratch, step.path, step.name)
 
     def _mask_paths(self, step: plan.MaskPaths) -> None:
         from pflask import mounts

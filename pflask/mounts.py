@@ -860,3 +860,95 @@ def sweep(path: str, held: int) -> None:
         pass
     finally:
         os.close(held)
+
+
+# --- mount points made in a root that stays --------------------------------------------------
+
+# Host-side lookups of what pflask made: beneath the root, through no symlink
+# (one the container left must not lead the host's pflask anywhere) and across
+# no mount.
+_HOST_RESOLVE = libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_XDEV
+
+
+def mount_targets(steps: tuple[Step, ...]) -> list[str]:
+    """Where the steps mount, in a root of its own: the paths Root.make may create."""
+    from pflask import plan
+
+    targets: list[str] = []
+    for step in steps:
+        kinds = (plan.Bind, plan.MountFs, plan.Overlay, plan.LoopMount)
+        if isinstance(step, kinds) and step.target.strip("/"):
+            targets.append(step.target)
+    return targets
+
+
+def missing_targets(root: str, targets: list[str]) -> list[str]:
+    """The paths (inside the root) that making `targets` will create: each
+    missing component of each, seen from the host before the container runs.
+
+    A target through a symlink is left out: the container follows it inside
+    the root, and the host-side removal would not (see `remove_made`).
+    """
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []  # preflight and the root step report it
+    missing: list[str] = []
+    try:
+        for target in targets:
+            names = [n for n in target.split("/") if n and n != "."]
+            if ".." in names:
+                continue
+            for depth in range(1, len(names) + 1):
+                path = "/".join(names[:depth])
+                try:
+                    os.close(libc.openat2(root_fd, path, os.O_PATH, _HOST_RESOLVE))
+                except libc.SyscallError as e:
+                    if e.errno == ENOENT:
+                        missing += ("/" + "/".join(names[:d]) for d in range(depth, len(names) + 1))
+                    break  # made from here on, or a symlink, another mount: not ours to judge
+    finally:
+        os.close(root_fd)
+    return list(dict.fromkeys(missing))
+
+
+def remove_made(root: str, paths: list[str]) -> list[str]:
+    """After the container: remove the mount points pflask made in `root`
+    (`missing_targets`) that are still empty, deepest first; return those it
+    was refused (EACCES, EPERM), for a warning.
+
+    Only an empty directory or an empty regular file goes: anything the
+    container wrote there stays.  The parent is opened beneath the root with
+    no symlink and no mount crossed, and unlinkat(2) does not follow the name
+    itself, so a symlink left in the root cannot point the removal elsewhere.
+    """
+    import stat
+
+    refused: list[str] = []
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return refused
+    try:
+        for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
+            parent_path, _, name = path.rpartition("/")
+            try:
+                relative = parent_path.lstrip("/") or "."
+                parent = libc.openat2(root_fd, relative, os.O_PATH | os.O_DIRECTORY, _HOST_RESOLVE)
+            except libc.SyscallError:
+                continue  # gone, or no longer a plain directory: leave it
+            try:
+                found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(found.st_mode):
+                    os.rmdir(name, dir_fd=parent)
+                elif stat.S_ISREG(found.st_mode) and found.st_size == 0:
+                    os.unlink(name, dir_fd=parent)
+            except OSError as e:
+                if e.errno in (EACCES, EPERM):
+                    refused.append(path)
+                # ENOENT: made on a mount (a tmpfs), not in the root; ENOTEMPTY: used
+            finally:
+                os.close(parent)
+    finally:
+        os.close(root_fd)
+    return refused

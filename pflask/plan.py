@@ -435,15 +435,20 @@ class Console(Step):
 
     A pty from the container's own devpts instance (`ptmx`), its slave bound
     onto `path` (/dev/console) and made the command's controlling terminal;
-    the master goes to the supervisor.  Skipped when there is no terminal.
+    the master goes to the supervisor.  Skipped when there is no terminal,
+    unless `boot`: an init writes its boot messages to /dev/console and starts
+    a getty there only when it exists, so a booting OS has one whatever
+    pflask's stdin is, and pflask copies it to its stdout.
     """
 
     kind = "console"
     ptmx: str = "/dev/pts/ptmx"
     path: str = "/dev/console"
+    boot: bool = False
 
     def describe(self) -> str:
-        return f"terminal (when used): a pty from {self.ptmx}, bound onto {self.path}"
+        when = "always, for the init" if self.boot else "when used"
+        return f"terminal ({when}): a pty from {self.ptmx}, bound onto {self.path}"
 
 
 class BootId(Step):
@@ -459,6 +464,26 @@ class BootId(Step):
 
     def describe(self) -> str:
         return f"a fresh random boot id over {self.path}"
+
+
+class EtcHostname(Step):
+    """The container's hostname in a file bound read-only over the root's
+    /etc/hostname (when the root has one), for a booting OS.
+
+    systemd as PID 1 sets the hostname from /etc/hostname before anything
+    else, and hostnamed reports it as the static name: a root made by
+    debootstrap holds the host's name there, which would replace the
+    container's.  `scratch`: where the file is written before it is bound
+    and unlinked (the container's /run).
+    """
+
+    kind = "etc_hostname"
+    name: str
+    path: str = "/etc/hostname"
+    scratch: str = "/run/.hostname"
+
+    def describe(self) -> str:
+        return f"{self.path} (if the root has one) holds {self.name}, read-only"
 
 
 class MaskPaths(Step):
@@ -655,6 +680,7 @@ STEPS: dict[str, type[Step]] = {
         Symlink,
         Console,
         BootId,
+        EtcHostname,
         MaskPaths,
         ReadonlyPaths,
         PivotRoot,

@@ -240,8 +240,9 @@ class Proxy:
     read its input can never stall the copying of its output.
     """
 
-    def __init__(self, master: int, stdin: int = 0, stdout: int = 1) -> None:
+    def __init__(self, master: int, stdin: int = 0, stdout: int = 1, send_eof: bool = True) -> None:
         os.set_blocking(master, False)
+        self.send_eof = send_eof  # the end of the input is a Ctrl-D into the pty
         self.master = master
         self.stdin = stdin
         self.stdout = stdout
@@ -287,9 +288,11 @@ class Proxy:
             except OSError:
                 data = b""
             if data == b"":
-                # Input ended (a pipe): end the pty's input too, as a terminal would.
+                # Input ended (a pipe): end the pty's input too, as a terminal
+                # would, unless told not to (a booted OS's console stays open).
                 self.reading = False
-                self.pending += EOF_CHAR
+                if self.send_eof:
+                    self.pending += EOF_CHAR
             elif data:
                 self.pending += data
         if self.master in writable and self.pending:

@@ -106,6 +106,19 @@ def test_a_boot_gets_a_boot_id_of_its_own_once_proc_sys_is_read_only() -> None:
     assert not steps(compile_data({"root": {"path": "/os"}}), p.BootId)
 
 
+def test_a_boot_gets_its_hostname_in_etc_hostname_and_a_console_always() -> None:
+    the_plan = compile_data(INIT)
+    assert steps(the_plan, p.EtcHostname) == [p.EtcHostname(name="os")]
+    assert steps(the_plan, p.Console) == [p.Console(boot=True)]
+    named = compile_data({**INIT, "hostname": "web"})
+    assert steps(named, p.EtcHostname) == [p.EtcHostname(name="web")]
+    assert steps(the_plan.renamed("os", "os2"), p.EtcHostname) == [p.EtcHostname(name="os2")]
+    ordinary = compile_data({"root": {"path": "/os"}})
+    assert not steps(ordinary, p.EtcHostname)
+    assert steps(ordinary, p.Console) == [p.Console()]
+    assert not steps(compile_data({**INIT, "terminal": False}), p.Console)
+
+
 def test_a_boot_keeps_nspawns_set_without_audit_control() -> None:
     from pflask import capabilities
 
@@ -358,7 +371,10 @@ echo "capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)"
 
 def report(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     assert result.returncode == 0, describe(result)
-    return dict(line.split("=", 1) for line in result.stdout.splitlines())
+    # An init has its console on stdout, stderr included (the shell's own
+    # complaints about a refused redirection): only the script's reports count.
+    lines = result.stdout.splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
 def test_an_init_gets_the_boot_profile_for_real(
@@ -668,6 +684,62 @@ def test_login_prompt_on_the_console_then_poweroff_from_the_shell(
         assert console.wait() == 0, console.tail()
     finally:
         console.close()
+
+
+@pytest.mark.boot
+@opt_in
+def test_a_boot_without_a_terminal_shows_its_console_on_stdout(
+    shared_tmp: Path, debian_root: Path
+) -> None:
+    """`pflask run boot.yaml </dev/null >log`: the init still gets a console
+    (its boot messages and console-getty need one) and the log holds it; the
+    end of the input is no Ctrl-D at the login prompt."""
+    name = "deb-log"
+    path = init_manifest(shared_tmp, debian_root, name, command=["/sbin/init"])
+    with booted(path, name, shared_tmp / "console.log") as c:
+        prompt = f"{name} login: "
+        wait_for(lambda: prompt in c.output(), timeout=90, message=f"{prompt!r} in the log")
+        log = c.output()
+        assert "Welcome to" in log and "Reached target" in log, log
+        time.sleep(2)  # a getty ended by a Ctrl-D would restart and prompt again
+        assert c.output().count(prompt) == 1, c.output()
+        c.stop()
+        assert c.proc.returncode == 0, c.output()
+        assert "Reached target" in c.output().split(prompt, 1)[1]  # the shutdown, logged too
+
+
+@pytest.mark.boot
+@opt_in
+def test_the_manifests_hostname_wins_over_the_roots_etc_hostname(
+    shared_tmp: Path, debian_root: Path
+) -> None:
+    """A debootstrapped root holds the host's name in /etc/hostname, which
+    systemd reads first: pflask binds the container's name over it."""
+    name = "deb-hostname"
+    stale = shared_tmp / "hostname"
+    stale.write_text("the-build-host\n")
+    path = init_manifest(
+        shared_tmp,
+        debian_root,
+        name,
+        command=["/sbin/init"],
+        terminal=False,
+        hostname="from-manifest",
+        mounts=[{"type": "bind", "source": str(stale), "target": "/etc/hostname"}],
+    )
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "root": {**data["root"], "ephemeral": True}}))
+    with booted(path, name, shared_tmp / "console.log") as c:
+        assert wait_running(c) == "running", c.output()
+        # systemd set the kernel's name from /etc/hostname (no dbus in this
+        # root for hostnamectl: hostnamed reads the same file)
+        assert c.check("hostname").strip() == "from-manifest"
+        assert c.check("cat", "/etc/hostname").strip() == "from-manifest"
+        denied = c.run("sh", "-c", "echo other > /etc/hostname")
+        assert denied.returncode != 0, describe(denied)  # read-only, as the name is pflask's
+        assert not c.check("ls", "-A", "/run").count(".hostname")
+        c.stop()
+    assert stale.read_text() == "the-build-host\n"
 
 
 @pytest.mark.boot

@@ -209,9 +209,8 @@ def test_bind_directory_and_file_targets_are_made_to_match(
         result = run_ok("-r", root, *binds, "--", *script, user=user)
     assert result.stdout == "hello from the host\none file\n"
     assert (source / "new").read_text() == "written\n"  # a read-write bind writes through
-    assert (root / "srv/data").is_dir() and not any((root / "srv/data").iterdir())
-    assert (root / "etc/app/single.conf").is_file()
-    assert (root / "etc/app/single.conf").stat().st_size == 0
+    # the mount points pflask made (a directory, a file) are gone after the run
+    assert not (root / "srv/data").exists() and not (root / "etc/app").exists()
 
 
 @pytest.fixture
@@ -420,8 +419,8 @@ def test_classic_tmp_makes_its_target_inside_the_root(root_for: Any) -> None:
         user="pflask-test",
     )
     assert mountinfo(result.stdout)[0][2] == "tmpfs"
-    assert (root / "var/scratch/deep").is_dir()
-    assert not (root / "var/scratch/deep/x").exists()  # the file went to the tmpfs
+    # the file went to the tmpfs, and the mount point pflask made is gone after
+    assert not (root / "var/scratch").exists()
 
 
 # --- overlay and aufs ----------------------------------------------------------------------
@@ -699,7 +698,12 @@ def test_hostile_symlinks_cannot_make_a_mount_land_outside_the_root(
     )
     assert result.stdout == "hello from the host\n1\n"  # the container sees it at the target
     inside = root / landing.lstrip("/")
-    assert inside.is_file() if is_file else inside.is_dir()  # the mount point is in the root
+    if links:
+        # the mount point is in the root, and stays: the removal after the
+        # run goes through no symlink the root holds
+        assert inside.is_file() if is_file else inside.is_dir()
+    else:
+        assert not inside.exists()  # made in the root by pflask, removed after
     assert tree(host) == host_before  # and the host's directory is untouched
 
 

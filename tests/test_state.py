@@ -559,3 +559,23 @@ def test_detached_supervisor_stays_small(box: Path, detached: Any) -> None:
     status = Path(f"/proc/{row['supervisor']}/status").read_text()
     peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
     assert peak <= 15 * 1024, f"supervisor peak RSS {peak} KiB"
+
+
+def test_an_attached_terminal_gives_the_detached_pty_its_size(
+    box: Path, tmux_factory: Any, detached: Any
+) -> None:
+    """Detached, the pty is 24x80 (nobody's terminal); the terminal that
+    attaches gives it its own size before the output made meanwhile is shown,
+    and a program running is told (SIGWINCH) so it can draw again."""
+    name = unique()
+    script = "trap 'echo now $(stty size)' WINCH; echo was $(stty size); while :; do sleep 1; done"
+    assert detached(box, name, "sh", "-c", script).returncode == 0
+    tmux = tmux_factory()
+    time.sleep(0.5)
+    tmux.type(f"{PFLASK} attach {name}")
+    tmux.wait_for_text("now 30 100")
+    assert "was 24 80" in tmux.screen()
+    tmux.resize(132, 50)
+    tmux.wait_for_text("now 50 132")
+    tmux.keys("C-@")
+    tmux.wait_for_prompt()
