@@ -56,6 +56,9 @@ def lower(plan: Plan) -> list[Op]:
         elif isinstance(step, p.BindRoot):
             root = step.path
             ops.append(("mount", root, root, None, libc.MS_BIND | libc.MS_REC, None))
+            if step.flags:  # nodev: a bind takes its flags in a remount
+                flags = libc.MS_BIND | libc.MS_REMOUNT | mounts.ms_flags(step.flags)
+                ops.append(("mount", None, root, None, flags, None))
         elif isinstance(step, p.MountFs):
             flags = mounts.ms_flags(step.flags)
             ops.append(("mount", step.fstype, root + step.target, step.fstype, flags, step.data))
@@ -74,6 +77,17 @@ def lower(plan: Plan) -> list[Op]:
             ops.append(("hostname", step.name))
         elif isinstance(step, p.Environment):
             ops.append(("environment", dict(step.set)))
+        elif isinstance(step, p.SessionKeyring):
+            ops.append(("keyring",))
+        elif isinstance(step, p.Capabilities):
+            from pflask import capabilities
+
+            wanted = 0
+            for name in step.keep:
+                wanted |= 1 << capabilities.NUMBERS[name]
+            top = capabilities.last_cap()
+            drops = [n for n in range(top + 1) if not wanted >> n & 1]
+            ops.append(("capabilities", drops, wanted))
         elif isinstance(step, p.Seccomp):
             ops.extend(("seccomp", bytes.fromhex(program)) for program in step.programs)
         elif isinstance(step, p.Exec):
@@ -113,6 +127,12 @@ def _readonly(path: str) -> None:
         libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
 
+def _capabilities(drops: list[int], wanted: int) -> None:
+    for number in drops:
+        libc.prctl(libc.PR_CAPBSET_DROP, number)
+    libc.capset(wanted, wanted, 0)
+
+
 def _pivot_root(path: str) -> None:
     os.chdir(path)
     libc.pivot_root(".", ".")
@@ -130,6 +150,8 @@ ACTIONS: dict[str, Callable[..., None]] = {
     "pivot_root": _pivot_root,
     "hostname": libc.sethostname,
     "seccomp": libc.seccomp_set_mode_filter,
+    "keyring": libc.join_session_keyring,
+    "capabilities": _capabilities,
 }
 
 
