@@ -45,18 +45,9 @@ def etc_hostname(root: mounts.Root, scratch: str, target: str, name: str) -> Non
     which the Hostname step sets)."""
     import stat
 
-    try:
-        fd = root.open(target)
-    except libc.SyscallError as e:
-        if e.errno in (2, 20):  # ENOENT, ENOTDIR: the root has none
-            return
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return  # not a file systemd would read as one
-    finally:
-        os.close(fd)
-    bind_text(root, scratch, target, f"{name}\n", "hostname")
+    for _, fd in mounts.existing(root, (target,)):
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # else not a file systemd would read
+            bind_text(root, scratch, target, f"{name}\n", "hostname")
 
 
 def bind_text(root: mounts.Root, scratch: str, target: str, text: str, what: str) -> None:

@@ -291,9 +291,9 @@ def parse(text: str, file: str, budget: Budget | None = None) -> LocDict:
         if data is None:
             raise ManifestError("the manifest is empty", file)
     elif suffix == ".toml":
-        data = _parse_toml(text, file, budget)
+        data = located(_parse_toml(text, file, budget), file)
     elif suffix == ".json":
-        data = _parse_json(text, file, budget)
+        data = located(_parse_json(text, file, budget), file)
     else:
         raise ManifestError(
             f"unknown manifest format {suffix or '(no extension)'!r}: "
@@ -456,7 +456,7 @@ def _parse_toml(text: str, file: str, budget: Budget) -> Any:
     except ValueError as e:  # an integer past 4300 digits
         raise ManifestError(f"bad TOML value: {shown(str(e))}", file) from None
     _measure(value, file, budget)
-    return located(value, file)
+    return value
 
 
 def _toml_values(text: str) -> int:
@@ -492,12 +492,12 @@ def _parse_json(text: str, file: str, budget: Budget) -> Any:
     except ValueError as e:  # a number past 4300 digits
         raise ManifestError(f"bad JSON value: {shown(str(e))}", file) from None
     _measure(value, file, budget)
-    return located(value, file)
+    return value
 
 
 def read_json(file: str) -> Any:
     """A JSON file that is not a manifest (a seccomp profile), read and parsed
-    within a manifest's limits: size, depth, values, no NaN."""
+    within a manifest's limits: size, depth, values, no NaN; plain data."""
     return _parse_json(read(file), file, Budget())
 
 

@@ -609,7 +609,7 @@ def symlink(root: Root, value: str, path: str) -> None:
         os.close(parent)
 
 
-def _existing(root: Root, paths: tuple[str, ...]) -> Iterator[tuple[str, int]]:
+def existing(root: Root, paths: tuple[str, ...]) -> Iterator[tuple[str, int]]:
     """(path, O_PATH fd) for each path that exists in the root; the fd is closed after."""
     for path in paths:
         try:
@@ -626,7 +626,7 @@ def _existing(root: Root, paths: tuple[str, ...]) -> Iterator[tuple[str, int]]:
 
 def mask(root: Root, paths: tuple[str, ...]) -> None:
     """Hide kernel files behind /dev/null and directories behind an empty read-only tmpfs."""
-    for path, fd in _existing(root, paths):
+    for path, fd in existing(root, paths):
         what = f"mask {root.host_path(path)}"
         if _is_dir(fd):
             libc.mount("tmpfs", fd_path(fd), "tmpfs", libc.MS_RDONLY, "size=0,mode=000", what=what)
@@ -636,7 +636,7 @@ def mask(root: Root, paths: tuple[str, ...]) -> None:
 
 def make_readonly(root: Root, paths: tuple[str, ...]) -> None:
     """Bind each existing path onto itself, read-only, submounts included."""
-    for path, fd in _existing(root, paths):
+    for path, fd in existing(root, paths):
         what = f"read-only {root.host_path(path)}"
         bind_fd(fd, fd, readonly=True, recursive=True, flags=(), what=what)
 

@@ -388,7 +388,7 @@ def from_profile(path: str, caps: frozenset[str], machine: str, source: str) -> 
             f"seccomp profile {shown_path(path)}: {e.message}", source, field="security.seccomp"
         ) from None
     reader = _Profile(path)
-    data = reader.mapping(loader.plain(raw), "", _PROFILE_FIELDS)
+    data = reader.mapping(raw, "", _PROFILE_FIELDS)
     if "defaultAction" not in data:
         raise reader.error("defaultAction", "required field is missing")
     default = reader.action(

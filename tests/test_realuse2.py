@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import describe, pflask_cmd, run_pflask, wait_for
+from helpers import describe, pflask_cmd, run_pflask
 from test_boot import booted, init_manifest, opt_in, wait_running
 from test_boot import debian_root as debian_root  # a fixture shared with that module
 from test_state import detached as detached  # a fixture shared with that module
-from test_state import entry
+from test_state import entry, ignoring_sigterm
 from test_terminal import PFLASK, manifest
 from test_terminal import tmux_factory as tmux_factory  # a fixture shared with that module
 
@@ -43,16 +43,7 @@ def box(shared_tmp: Path, busybox_root: Path) -> Path:
 
 def test_stop_says_what_it_waits_for_and_when_it_escalates(box: Path) -> None:
     name = unique()
-    script = "trap '' TERM; echo up; sleep 60 & wait; wait"
-    proc = subprocess.Popen(
-        [*pflask_cmd(), "run", str(box), "--name", name, "--", "sh", "-c", script],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    wait_for(lambda: (entry(name) or {}).get("pid"), timeout=5)
+    proc = ignoring_sigterm(box, name)
     stopper = subprocess.Popen(
         [*pflask_cmd(), "stop", name, "-t", "2"], stderr=subprocess.PIPE, text=True
     )

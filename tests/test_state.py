@@ -360,8 +360,8 @@ def test_unknown_names(box: Path) -> None:
 # --- stop ------------------------------------------------------------------------------------
 
 
-def test_stop_escalates_to_sigkill_after_the_timeout(box: Path) -> None:
-    name = unique()
+def ignoring_sigterm(box: Path, name: str) -> subprocess.Popen[str]:
+    """A container `name` whose command ignores SIGTERM, running and recorded."""
     script = "trap '' TERM; echo up; sleep 60 & wait; wait"
     proc = subprocess.Popen(
         [*pflask_cmd(), "run", str(box), "--name", name, "--", "sh", "-c", script],
@@ -372,6 +372,12 @@ def test_stop_escalates_to_sigkill_after_the_timeout(box: Path) -> None:
     )
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     wait_for(lambda: (entry(name) or {}).get("pid"), timeout=5)
+    return proc
+
+
+def test_stop_escalates_to_sigkill_after_the_timeout(box: Path) -> None:
+    name = unique()
+    proc = ignoring_sigterm(box, name)
     started = time.monotonic()
     result = run_pflask("stop", name, "--timeout", "1")
     assert result.returncode == 0, result.stderr
