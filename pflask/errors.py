@@ -25,7 +25,7 @@ def shown_path(path: str) -> str:
     at the end is what tells the reader which one it is."""
     if len(path) <= SHOWN:
         return repr(path)
-    return f"'...{path[-(SHOWN - 5):]}' ({len(path)} characters)"
+    return f"'...{path[-(SHOWN - 5) :]}' ({len(path)} characters)"
 
 
 def printable(text: str) -> str:

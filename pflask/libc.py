@@ -142,6 +142,8 @@ class _ULong(_Simple):
 
 class _UByte(_Simple):
     _type_ = "B"
+
+
 class _UInt(_Simple):
     _type_ = "I"
 
@@ -304,6 +306,8 @@ def seccomp_set_mode_filter(program: bytes) -> None:
     fprog += _ctypes.addressof(instructions).to_bytes(pointer, sys.byteorder)
     result = _prctl(PR_SET_SECCOMP, _ULong(SECCOMP_MODE_FILTER), fprog, _ULong(0), _ULong(0))
     _check(result, "prctl(2) PR_SET_SECCOMP", f"{len(program) // 8} BPF instructions")
+
+
 def prctl_errno(option: int, arg2: int = 0, arg3: int = 0) -> tuple[int, int]:
     """prctl(2) without raising: (result, errno), for probing and for callers
     that name the operation in their own error."""

@@ -291,7 +291,8 @@ class Session:
 
     def _command(self, status: int, slave: int) -> None:
         """X: the plan's process rules, then exec; errors go to E as `CODE message`."""
-        from pflask.executor import Container, seclude
+        from pflask.executor import Container
+        from pflask.hygiene import seclude
 
         for signum in (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)

@@ -44,7 +44,7 @@ from helpers import (
 )
 from helpers import shell as sh
 
-from pflask import executor
+from pflask import hygiene
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -100,7 +100,7 @@ def test_close_inherited_keeps_only_stdio_and_the_given_fds() -> None:
     def body(out: int) -> None:
         opened = [os.open("/", os.O_RDONLY) for _ in range(6)]
         keep = (opened[1], opened[4], out)
-        executor.close_inherited(keep)
+        hygiene.close_inherited(keep)
         left = [fd for fd in range(max(opened) + 8) if is_open(fd)]
         expected = sorted({0, 1, 2, *keep})
         os.write(out, f"{left} {expected}".encode())
@@ -119,7 +119,7 @@ def is_open(fd: int) -> bool:
 
 def test_forget_invoker_leaves_a_name_and_no_environment() -> None:
     def body(out: int) -> None:
-        executor.forget_invoker(b"pflask-init")
+        hygiene.forget_invoker(b"pflask-init")
         result = []
         for name in ("cmdline", "environ", "comm"):
             with open(f"/proc/self/{name}", "rb") as f:
