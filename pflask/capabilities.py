@@ -297,10 +297,17 @@ def _capset(effective: int, permitted: int, inheritable: int, what: str) -> None
 
 
 def _bounding() -> int:
+    """This process's bounding set, read with PR_CAPBSET_READ up to the first
+    number the kernel does not know (EINVAL): that also tells `last_cap`
+    without opening a file in /proc, on every container's start."""
+    global _last_cap
     mask = 0
-    for number in range(last_cap() + 1):
-        if _prctl("PR_CAPBSET_READ", libc.PR_CAPBSET_READ, number) == 1:
-            mask |= 1 << number
+    number = 0
+    while (held := _libc_prctl(libc.PR_CAPBSET_READ, number)) >= 0:
+        mask |= held << number
+        number += 1
+    if _last_cap is None:
+        _last_cap = number - 1
     return mask
 
 
@@ -363,8 +370,6 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
     process's bounding set are skipped.
     """
     _check_names(keep)
-    top = last_cap()
-    known = (1 << (top + 1)) - 1
     effective, permitted, inheritable = _capget()
 
     # After a setuid with PR_SET_KEEPCAPS the effective set is empty; take
@@ -374,7 +379,8 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
         _capset(permitted, permitted, inheritable, "raise effective to permitted")
 
     bounding = _bounding()
-    wanted = _mask(keep) & known & bounding
+    top = last_cap()
+    wanted = _mask(keep) & ((1 << (top + 1)) - 1) & bounding
     hint = " (PR_SET_KEEPCAPS not set before setuid?)" if os.geteuid() else ""
     if wanted & ~permitted:
         missing = " ".join(ordered(_names(wanted & ~permitted)))
@@ -383,25 +389,34 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
     # The bounding set first: the drops need CAP_SETPCAP, which the capset
     # below may remove.  Capabilities already outside it need no drop, so a
     # process that is already confined enough does not need CAP_SETPCAP.
-    drops = [n for n in range(top + 1) if bounding >> n & 1 and not wanted >> n & 1]
+    # (Messages are built only on failure: this runs at every start.)
+    drops = bounding & ~wanted
     if drops and not permitted >> NUMBERS["setpcap"] & 1:
+        first = (drops & -drops).bit_length() - 1
         raise SyscallError(
-            "prctl(2)", errno.EPERM, f"PR_CAPBSET_DROP {_name(drops[0])} without CAP_SETPCAP{hint}"
+            "prctl(2)", errno.EPERM, f"PR_CAPBSET_DROP {_name(first)} without CAP_SETPCAP{hint}"
         )
-    for number in drops:
-        _prctl(f"PR_CAPBSET_DROP {_name(number)}", libc.PR_CAPBSET_DROP, number)
+    for number in range(top + 1):
+        if drops >> number & 1:
+            result, err = libc.prctl_errno(libc.PR_CAPBSET_DROP, number)
+            if result < 0:
+                raise SyscallError("prctl(2)", err, f"PR_CAPBSET_DROP {_name(number)}")
 
     # Inheritable too: ambient capabilities must be both permitted and
     # inheritable, and a kept inheritable bit lets file-inheritable binaries
     # work as the man page describes.
     inheritable = wanted if ambient else 0
-    _capset(wanted, wanted, inheritable, "keep " + (" ".join(ordered(_names(wanted))) or "none"))
+    try:
+        libc.capset(wanted, wanted, inheritable)
+    except SyscallError as e:
+        kept = " ".join(ordered(_names(wanted))) or "none"
+        raise SyscallError("capset(2)", e.errno or errno.EPERM, f"keep {kept}") from None
 
     # Ambient last: it is what carries `keep` across execve(2) for a non-root
     # uid (for uid 0 the kernel recomputes from inheritable | bounding).
     _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    for number in range(top + 1):
-        if ambient and wanted >> number & 1:
+    for number in range(top + 1 if ambient else 0):
+        if wanted >> number & 1:
             _prctl(
                 f"PR_CAP_AMBIENT_RAISE {_name(number)}",
                 libc.PR_CAP_AMBIENT,
