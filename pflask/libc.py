@@ -308,6 +308,11 @@ def seccomp_set_mode_filter(program: bytes) -> None:
     _check(result, "prctl(2) PR_SET_SECCOMP", f"{len(program) // 8} BPF instructions")
 
 
+def syscall_errno(number: int) -> int:
+    """syscall(2) `number` without arguments, for probing: its errno, 0 if it worked."""
+    return _ctypes.get_errno() if _syscall(number) < 0 else 0
+
+
 def prctl_errno(option: int, arg2: int = 0, arg3: int = 0) -> tuple[int, int]:
     """prctl(2) without raising: (result, errno), for probing and for callers
     that name the operation in their own error."""

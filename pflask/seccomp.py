@@ -6,8 +6,8 @@ so the profiles users have for podman and Docker work here too.
 
 libseccomp (through pyseccomp, a thin ctypes binding) turns the rules into
 classic BPF for every architecture the container's processes can use (on
-x86_64 also x86 and x32 binaries: a filter that left them out would be
-bypassed by a 32-bit system call).  That happens in the compiler, on a cache
+x86_64 also x86, and x32 where the kernel has that ABI: a filter that left
+them out would be bypassed by a 32-bit system call).  That happens in the compiler, on a cache
 miss: the plan carries the exported programs (seccomp_export_bpf(3)) and
 `pflask run` with a cached plan loads them with one prctl(PR_SET_SECCOMP)
 each (libc.seccomp_set_mode_filter), without importing pyseccomp or ctypes,
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+from pflask import libc
 from pflask import plan as p
 from pflask import seccomp_default as d
 from pflask.errors import ManifestError, SetupError
@@ -82,6 +83,8 @@ ARCHITECTURES = (
     "MIPSEL64", "MIPSEL64N32", "PPC", "PPC64", "PPC64LE", "S390", "S390X", "PARISC",
     "PARISC64", "RISCV64",
 )  # fmt: skip
+X32_SYSCALL_BIT = 0x40000000  # <asm/unistd.h>
+SYS_GETPID_X86_64 = 39
 COMPAT = {
     "X86_64": ("X86", "X32"),
     "AARCH64": ("ARM",),
@@ -122,11 +125,16 @@ class Rule(Record):
 
 
 class Filter(Record):
-    """One BPF program's worth of rules."""
+    """One BPF program's worth of rules.
+
+    `bad_arch`: the answer to a call of an architecture not in `arches`
+    (libseccomp's own default kills the thread).
+    """
 
     default: int
     arches: tuple[str, ...]
     rules: tuple[Rule, ...]
+    bad_arch: int | None = None
 
 
 def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
@@ -143,7 +151,9 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
         main, deny = default_filters(caps, machine)
         filters: tuple[Filter, ...] = (main, deny)
         summary = (
-            f"{' '.join(a.lower() for a in main.arches)}: "
+            f"{' '.join(a.lower() for a in main.arches)}"
+            + (" (x32: not in this kernel, ENOSYS)" if "X32" in _left_out(machine, main) else "")
+            + ": "
             f"{_count(main, SCMP_ACT_ALLOW)} calls allowed, "
             f"{_count(main, SCMP_ACT_ERRNO(EPERM))} EPERM, others ENOSYS; "
             "TIOCSTI, TIOCLINUX, AF_VSOCK"
@@ -166,6 +176,10 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
         summary=f"{summary}; {size} BPF instructions",
         programs=tuple(program.hex() for program in programs),
     )
+
+
+def _left_out(machine: str, f: Filter) -> tuple[str, ...]:
+    return tuple(a for a in COMPAT.get(machine, ()) if a not in f.arches)
 
 
 def _count(f: Filter, action: int) -> int:
@@ -219,7 +233,7 @@ def default_filters(caps: frozenset[str], machine: str) -> tuple[Filter, Filter]
     allows, the second refuses a few argument values of allowed calls.  The
     kernel runs both and takes the stricter answer.
     """
-    arches = (machine, *COMPAT.get(machine, ()))
+    arches = (machine, *(a for a in COMPAT.get(machine, ()) if a != "X32" or x32_abi()))
     host = os.uname().machine
     rules = [Rule(action=SCMP_ACT_ALLOW, name=name) for name in d.ALLOWED]
     rules += [
@@ -244,7 +258,10 @@ def default_filters(caps: frozenset[str], machine: str) -> tuple[Filter, Filter]
         Rule(action=SCMP_ACT_ALLOW, name="personality", args=((0, EQ, value, 0),))
         for value in d.PERSONALITIES
     ]
-    main = Filter(default=SCMP_ACT_ERRNO(ENOSYS), arches=arches, rules=tuple(rules))
+    # x32 calls where the kernel has no x32 ABI get its own answer, ENOSYS,
+    # from a filter a third smaller (so quicker to load at every start).
+    bad_arch = SCMP_ACT_ERRNO(ENOSYS)
+    main = Filter(default=bad_arch, arches=arches, rules=tuple(rules), bad_arch=bad_arch)
 
     refuse = SCMP_ACT_ERRNO(EPERM)
     low32 = 0xFFFFFFFF
@@ -259,7 +276,21 @@ def default_filters(caps: frozenset[str], machine: str) -> tuple[Filter, Filter]
             Rule(action=refuse, name="clone", args=((flags_at, MASKED_EQ, flag, flag),))
             for flag in d.CLONE_NAMESPACE_FLAGS
         ]
-    return main, Filter(default=SCMP_ACT_ALLOW, arches=arches, rules=tuple(deny))
+    return main, Filter(default=SCMP_ACT_ALLOW, arches=arches, rules=tuple(deny), bad_arch=bad_arch)
+
+
+def x32_abi() -> bool:
+    """Whether this kernel runs x32 system calls (CONFIG_X86_X32_ABI, and on
+    Debian's kernels `syscall.x32=y` at boot): getpid(2) with the x32 bit.
+
+    Without it an x32 call can only fail with ENOSYS, so the default filter
+    leaves the architecture out and answers it the kernel's way.  A plan
+    cached across a reboot that turns x32 on keeps refusing x32 calls (ENOSYS)
+    until it is compiled again: it fails closed.
+    """
+    if os.uname().machine != "x86_64":
+        return False
+    return libc.syscall_errno(X32_SYSCALL_BIT | SYS_GETPID_X86_64) != ENOSYS
 
 
 # --- Docker/OCI profile files ---------------------------------------------------------
@@ -478,6 +509,8 @@ def build(f: Filter, source: str) -> bytes:
     # (it evaluates the filter for every call number to build its cache of
     # always-allowed calls), and each filtered call runs fewer instructions.
     ctx.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    if f.bad_arch is not None:
+        ctx.set_attr(pyseccomp.Attr.ACT_BADARCH, f.bad_arch)
     native_token = pyseccomp.system_arch()
     for arch in f.arches:
         token = getattr(pyseccomp.Arch, arch)
