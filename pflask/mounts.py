@@ -577,12 +577,32 @@ def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
     Bound, not made with mknod(2): the container's /dev is a nodev tmpfs, so
     that a node the container makes there cannot be opened, while each bind
     is a mount of its own that keeps the host's node usable.  (A user
-    namespace could not make them anyway.)
+    namespace could not make them anyway.)  The tmpfs is fresh: each node's
+    file is created in it through one directory fd (this runs at every
+    start), and only a name that exists already goes through `bind_file`.
     """
     for name in nodes:
         if name not in DEVICES:
             raise libc.SyscallError("mknod(2)", EINVAL, f"/dev/{name}: not a standard device")
-        bind_file(root, f"/dev/{name}", f"{target.rstrip('/')}/{name}")
+    directory = root.make(target)
+    try:
+        for name in nodes:
+            path = f"{target.rstrip('/')}/{name}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                dst = os.open(name, flags, 0o644, dir_fd=directory)
+            except FileExistsError:
+                bind_file(root, f"/dev/{name}", path)
+                continue
+            except OSError as e:
+                raise libc.SyscallError("open(2)", e.errno or 0, root.host_path(path)) from None
+            try:
+                what = f"/dev/{name} -> {root.host_path(path)}"
+                bind_fd(f"/dev/{name}", dst, readonly=False, recursive=False, flags=(), what=what)
+            finally:
+                os.close(dst)
+    finally:
+        os.close(directory)
 
 
 def bind_file(root: Root, source: str | int, path: str, mode: int = 0o644) -> None:
