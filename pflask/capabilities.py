@@ -43,8 +43,6 @@ not know (above /proc/sys/kernel/cap_last_cap) and those already dropped from
 the bounding set by whoever started pflask (Docker, systemd's
 CapabilityBoundingSet=, ...) -- are skipped, not an error: "all" then means
 "all there is", and a default container still starts under such a parent.
-`unavailable` tells a caller which requested capabilities that affects, for a
-warning.
 
 Hot path: every container applies a capability set (see `DEFAULT`), so
 this module is imported by every `pflask run`: it imports only `os`,
@@ -117,9 +115,6 @@ ALL: frozenset[str] = frozenset(NAMES)
 # <linux/prctl.h> values libc.py does not define.
 PR_GET_KEEPCAPS = 7
 PR_SET_KEEPCAPS = 8
-PR_CAP_AMBIENT_IS_SET = 1
-
-_STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 # What a container holds unless its manifest says otherwise: the OCI
 # runtimes' default set (runc's spec template, Docker, podman).  It keeps
@@ -330,18 +325,6 @@ def _names(mask: int) -> frozenset[str]:
     return frozenset(result)
 
 
-def unavailable(keep: Iterable[str]) -> frozenset[str]:
-    """The capabilities in `keep` that `apply` will skip here.
-
-    Those the running kernel lacks and those not in this process's bounding
-    set: nothing can give them back to the container, so they are not an
-    error, but a caller may want to warn.
-    """
-    keep = frozenset(keep)
-    _check_names(keep)
-    return keep - _names(_bounding())
-
-
 # --- applying --------------------------------------------------------------------
 
 
@@ -434,29 +417,6 @@ def _name(number: int) -> str:
     return NAMES[number] if number < len(NAMES) else f"cap_{number}"
 
 
-# --- reading them back -----------------------------------------------------------------
-
-
-def parse_status(text: str) -> dict[str, frozenset[str]]:
-    """The Cap* lines of a /proc/PID/status text, as name sets keyed by field.
-
-    Keys are the field names the kernel uses (CapInh, CapPrm, CapEff, CapBnd,
-    CapAmb), so the output can be compared with `grep Cap /proc/PID/status`.
-    """
-    sets = {}
-    for line in text.splitlines():
-        field, _, value = line.partition(":")
-        if field in _STATUS_FIELDS:
-            sets[field] = _names(int(value.strip(), 16))
-    return sets
-
-
-def status_sets(pid: int | str = "self") -> dict[str, frozenset[str]]:
-    """The five capability sets of process `pid`, from /proc/PID/status."""
-    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-        return parse_status(f.read())
-
-
 __all__ = [
     "ALL",
     "BOOT",
@@ -467,8 +427,5 @@ __all__ = [
     "last_cap",
     "ordered",
     "parse",
-    "parse_status",
     "prepare_keep",
-    "status_sets",
-    "unavailable",
 ]

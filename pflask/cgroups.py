@@ -124,14 +124,6 @@ class Layout(Record):
                 return hierarchy
         return None
 
-    def only(self, version: str) -> Layout:
-        """This layout without its v1 ("v2") or its v2 ("v1") part: forces one code path."""
-        if version == "v1":
-            return Layout(v1=self.v1, v2=None)
-        if version == "v2":
-            return Layout(v1=(), v2=self.v2)
-        raise ValueError(f"cgroup version must be 'v1' or 'v2', not {version!r}")
-
 
 # --- detection ----------------------------------------------------------------
 

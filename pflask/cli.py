@@ -52,9 +52,6 @@ SUBCOMMANDS = (
     "completion",
 )
 
-RUN_USAGE = """usage: pflask run FILE [--set PATH=VALUE]... [--name NAME] [--detach] [--no-cache]
-                  [-v] [-- COMMAND [ARG...]]"""
-
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv

@@ -153,7 +153,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     host_first: list[p.Step] = _id_maps(m, ctx) if userns else []
     if cgroup is not None:
         host_first.append(cgroup)
-    host_first.extend(_host_links(m, userns, ctx))
+    host_first.extend(_host_links(m, ctx))
     steps.extend(host_first)
     if host_first:
         steps.append(p.AwaitHost(after=p.AFTER_HOST_STEPS))
@@ -533,7 +533,7 @@ def _check_allowed(
             )
 
 
-def _host_links(m: Manifest, userns: bool, ctx: Context) -> list[p.Step]:
+def _host_links(m: Manifest, ctx: Context) -> list[p.Step]:
     steps: list[p.Step] = []
     if m.interfaces and ctx.uid != 0:
         raise _error(

@@ -16,7 +16,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
-SHELLS = ("bash", "zsh", "fish")
 FILES = {"bash": "pflask.bash", "zsh": "_pflask", "fish": "pflask.fish"}
 """Each shell's script under completions/ (zsh's autoload name is the function's)."""
 
@@ -129,7 +128,7 @@ def _caps() -> list[str]:
 
 
 def script(shell: str) -> str:
-    """The completion script for `shell` (one of SHELLS)."""
+    """The completion script for `shell` (a key of FILES)."""
     parsers = _parsers()
     if shell == "bash":
         return _bash(parsers)

@@ -47,19 +47,14 @@ MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_NOATIME = 1024
 MS_BIND = 4096
-MS_MOVE = 8192
 MS_REC = 16384
 MS_SILENT = 32768
-MS_UNBINDABLE = 1 << 17
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
-MS_SHARED = 1 << 20
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 
-MNT_FORCE = 1
 MNT_DETACH = 2
-UMOUNT_NOFOLLOW = 8
 
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
@@ -67,7 +62,6 @@ MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_NOEXEC = 0x00000008
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
-AT_SYMLINK_NOFOLLOW = 0x100
 AT_FDCWD = -100
 
 OPEN_TREE_CLONE = 1
@@ -112,7 +106,6 @@ SYS_move_mount = 429
 SYS_fsopen = 430
 SYS_fsconfig = 431
 SYS_fsmount = 432
-SYS_pidfd_open = 434
 SYS_close_range = 436
 SYS_openat2 = 437
 SYS_mount_setattr = 442
@@ -198,7 +191,6 @@ _setns = _function("setns")
 _mount = _function("mount")
 _umount2 = _function("umount2")
 _sethostname = _function("sethostname")
-_setdomainname = _function("setdomainname")
 _prctl = _function("prctl")
 _capget = _function("capget")
 _capset = _function("capset")
@@ -281,11 +273,6 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_sethostname(raw, _ULong(len(raw))), "sethostname(2)", name)
-
-
-def setdomainname(name: str) -> None:
-    raw = name.encode()
-    _check(_setdomainname(raw, _ULong(len(raw))), "setdomainname(2)", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -50,39 +50,6 @@ class _Rlimit(ctypes.Structure):
     _fields_ = [("rlim_cur", ctypes.c_ulong), ("rlim_max", ctypes.c_ulong)]
 
 
-def _value(name: str, value: object) -> int:
-    # bool is an int in Python but `nofile: true` is a mistake, not 1.
-    if value == "unlimited":
-        return UNLIMITED
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ValueError(f"rlimit {name}: {value!r} is not a non-negative integer or 'unlimited'")
-
-
-def normalize(name: str, value: int | str | dict[str, int | str]) -> tuple[str, int, int]:
-    """A manifest rlimit as (name, soft, hard), -1 meaning unlimited.
-
-    `value` is an integer or "unlimited" (soft and hard alike) or
-    `{soft, hard}`.  A soft limit above the hard one is refused here, at
-    compile time, rather than as an EINVAL from setrlimit(2) in the container.
-    """
-    if name not in RESOURCES:
-        known = ", ".join(sorted(RESOURCES))
-        raise ValueError(f"unknown rlimit {name!r} (known: {known})")
-    if isinstance(value, dict):
-        extra = set(value) - {"soft", "hard"}
-        if extra or len(value) != 2:
-            raise ValueError(f"rlimit {name}: expected {{soft, hard}}, got {sorted(value)}")
-        soft, hard = _value(name, value["soft"]), _value(name, value["hard"])
-    else:
-        soft = hard = _value(name, value)
-    if hard != UNLIMITED and (soft == UNLIMITED or soft > hard):
-        raise ValueError(
-            f"rlimit {name}: soft limit {_show(soft)} is above hard limit {_show(hard)}"
-        )
-    return (name, soft, hard)
-
-
 def _show(value: int) -> str:
     return "unlimited" if value == UNLIMITED else str(value)
 

@@ -45,24 +45,3 @@ def signal_number(name: str) -> int:
     if not isinstance(found, int) or text.startswith("_"):
         raise ValueError(f"unknown signal {name!r}")
     return found
-
-
-def signal_name(number: int) -> str:
-    """The conventional name of a signal number (for messages)."""
-    if _signal.SIGRTMIN <= number <= _signal.SIGRTMAX:
-        offset = number - _signal.SIGRTMIN
-        return f"SIGRTMIN+{offset}" if offset else "SIGRTMIN"
-    for name in dir(_signal):
-        if (
-            name.startswith("SIG")
-            and not name.startswith("SIG_")
-            and name
-            not in (
-                "SIGCLD",
-                "SIGIOT",
-                "SIGPOLL",
-            )
-            and getattr(_signal, name) == number
-        ):
-            return name
-    return str(number)

@@ -206,6 +206,35 @@ def status_field(text: str, field: str) -> str:
     raise AssertionError(f"no {field} in:\n{text}")
 
 
+CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+"""The capability sets of /proc/PID/status, under the kernel's field names."""
+
+
+def parse_status(text: str) -> dict[str, frozenset[str]]:
+    """The Cap* lines of a /proc/PID/status text, as capability name sets keyed by
+    field (compare with `grep Cap /proc/PID/status`); bits beyond
+    capabilities.NAMES (a newer kernel) as "cap_N"."""
+    from pflask.capabilities import NAMES
+
+    sets = {}
+    for line in text.splitlines():
+        field, _, value = line.partition(":")
+        if field in CAP_FIELDS:
+            mask = int(value.strip(), 16)
+            sets[field] = frozenset(
+                NAMES[bit] if bit < len(NAMES) else f"cap_{bit}"
+                for bit in range(mask.bit_length())
+                if mask >> bit & 1
+            )
+    return sets
+
+
+def status_sets(pid: int | str = "self") -> dict[str, frozenset[str]]:
+    """The five capability sets of process `pid`, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+        return parse_status(f.read())
+
+
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     """A readable account of a finished command, for assertion messages."""
     return (

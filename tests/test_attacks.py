@@ -518,7 +518,7 @@ def test_on_cgroup_v2_a_device_program_holds_the_same_policy(
         None,
         None,
         None,
-        layout=cgroups.detect().only("v2"),
+        layout=cgroups.detect().replace(v1=()),
         devices=compiler.DEVICE_RULES,
     )
     node = shared_tmp / "blk"

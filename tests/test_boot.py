@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
+from helpers import describe, parse_status, pflask_cmd, run_as, run_pflask, status_sets, wait_for
 
 from pflask import compiler, machined, manifest
 from pflask import plan as p
@@ -586,8 +586,8 @@ def test_debian_boots_to_multi_user_and_halts_cleanly(shared_tmp: Path, debian_r
         from pflask import capabilities
 
         status = c.check("cat", "/proc/1/status")
-        ours = capabilities.status_sets()["CapBnd"]
-        assert capabilities.parse_status(status)["CapBnd"] == capabilities.BOOT & ours
+        ours = status_sets()["CapBnd"]
+        assert parse_status(status)["CapBnd"] == capabilities.BOOT & ours
         # ... with CAP_SYS_ADMIN, so a fresh tmpfs holds a usable node, but the
         # devices cgroup refuses to open a block device
         attack = (

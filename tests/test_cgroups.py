@@ -6,7 +6,7 @@ this machine does not have (pure v1, pure v2, a hybrid seen from inside a
 container), which `detect` parses without touching files, and one directory
 tree standing in for a cgroup2 group with memory, pids and cpu files (this
 kernel binds those controllers to v1).  The v1 code path runs on the real v1
-hierarchies with the v2 tree left out (`Layout.only("v1")`); the v2 code path
+hierarchies with the v2 tree left out (`layout.replace(v2=None)`); the v2 code path
 (placement, enabling controllers, attach, cgroup.kill, stale groups) on the
 real cgroup2 tree with its one controller, hugetlb.
 
@@ -220,7 +220,7 @@ def test_detect_fabricated_hybrid_in_a_container() -> None:
     assert pids is not None and pids.cgroup == "/sys/fs/cgroup/pids"
     assert layout.v2 is not None and layout.v2.cgroup == "/sys/fs/cgroup/unified"
     assert layout.v2.controllers == ()
-    assert layout.only("v1").mode == "v1" and layout.only("v2").mode == "v2"
+    assert layout.replace(v2=None).mode == "v1" and layout.replace(v1=()).mode == "v2"
 
 
 def test_owner_names_round_trip() -> None:
@@ -383,7 +383,7 @@ def test_failed_limit_names_the_file_and_undoes() -> None:
 
 
 def test_forced_v1_layout() -> None:
-    layout = _need_v1("memory", "pids", "cpu").only("v1")
+    layout = _need_v1("memory", "pids", "cpu").replace(v2=None)
     group = cgroups.create("pytest-v1", ("freezer",), 32 * MiB, 10, 0.5, layout=layout)
     proc = _spawn("import time\ntime.sleep(30)\n")
     try:
@@ -402,7 +402,7 @@ def test_forced_v1_layout() -> None:
 
 
 def test_v2_group_attach_and_kill() -> None:
-    layout = _need_v2().only("v2")
+    layout = _need_v2().replace(v1=())
     assert layout.v2 is not None
     # freezer is part of every v2 group (cgroup.freeze): nothing to enable.
     group = cgroups.create("pytest-v2", ("freezer",), None, None, None, layout=layout)
@@ -423,7 +423,7 @@ def test_v2_group_attach_and_kill() -> None:
 
 
 def test_v2_enables_an_available_controller() -> None:
-    layout = _need_v2().only("v2")
+    layout = _need_v2().replace(v1=())
     assert layout.v2 is not None
     if "hugetlb" not in layout.v2.controllers:
         pytest.skip("the cgroup2 tree here offers no hugetlb controller")
@@ -441,7 +441,7 @@ def test_v2_enables_an_available_controller() -> None:
 
 
 def test_v2_memory_limit_without_the_controller_is_a_clear_error() -> None:
-    layout = _need_v2().only("v2")
+    layout = _need_v2().replace(v1=())
     assert layout.v2 is not None
     if "memory" in layout.v2.controllers:
         pytest.skip("the cgroup2 tree here has the memory controller")
@@ -620,7 +620,7 @@ def test_v2_limits_are_written_in_v2_terms(
 
 
 def test_nothing_asked_on_a_v1_host_uses_the_named_hierarchy() -> None:
-    layout = _need_v1("name=systemd").only("v1")
+    layout = _need_v1("name=systemd").replace(v2=None)
     systemd = layout.v1_hierarchy("name=systemd")
     assert systemd is not None
     group = cgroups.create("pytest-named", (), None, None, None, layout=layout)
@@ -683,7 +683,7 @@ def test_clean_stale_leaves_another_users_groups_alone() -> None:
     stale = os.path.join(pids.cgroup, f"pflask-pytest-root-{child}-1")
     os.mkdir(stale)
     try:
-        code, text = _as_user(lambda: cgroups.clean_stale(layout.only("v1")))
+        code, text = _as_user(lambda: cgroups.clean_stale(layout.replace(v2=None)))
         assert (code, text) == (0, "[]")  # skipped, not an error
     finally:
         if os.path.isdir(stale):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
 
 import pytest
 from helpers import in_child, ok
 
-from pflask import rlimits
+from pflask import loader, manifest, rlimits
+from pflask.errors import ManifestError, ManifestErrors
 from pflask.libc import SyscallError
 
 TYPE_CHECKING = False
@@ -21,7 +23,7 @@ def exec_sh(fd: int, script: str) -> None:
     os.execv("/bin/sh", ["sh", "-c", script])
 
 
-# --- normalize ------------------------------------------------------------------------
+# --- the manifest's rlimits (checked by the loader, converted by manifest.from_data) --------
 
 
 def test_resources_match_the_resource_module() -> None:
@@ -31,34 +33,43 @@ def test_resources_match_the_resource_module() -> None:
         assert constant in (None, number), name  # 3.11 has no RLIMIT_LOCKS
 
 
-def test_normalize_forms() -> None:
-    assert rlimits.normalize("nofile", 1024) == ("nofile", 1024, 1024)
-    assert rlimits.normalize("core", "unlimited") == ("core", -1, -1)
-    assert rlimits.normalize("nofile", {"soft": 100, "hard": 200}) == ("nofile", 100, 200)
-    assert rlimits.normalize("cpu", {"soft": 10, "hard": "unlimited"}) == ("cpu", 10, -1)
-    assert rlimits.normalize("core", 0) == ("core", 0, 0)
+def limits(value: object, name: str = "nofile") -> tuple[tuple[str, int, int], ...]:
+    return manifest.from_data(
+        {"name": "x", "security": {"rlimits": {name: value}}}
+    ).security.rlimits
+
+
+def test_manifest_forms() -> None:
+    assert limits(1024) == (("nofile", 1024, 1024),)
+    assert limits("unlimited", "core") == (("core", -1, -1),)
+    assert limits({"soft": 100, "hard": 200}) == (("nofile", 100, 200),)
+    assert limits({"soft": 10, "hard": "unlimited"}, "cpu") == (("cpu", 10, -1),)
+    assert limits(0, "core") == (("core", 0, 0),)
+
+
+def load_error(tmp_path: Path, rlimit: str) -> str:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"version: 1\nsecurity:\n  rlimits:\n    {rlimit}\n")
+    with pytest.raises((ManifestError, ManifestErrors)) as info:
+        loader.load(str(path), env={})
+    return str(info.value)
+
+
+@pytest.mark.parametrize("value", ["{soft: 300, hard: 200}", "{soft: unlimited, hard: 200}"])
+def test_soft_above_hard(tmp_path: Path, value: str) -> None:
+    error = load_error(tmp_path, f"nofile: {value}")
+    assert "security.rlimits.nofile: the soft limit exceeds the hard limit" in error
 
 
 @pytest.mark.parametrize(
-    "value",
-    [{"soft": 300, "hard": 200}, {"soft": "unlimited", "hard": 200}],
+    "value", ["-1", "true", "lots", "1.5", "{soft: 1}", "{soft: 1, hard: 2, x: 3}"]
 )
-def test_soft_above_hard(value: dict[str, int | str]) -> None:
-    with pytest.raises(ValueError, match=r"soft limit \S+ is above hard limit 200"):
-        rlimits.normalize("nofile", value)
+def test_manifest_rejects(tmp_path: Path, value: str) -> None:
+    assert "security.rlimits.nofile" in load_error(tmp_path, f"nofile: {value}")
 
 
-@pytest.mark.parametrize(
-    "value", [-1, True, "lots", 1.5, {"soft": 1}, {"soft": 1, "hard": 2, "x": 3}]
-)
-def test_normalize_rejects(value: object) -> None:
-    with pytest.raises(ValueError, match="rlimit nofile"):
-        rlimits.normalize("nofile", value)  # type: ignore[arg-type]
-
-
-def test_normalize_unknown_resource() -> None:
-    with pytest.raises(ValueError, match="unknown rlimit 'files'"):
-        rlimits.normalize("files", 10)
+def test_unknown_resource(tmp_path: Path) -> None:
+    assert "security.rlimits" in load_error(tmp_path, "files: 10")
 
 
 # --- apply ------------------------------------------------------------------------------
@@ -66,7 +77,7 @@ def test_normalize_unknown_resource() -> None:
 
 def test_nofile_reaches_the_command() -> None:
     def body(fd: int) -> None:
-        rlimits.apply((rlimits.normalize("nofile", {"soft": 100, "hard": 200}),))
+        rlimits.apply(limits({"soft": 100, "hard": 200}))
         exec_sh(fd, "ulimit -n; ulimit -Hn")
 
     assert ok(in_child(body)).split() == ["100", "200"]
@@ -88,13 +99,13 @@ def test_several_limits_in_order() -> None:
 def test_unlimited() -> None:
     def body(fd: int) -> None:
         rlimits.apply((("core", 1000, -1),))
-        rlimits.apply((rlimits.normalize("core", "unlimited"),))
+        rlimits.apply(limits("unlimited", "core"))
         exec_sh(fd, "ulimit -c; ulimit -Hc")
 
     assert ok(in_child(body)).split() == ["unlimited", "unlimited"]
 
     def finite_soft(fd: int) -> None:
-        rlimits.apply((rlimits.normalize("core", {"soft": 0, "hard": "unlimited"}),))
+        rlimits.apply(limits({"soft": 0, "hard": "unlimited"}, "core"))
         exec_sh(fd, "ulimit -c; ulimit -Hc")
 
     assert ok(in_child(finite_soft)).split() == ["0", "unlimited"]

@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import UserInfo, describe, pflask_cmd, run_as, run_pflask, status_field
+from helpers import (
+    UserInfo,
+    describe,
+    parse_status,
+    pflask_cmd,
+    run_as,
+    run_pflask,
+    status_field,
+    status_sets,
+)
 from helpers import shell as sh
 
 from pflask import capabilities
@@ -50,7 +59,7 @@ def root(busybox_root: Path) -> dict[str, str]:
 
 
 def cap_sets(text: str) -> dict[str, frozenset[str]]:
-    sets = capabilities.parse_status(text)
+    sets = parse_status(text)
     assert set(sets) == {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}, text
     return sets
 
@@ -102,7 +111,7 @@ def test_capabilities_change_the_default_set(shared_tmp: Path, root: dict[str, s
     # `all`: everything pflask itself may have (this VM's init has no sys_resource)
     everything = manifest(shared_tmp, "all", root=root, capabilities="all")
     result = run_pflask("run", everything, "--", "cat", "/proc/self/status")
-    assert cap_sets(result.stdout)["CapEff"] == capabilities.status_sets()["CapBnd"]
+    assert cap_sets(result.stdout)["CapEff"] == status_sets()["CapBnd"]
 
 
 def subordinate_ids(user: UserInfo) -> dict[str, list[dict[str, int]]]:
@@ -264,7 +273,7 @@ def test_raising_a_hard_limit_needs_cap_sys_resource_on_the_host(
     assert as_user.returncode == 125, describe(as_user)
     assert refused in as_user.stderr
     as_root = run_as([*argv, *sh("ulimit -Hn")])
-    if "sys_resource" in capabilities.status_sets()["CapEff"]:
+    if "sys_resource" in status_sets()["CapEff"]:
         assert (as_root.returncode, as_root.stdout) == (0, "1024\n"), describe(as_root)
     else:
         assert as_root.returncode == 125 and refused in as_root.stderr, describe(as_root)
