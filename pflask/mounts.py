@@ -28,7 +28,7 @@ container: the aufs work directories, which the janitor looks after.
 from __future__ import annotations
 
 import os
-from errno import EACCES, EBUSY, EINVAL, EISDIR, ELOOP, ENOENT, ENOTDIR, EPERM, EXDEV
+from errno import EACCES, EBUSY, EEXIST, EINVAL, EISDIR, ELOOP, ENOENT, ENOTDIR, EPERM, EXDEV
 
 from pflask import libc
 from pflask.errors import SetupError
@@ -624,7 +624,7 @@ def symlink(root: Root, value: str, path: str) -> None:
         os.symlink(value, name, dir_fd=parent)
     except FileExistsError:
         if os.readlink(name, dir_fd=parent) != value:
-            raise libc.SyscallError("symlink(2)", 17, root.host_path(path)) from None
+            raise libc.SyscallError("symlink(2)", EEXIST, root.host_path(path)) from None
     finally:
         os.close(parent)
 
@@ -635,7 +635,7 @@ def existing(root: Root, paths: tuple[str, ...]) -> Iterator[tuple[str, int]]:
         try:
             fd = root.open(path)
         except libc.SyscallError as e:
-            if e.errno in (2, 20):  # ENOENT, ENOTDIR: nothing there to protect
+            if e.errno in (ENOENT, ENOTDIR):  # nothing there to protect
                 continue
             raise
         try:

@@ -17,6 +17,7 @@ RLIM_INFINITY = ~0UL.
 from __future__ import annotations
 
 import ctypes
+import errno
 
 from pflask import libc
 from pflask.libc import SyscallError
@@ -42,7 +43,6 @@ RESOURCES: dict[str, int] = {
 }
 
 UNLIMITED = -1
-EPERM = 1  # the same on every Linux architecture; avoids importing errno
 RLIM_INFINITY = ctypes.c_ulong(-1).value
 
 
@@ -71,7 +71,7 @@ def apply(limits: tuple[tuple[str, int, int], ...]) -> None:
         if setrlimit(ctypes.c_int(RESOURCES[name]), ctypes.byref(limit)) < 0:
             err = ctypes.get_errno()
             detail = f"{name}={_show(soft)}:{_show(hard)}"
-            if err == EPERM:
+            if err == errno.EPERM:
                 detail += _why_refused(name, hard)
             raise SyscallError("setrlimit(2)", err, detail)
 

@@ -31,6 +31,7 @@ kernel downgrade).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pflask import libc
@@ -52,16 +53,13 @@ SCMP_ACT_LOG = 0x7FFC0000
 SCMP_ACT_ALLOW = 0x7FFF0000
 
 
-def SCMP_ACT_ERRNO(errno: int) -> int:
-    return 0x00050000 | (errno & 0xFFFF)
+def SCMP_ACT_ERRNO(err: int) -> int:
+    return 0x00050000 | (err & 0xFFFF)
 
 
 def SCMP_ACT_TRACE(message: int) -> int:
     return 0x7FF00000 | (message & 0xFFFF)
 
-
-EPERM = 1
-ENOSYS = 38
 
 # <seccomp.h>: enum scmp_compare.
 OPERATORS = {
@@ -155,7 +153,7 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
             + (" (x32: not in this kernel, ENOSYS)" if "X32" in _left_out(machine, main) else "")
             + ": "
             f"{_count(main, SCMP_ACT_ALLOW)} calls allowed, "
-            f"{_count(main, SCMP_ACT_ERRNO(EPERM))} EPERM, others ENOSYS; "
+            f"{_count(main, SCMP_ACT_ERRNO(errno.EPERM))} EPERM, others ENOSYS; "
             "TIOCSTI, TIOCLINUX, AF_VSOCK"
             + ("" if "sys_admin" in caps else ", clone with namespace flags")
             + " EPERM"
@@ -188,8 +186,6 @@ def _count(f: Filter, action: int) -> int:
 
 def action_name(action: int) -> str:
     if action & 0xFFFF0000 == 0x00050000:
-        import errno
-
         value = action & 0xFFFF
         return f"errno {errno.errorcode.get(value, value)}"
     names = {
@@ -249,21 +245,21 @@ def default_filters(caps: frozenset[str], machine: str) -> tuple[Filter, Filter]
         if wanted & caps:
             action = SCMP_ACT_ALLOW
         elif name in d.ENOSYS_WITHOUT_CAPABILITY:
-            action = SCMP_ACT_ERRNO(ENOSYS)
+            action = SCMP_ACT_ERRNO(errno.ENOSYS)
         else:
-            action = SCMP_ACT_ERRNO(EPERM)
+            action = SCMP_ACT_ERRNO(errno.EPERM)
         rules.append(Rule(action=action, name=name))
-    rules += [Rule(action=SCMP_ACT_ERRNO(EPERM), name=name) for name in d.REFUSED]
+    rules += [Rule(action=SCMP_ACT_ERRNO(errno.EPERM), name=name) for name in d.REFUSED]
     rules += [
         Rule(action=SCMP_ACT_ALLOW, name="personality", args=((0, EQ, value, 0),))
         for value in d.PERSONALITIES
     ]
     # x32 calls where the kernel has no x32 ABI get its own answer, ENOSYS,
     # from a filter a third smaller (so quicker to load at every start).
-    bad_arch = SCMP_ACT_ERRNO(ENOSYS)
+    bad_arch = SCMP_ACT_ERRNO(errno.ENOSYS)
     main = Filter(default=bad_arch, arches=arches, rules=tuple(rules), bad_arch=bad_arch)
 
-    refuse = SCMP_ACT_ERRNO(EPERM)
+    refuse = SCMP_ACT_ERRNO(errno.EPERM)
     low32 = 0xFFFFFFFF
     deny = [
         Rule(action=refuse, name="ioctl", args=((1, MASKED_EQ, low32, request),))
@@ -290,7 +286,7 @@ def x32_abi() -> bool:
     """
     if os.uname().machine != "x86_64":
         return False
-    return libc.syscall_errno(X32_SYSCALL_BIT | SYS_GETPID_X86_64) != ENOSYS
+    return libc.syscall_errno(X32_SYSCALL_BIT | SYS_GETPID_X86_64) != errno.ENOSYS
 
 
 # --- Docker/OCI profile files ---------------------------------------------------------
@@ -332,9 +328,14 @@ class _Profile:
             raise self.error(field, f"must be an integer from {low} to {high}")
         return value
 
-    def action(self, value: Any, errno: Any, field: str, errno_field: str) -> int:
+    def action(self, value: Any, errno_ret: Any, field: str, errno_field: str) -> int:
         if value == "SCMP_ACT_ERRNO" or value == "SCMP_ACT_TRACE":
-            number = 1 if errno is None else self.integer(errno, errno_field, 0, 0xFFFF)
+            # Without errnoRet, Docker's profiles mean EPERM (a trace message: 1 too).
+            number = (
+                errno.EPERM
+                if errno_ret is None
+                else self.integer(errno_ret, errno_field, 0, 0xFFFF)
+            )
             return (SCMP_ACT_ERRNO if value == "SCMP_ACT_ERRNO" else SCMP_ACT_TRACE)(number)
         plain = {
             "SCMP_ACT_ALLOW": SCMP_ACT_ALLOW,

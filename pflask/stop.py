@@ -19,6 +19,7 @@ looks like a hang.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -63,7 +64,7 @@ def _signal_pidfd(fd: int, signum: int) -> None:
     except ProcessLookupError:
         pass  # exited meanwhile
     except libc.SyscallError as e:
-        if e.errno != 3:  # ESRCH: exited meanwhile
+        if e.errno != errno.ESRCH:  # exited meanwhile
             raise
 
 

@@ -27,6 +27,7 @@ TIOCSCTTY cannot take it from the user's session without it either.
 
 from __future__ import annotations
 
+import errno
 import os
 
 TYPE_CHECKING = False
@@ -226,7 +227,7 @@ def read_master(master: int) -> bytes | None:
     except BlockingIOError:
         return b""
     except OSError as e:
-        if e.errno == 5:  # EIO: no process holds the slave any more
+        if e.errno == errno.EIO:  # no process holds the slave any more
             return None
         raise
 

@@ -7,6 +7,7 @@ a user reads when a call fails.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -22,7 +23,7 @@ from pflask import libc
 def test_error_names_call_path_and_errno() -> None:
     with pytest.raises(libc.SyscallError) as caught:
         libc.mount("/nonexistent-source", "/nonexistent-target", None, libc.MS_BIND)
-    assert caught.value.errno == 2
+    assert caught.value.errno == errno.ENOENT
     assert str(caught.value) == "mount(2) /nonexistent-target: ENOENT (No such file or directory)"
 
 
@@ -106,7 +107,7 @@ def test_prctl_returns_the_kernels_answer() -> None:
     assert libc.prctl(libc.PR_CAPBSET_READ, 0) == 1  # CAP_CHOWN: root's bounding set has it
     with pytest.raises(libc.SyscallError) as caught:
         libc.prctl(libc.PR_CAPBSET_READ, 4096)
-    assert caught.value.errno == 22
+    assert caught.value.errno == errno.EINVAL
 
 
 def test_namespace_flags_from_manifest_names() -> None:

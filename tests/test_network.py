@@ -16,6 +16,7 @@ arrives as a clear error instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import select
@@ -545,7 +546,7 @@ def test_move_back_when_the_original_name_was_taken(
         with pytest.raises(NetworkError) as info:
             links.cleanup()
         text = str(info.value)
-        assert info.value.errno == 17
+        assert info.value.errno == errno.EEXIST
         assert "back to the host as pft-dummy0" in text and "EEXIST" in text
         assert "pft-dummy0 is taken on the host; the link is back as pft-eth7" in text
         # Not lost: back on the host under its container name.
@@ -603,7 +604,7 @@ def test_ipvlan(netns: Callable[[], Netns], links: HostLinks, master: str, mode:
         with pytest.raises(NetworkError) as info:
             links.macvlan(master, "iv0", mode, container.pid, kind="ipvlan")
         text = str(info.value)
-        assert info.value.errno == 95  # EOPNOTSUPP
+        assert info.value.errno == errno.EOPNOTSUPP
         assert text.startswith(f"netlink RTM_NEWLINK ipvlan iv0 on {master} mode {mode}"), text
         assert "the kernel has no ipvlan support" in text
         links.cleanup()
@@ -670,7 +671,7 @@ def test_move_failures(netns: Callable[[], Netns], links: HostLinks) -> None:
     container = netns()
     with pytest.raises(NetworkError, match="no host link pft-nosuch") as info:
         links.move("pft-nosuch", "eth0", container.pid)
-    assert info.value.errno == 19
+    assert info.value.errno == errno.ENODEV
     index = make_virtual_link("pft-dummy0")
     try:
         with pytest.raises(NetworkError, match="lo already exists in the container"):
@@ -685,7 +686,7 @@ def test_macvlan_failures(netns: Callable[[], Netns], links: HostLinks, master: 
     container = netns()
     with pytest.raises(NetworkError, match="no host link pft-nomaster") as info:
         links.macvlan("pft-nomaster", "mv0", "bridge", container.pid)
-    assert "macvlan mv0 on pft-nomaster" in str(info.value) and info.value.errno == 19
+    assert "macvlan mv0 on pft-nomaster" in str(info.value) and info.value.errno == errno.ENODEV
     with pytest.raises(NetworkError, match="modes: private, vepa, bridge"):
         links.macvlan(master, "mv0", "sideways", container.pid)
     with pytest.raises(NetworkError, match="lo already exists in the container"):
@@ -698,7 +699,7 @@ def test_bad_addresses(netns: Callable[[], Netns], links: HostLinks) -> None:
     # Caught before anything exists.
     with pytest.raises(NetworkError, match=r"address of pft-vh6 '10\.0\.0\.300/24'") as info:
         links.veth("pft-vh6", "eth0", container.pid, ("10.0.0.300/24",))
-    assert info.value.errno == 22
+    assert info.value.errno == errno.EINVAL
     assert "pft-vh6" not in host_links()
     with pytest.raises(NetworkError, match=r"prefix length must be 0\.\.32"):
         links.veth("pft-vh6", "eth0", container.pid, ("10.0.0.1/33",))
@@ -728,7 +729,7 @@ def test_configure_failures(netns: Callable[[], Netns], links: HostLinks) -> Non
             network.configure, "eth0", ("10.238.0.2/24",), ("10.9.9.9",), None, None, True
         )
     assert info.value.text.startswith("netlink RTM_NEWROUTE default via 10.9.9.9 dev eth0")
-    assert info.value.errno == 101  # ENETUNREACH
+    assert info.value.errno == errno.ENETUNREACH
 
 
 def test_container_gone(links: HostLinks) -> None:
