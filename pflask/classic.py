@@ -422,8 +422,9 @@ def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.caps:
         data["capabilities"] = args.caps
     if args.seccomp:
-        words = ("default", "unconfined")
-        profile = args.seccomp if args.seccomp in words else _host(args.seccomp)
+        from pflask.loader import SECCOMP_WORDS
+
+        profile = args.seccomp if args.seccomp in SECCOMP_WORDS else _host(args.seccomp)
         data.setdefault("security", {})["seccomp"] = profile
     if args.detach:
         data["detach"] = True

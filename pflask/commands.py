@@ -458,8 +458,8 @@ def run_manifest_data(
         from pflask import cache
 
         # A seccomp profile file is read by the compiler: its content is part of the plan.
-        profile = data.get("security", {}).get("seccomp", "default")
-        files = () if profile in ("default", "unconfined") else (profile,)
+        profile = m.security.seccomp
+        files = () if profile in loader.SECCOMP_WORDS else (profile,)
         cache.store(entry, plan, files, {})
     plan = named(plan)
     if show:

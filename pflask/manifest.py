@@ -1,9 +1,13 @@
 """The Manifest: a validated manifest mapping as typed, immutable records.
 
 Built only from data the schema accepted (the loader or the classic command
-line made it), so construction here cannot fail on shape; defaults that do not
-depend on the running system are filled in.  Decisions that do (the user
-namespace for a non-root user, the PID 1 scheme) belong to the compiler.
+line made it), so construction here cannot fail on shape.  The records'
+defaults are the manifest's defaults, stated once: `from_data` passes only
+the fields a mapping gives, and the schema's `default` keywords (what editors
+and the reference show) must say the same (tests/test_manifest.py checks
+both ways).  Defaults that depend on the running system (the user namespace
+for a non-root user, the PID 1 scheme, the stop signal, the pids limit)
+belong to the compiler.
 """
 
 from __future__ import annotations
@@ -88,9 +92,13 @@ class LoopMount(Record):
 
 Mount = BindMount | TmpMount | OverlayMount | AufsMount | LoopMount
 
+LINK_MODES = {"macvlan": "bridge", "ipvlan": "l2"}
+"""The default `mode` of the interface types that have one."""
+
 
 class Interface(Record):
-    """A network interface; which fields matter depends on `type`."""
+    """A network interface; which fields matter depends on `type` (`mode`'s
+    default too: LINK_MODES)."""
 
     type: str
     name: str
@@ -165,6 +173,11 @@ def _strings(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _given(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The fields among `keys` that `data` gives (the record's defaults fill the rest)."""
+    return {key: data[key] for key in keys if key in data}
+
+
 def _flags(data: dict[str, Any]) -> tuple[str, ...]:
     return tuple(flag for flag in MOUNT_FLAGS if data.get(flag))
 
@@ -173,66 +186,31 @@ def _mount(data: dict[str, Any]) -> Mount:
     kind = data["type"]
     flags = _flags(data)
     if kind == "bind":
-        return BindMount(
-            source=data["source"],
-            target=data["target"],
-            readonly=data.get("readonly", False),
-            recursive=data.get("recursive", True),
-            optional=data.get("optional", False),
-            flags=flags,
-        )
+        given = _given(data, "source", "target", "readonly", "recursive", "optional")
+        return BindMount(**given, flags=flags)
     if kind == "tmp":
         size = data.get("size")
-        return TmpMount(
-            target=data["target"],
-            size=None if size is None else parse_size(size),
-            mode=data.get("mode"),
-            uid=data.get("uid"),
-            gid=data.get("gid"),
-            readonly=data.get("readonly", False),
-            flags=flags,
-        )
+        given = _given(data, "target", "mode", "uid", "gid", "readonly")
+        return TmpMount(**given, size=None if size is None else parse_size(size), flags=flags)
     if kind == "overlay":
-        return OverlayMount(
-            target=data["target"],
-            lower=_strings(data["lower"]),
-            upper=data.get("upper"),
-            work=data.get("work"),
-            readonly=data.get("readonly", False),
-            flags=flags,
-        )
+        given = _given(data, "target", "upper", "work", "readonly")
+        return OverlayMount(**given, lower=_strings(data["lower"]), flags=flags)
     if kind == "aufs":
-        return AufsMount(
-            source=data["source"], target=data["target"], work=data.get("work"), flags=flags
-        )
-    return LoopMount(
-        source=data["source"],
-        target=data["target"],
-        fstype=data.get("fstype", "auto"),
-        readonly=data.get("readonly", False),
-        options=data.get("options", ""),
-        flags=flags,
-    )
+        return AufsMount(**_given(data, "source", "target", "work"), flags=flags)
+    given = _given(data, "source", "target", "fstype", "readonly", "options")
+    return LoopMount(**given, flags=flags)
 
 
 def _interface(data: dict[str, Any]) -> Interface:
     kind = data["type"]
-    name = data.get("name") or data.get("device") or ""
-    default_mode = {"macvlan": "bridge", "ipvlan": "l2"}.get(kind)
     return Interface(
         type=kind,
-        name=name,
-        host=data.get("host"),
-        device=data.get("device"),
-        master=data.get("master"),
-        mode=data.get("mode", default_mode),
+        name=data.get("name") or data.get("device") or "",
+        mode=data.get("mode", LINK_MODES.get(kind)),
         addresses=_strings(data.get("address")),
         gateways=_strings(data.get("gateway")),
-        mtu=data.get("mtu"),
-        mac=data.get("mac"),
-        up=data.get("up", True),
         host_addresses=_strings(data.get("host_address")),
-        host_up=data.get("host_up", True),
+        **_given(data, "host", "device", "master", "mtu", "mac", "up", "host_up"),
     )
 
 
@@ -250,7 +228,6 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
     root = data.get("root", {})
     env = data.get("env", {})
     ns = data.get("namespaces", {})
-    user_ns = ns.get("user", "auto")
     idmap = data.get("idmap", {})
     cgroup = data.get("cgroup")
     security = data.get("security", {})
@@ -260,16 +237,18 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
     user = data.get("user")
     masked = security.get("masked_paths")
     readonly = security.get("readonly_paths")
+    given = _given(data, "hostname", "workdir", "detach", "pid1")
+    if "terminal" in data:
+        given["terminal"] = {True: "true", False: "false"}.get(data["terminal"], "auto")
+    if "timeout" in stop:
+        given["stop_timeout"] = float(stop["timeout"])
     return Manifest(
         name=data["name"],
         source=source,
         root=Root(
-            path=root.get("path"),
-            ephemeral=root.get("ephemeral", False),
-            readonly=root.get("readonly", False),
+            **_given(root, "path", "ephemeral", "readonly"),
             size=None if root.get("size") is None else parse_size(root["size"]),
         ),
-        hostname=data.get("hostname"),
         command=(
             ("/bin/sh", "-c", command)
             if isinstance(command, str)
@@ -277,19 +256,13 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
             if command is None
             else tuple(command)
         ),
-        workdir=data.get("workdir"),
         user=None if user is None else str(user),
         env_clear=env.get("clear"),
         env_keep=tuple(env.get("keep", ())),
         env_set=tuple(env.get("set", {}).items()),
         namespaces=Namespaces(
-            mount=ns.get("mount", True),
-            pid=ns.get("pid", True),
-            ipc=ns.get("ipc", True),
-            uts=ns.get("uts", True),
-            cgroup=ns.get("cgroup", True),
-            net=ns.get("net"),
-            user=None if user_ns == "auto" else user_ns,
+            **_given(ns, "mount", "pid", "ipc", "uts", "cgroup", "net"),
+            user=None if ns.get("user") == "auto" else ns.get("user"),  # None: decide
         ),
         uid_map=tuple(IdRange(**r) for r in idmap.get("uid", ())),
         gid_map=tuple(IdRange(**r) for r in idmap.get("gid", ())),
@@ -305,15 +278,11 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
         ),
         capabilities=None if caps is None else _strings(caps),
         security=Security(
-            no_new_privileges=security.get("no_new_privileges", False),
+            **_given(security, "no_new_privileges", "seccomp"),
             rlimits=tuple(_rlimit(n, v) for n, v in security.get("rlimits", {}).items()),
             masked_paths=None if masked is None else tuple(masked),
             readonly_paths=None if readonly is None else tuple(readonly),
-            seccomp=security.get("seccomp", "default"),
         ),
-        terminal={True: "true", False: "false"}.get(data.get("terminal", "auto"), "auto"),
-        detach=data.get("detach", False),
-        pid1=data.get("pid1", "auto"),
         stop_signal=stop.get("signal"),
-        stop_timeout=float(stop.get("timeout", 10.0)),
+        **given,
     )

@@ -700,14 +700,17 @@ STEPS: dict[str, type[Step]] = {
 
 
 class Plan(Record):
-    """What the supervisor needs besides the steps, and the steps themselves."""
+    """What the supervisor needs besides the steps, and the steps themselves.
+
+    The supervision fields have no defaults of their own: the compiler fills
+    them from the manifest, whose records hold the defaults."""
 
     name: str
     steps: tuple[Step, ...]
-    terminal: str = "auto"
-    detach: bool = False
-    stop_signal: str = "SIGTERM"
-    stop_timeout: float = 10.0
+    terminal: str
+    detach: bool
+    stop_signal: str
+    stop_timeout: float
     root: str | None = None
     command: tuple[str, ...] = ()
 

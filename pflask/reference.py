@@ -1,5 +1,7 @@
 """The manifest reference, written from the JSON Schema: Markdown for the
-README, roff for the pflask.yaml(5) man page (pflask.manpage).
+README, roff for the pflask.yaml(5) man page (pflask.manpage).  A field's
+`default` keyword is printed after its description (the schema states a
+default once: not in the description too).
 
 The README's reference section and the man page are this module's output
 (tests keep them equal), so the schema stays the single source of truth for
@@ -7,6 +9,8 @@ every field.
 """
 
 from __future__ import annotations
+
+import json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,9 +84,10 @@ def _rows(prefix: str, node: dict[str, Any], literal: Literal, either: str) -> I
         if name == "$schema":
             continue
         field = f"{prefix}{name}"
-        yield Row(
-            field, name in required, _type(child, literal, either), child.get("description", "")
-        )
+        description = child.get("description", "")
+        if "default" in child:
+            description += f" Default: {literal(json.dumps(child['default']))}."
+        yield Row(field, name in required, _type(child, literal, either), description)
         if child.get("type") == "object" and "properties" in child:
             yield from _rows(f"{field}.", child, literal, either)
         items = child.get("items", {})

@@ -381,11 +381,11 @@ class Container:
 
     @property
     def stop_signal(self) -> str:
-        return str(self.data.get("stop_signal") or "SIGTERM")
+        return str(self.data["stop_signal"])
 
     @property
     def stop_timeout(self) -> float:
-        return float(self.data.get("stop_timeout", 10.0))
+        return float(self.data["stop_timeout"])
 
     @property
     def socket(self) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pflask import plan as p
 
+SUPERVISION = {"terminal": "auto", "detach": False, "stop_signal": "SIGTERM", "stop_timeout": 10.0}
+
 
 def test_renamed_replaces_the_name_wherever_the_compiler_put_it() -> None:
     the_plan = p.Plan(
@@ -14,6 +16,7 @@ def test_renamed_replaces_the_name_wherever_the_compiler_put_it() -> None:
             p.Hostname(name="pflask-PID"),
             p.Exec(argv=("echo", "pflask-PID")),
         ),
+        **SUPERVISION,
         root="/srv/root",
     )
     renamed = the_plan.renamed("pflask-PID", "pflask-42")
@@ -29,6 +32,7 @@ def test_wire_form_round_trips_every_step_kind() -> None:
     the_plan = p.Plan(
         name="box",
         steps=(p.Unshare(namespaces=("mount",)), p.AwaitHost(), p.Exec(argv=("true",))),
+        **SUPERVISION,
     )
     assert p.Plan.from_wire(the_plan.to_wire()) == the_plan
     assert set(p.STEPS) >= {"await_host", "unshare", "exec"}
