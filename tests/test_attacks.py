@@ -29,10 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
+from helpers import describe, parse_status, pflask_cmd, run_as, run_pflask, wait_for
 from helpers import shell as sh
-
-from pflask import capabilities
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -121,7 +119,7 @@ def test_a_plain_command_holds_the_default_set(
     box = manifest(shared_tmp, "caps", root={"path": str(busybox_root)})
     result = run_pflask("run", box, "--", "cat", "/proc/self/status", user=user)
     assert result.returncode == 0, describe(result)
-    sets = capabilities.parse_status(result.stdout)
+    sets = parse_status(result.stdout)
     for field in ("CapEff", "CapPrm", "CapBnd"):
         assert sets[field] == DEFAULT_SET, (field, sorted(sets[field] ^ DEFAULT_SET))
     # nothing to hand on through binaries with file-inheritable capabilities
@@ -129,7 +127,7 @@ def test_a_plain_command_holds_the_default_set(
     # `all` gives the full set back (all that pflask itself holds)
     everything = manifest(shared_tmp, "all", root={"path": str(busybox_root)}, capabilities=["all"])
     result = run_pflask("run", everything, "--", "cat", "/proc/self/status", user=user)
-    assert capabilities.parse_status(result.stdout)["CapEff"] > DEFAULT_SET | {"sys_admin"}
+    assert parse_status(result.stdout)["CapEff"] > DEFAULT_SET | {"sys_admin"}
 
 
 # --- block devices --------------------------------------------------------------------------
@@ -389,7 +387,7 @@ def test_pflask_exec_gets_the_same_profile_and_keyring(shared_tmp: Path, py_root
             message="the container running",
         )
         status = run_pflask("exec", name, "--", "cat", "/proc/self/status")
-        assert capabilities.parse_status(status.stdout)["CapEff"] == DEFAULT_SET, describe(status)
+        assert parse_status(status.stdout)["CapEff"] == DEFAULT_SET, describe(status)
         command = ["exec", name, "--", *python(KEY_THIEF)]
         ring = str(KEY_SPEC_SESSION_KEYRING)
         result = run_as([sys.executable, "-c", KEY_WRAPPER, ring, *command])
