@@ -333,13 +333,11 @@ def create(
     controller has neither, and the caller warns.
     """
     dirname = group_name(name)
-    _check_limits(memory, pids, cpu)
     if layout is None:
         layout = detect()
     if pids is None and default_pids is not None and _offers(layout, "pids"):
         pids = default_pids
-        _check_limits(None, pids, None)
-    wanted = _wanted(controllers, memory, pids, cpu, layout)
+    wanted = _wanted(controllers, memory, pids, cpu)
     devices_hierarchy = layout.v1_hierarchy("devices") if devices else None
     if devices_hierarchy is not None and "devices" not in wanted:
         wanted.append("devices")
@@ -412,30 +410,14 @@ def _nowhere(layout: Layout) -> SyscallError:
 
 
 def group_name(name: str) -> str:
-    """`pflask-<name>-<pid>-<starttime>` for this process; `clean_stale` parses it back."""
-    if not name or "/" in name or "\0" in name or "\n" in name or name in (".", ".."):
-        raise ValueError(f"cgroup name {name!r}: must be non-empty, without '/' or newlines")
+    """`pflask-<name>-<pid>-<starttime>` for this process; `clean_stale` parses it back.
+
+    `name` is a container's name, which the schema allows only short and of
+    letters, digits, `_`, `.` and `-`: a file name of its own."""
     if name.startswith(PREFIX) and len(name) > len(PREFIX):
         name = name[len(PREFIX) :]  # the classic default name: no pflask-pflask-...
     pid = os.getpid()
-    dirname = f"{PREFIX}{name}-{pid}-{start_time(pid) or 0}"
-    if len(os.fsencode(dirname)) > 255:
-        raise ValueError(f"cgroup name {name!r} is too long (255 bytes at most)")
-    return dirname
-
-
-def _check_limits(memory: int | None, pids: int | None, cpu: float | None) -> None:
-    """Reject nonsense before touching the filesystem; the kernel judges the rest."""
-    if memory is not None and (not _is_int(memory) or memory <= 0):
-        raise ValueError(f"cgroup memory limit must be a positive number of bytes, not {memory!r}")
-    if pids is not None and (not _is_int(pids) or pids < 1):
-        raise ValueError(f"cgroup pids limit must be at least 1, not {pids!r}")
-    if cpu is not None and (not (_is_int(cpu) or isinstance(cpu, float)) or not cpu > 0):
-        raise ValueError(f"cgroup cpu limit must be a positive number of CPUs, not {cpu!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return f"{PREFIX}{name}-{pid}-{start_time(pid) or 0}"
 
 
 def _wanted(
@@ -443,34 +425,24 @@ def _wanted(
     memory: int | None,
     pids: int | None,
     cpu: float | None,
-    layout: Layout,
 ) -> list[str]:
     """The requested controllers plus those the limits need, in order, each once."""
     wanted: list[str] = []
     limits = (("memory", memory), ("pids", pids), ("cpu", cpu))
     for controller in [*controllers, *(c for c, value in limits if value is not None)]:
         if controller not in wanted:
-            _check_name(controller, layout)
             wanted.append(controller)
     return wanted
 
 
-def _check_name(controller: str, layout: Layout) -> None:
-    """A typo is a ValueError with a suggestion; a real but absent controller is not."""
-    names = {c for hierarchy in layout.hierarchies() for c in hierarchy.controllers}
-    check_name(controller, names)
-
-
-def check_name(controller: str, also: Iterable[str] = ()) -> None:
+def check_name(controller: str) -> None:
     """Raise ValueError, with a suggestion, for a name no kernel gives a controller.
 
-    Checked against the controllers Linux has (cgroups(7)) plus `also` (those a
-    mounted hierarchy shows, for a kernel newer than this list), without
-    looking at the host: whether this host has it is `create`'s business, so
-    the manifest's validation can use it too.
+    Checked against the controllers Linux has (cgroups(7)), without looking
+    at the host (whether this host has it is `create`'s business), by the
+    manifest's validation: `create` takes the names as checked.
     """
     known = set(V1_CONTROLLERS | V2_CONTROLLERS)
-    known.update(also)
     if controller in known or (controller.startswith("name=") and len(controller) > 5):
         return
     import difflib

@@ -472,8 +472,7 @@ def overlay(
             scratch, upper_path, work_path = scratch_layers(fds[1], tmpfs)
             fds.append(scratch)
         else:
-            if work is None:
-                raise libc.SyscallError("mount(2)", EINVAL, f"{what}: an upper needs a work dir")
+            assert work is not None  # the manifest's validation: upper and work go together
             fds.append(_open_dir(upper, "overlay upper"))
             fds.append(_open_dir(work, "overlay work directory"))
             _same_filesystem(fds[-2], fds[-1], upper, work, what)

@@ -134,62 +134,19 @@ def _netlink_errors() -> tuple[type[Exception], ...]:
     return (NetlinkError,)
 
 
-# --- validation (before anything is created) ----------------------------------
+# --- addresses ------------------------------------------------------------------------
+# The manifest's validation has checked them (the schema's patterns, then
+# semantics._network with ipaddress): here they are only taken apart.
 
 
-def _parse_ip(text: str, what: str, whole: str | None = None) -> tuple[int, str]:
-    """(family, address) of a literal IPv4/IPv6 address."""
-    from _socket import inet_pton
-
-    family = _AF_INET6 if ":" in text else _AF_INET
-    try:
-        inet_pton(family, text)
-    except (OSError, ValueError):
-        shown = whole if whole is not None else text
-        reason = "not an IP address"
-        raise NetworkError("parse", errno.EINVAL, f"{what} {shown!r}", reason) from None
-    return family, text
+def _family(address: str) -> int:
+    return _AF_INET6 if ":" in address else _AF_INET
 
 
-def _parse_cidr(text: str, what: str) -> tuple[int, str, int]:
-    """(family, address, prefix length); no prefix means a host address."""
-    address, slash, prefix = text.partition("/")
-    family, address = _parse_ip(address, what, text)
-    limit = 128 if family == _AF_INET6 else 32
-    if not slash:
-        return family, address, limit
-    if not prefix.isdigit() or int(prefix) > limit:
-        raise NetworkError(
-            "parse", errno.EINVAL, f"{what} {text!r}", f"prefix length must be 0..{limit}"
-        )
-    return family, address, int(prefix)
-
-
-def _check_mac(mac: str, what: str) -> str:
-    parts = mac.split(":")
-    if len(parts) != 6 or not all(
-        len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts
-    ):
-        raise NetworkError(
-            "parse", errno.EINVAL, f"{what} mac {mac!r}", "expected xx:xx:xx:xx:xx:xx"
-        )
-    return mac.lower()
-
-
-def _check_name(name: str, what: str) -> None:
-    """The kernel's rules (dev_valid_name), checked first for a clearer message."""
-    if (
-        not name
-        or len(name.encode()) >= IFNAMSIZ
-        or name in (".", "..")
-        or any(c in "/:" or c.isspace() for c in name)
-    ):
-        raise NetworkError(
-            "parse",
-            errno.EINVAL,
-            f"{what} {name!r}",
-            f"link names have 1..{IFNAMSIZ - 1} bytes, no '/', ':' or spaces",
-        )
+def _cidr(text: str) -> tuple[int, str, int]:
+    """(family, address, prefix length) of an address/prefix."""
+    address, _, prefix = text.partition("/")
+    return _family(address), address, int(prefix)
 
 
 # --- small netlink helpers -------------------------------------------------------
@@ -400,9 +357,7 @@ class HostLinks:
         host_up: bool = True,
     ) -> None:
         """A veth pair: `host` here, its peer `name` born in the container."""
-        _check_name(host, "host link")
-        _check_name(name, "container link")
-        addresses = [_parse_cidr(a, f"address of {host}") for a in host_addresses]
+        addresses = [_cidr(a) for a in host_addresses]
         ns = self._ns(pid)
         ipr = self._host_ipr()
         detail = f"veth {host} <-> {name} (container pid {pid})"
@@ -428,7 +383,6 @@ class HostLinks:
 
     def move(self, device: str, name: str, pid: int) -> None:
         """Move host link `device` into the container, renamed `name`."""
-        _check_name(name, "container link")
         ns = self._ns(pid)
         ipr = self._host_ipr()
         detail = f"move {device} -> {name} (container pid {pid})"
@@ -452,13 +406,8 @@ class HostLinks:
 
     def macvlan(self, master: str, name: str, mode: str, pid: int, kind: str = "macvlan") -> None:
         """A macvlan (or ipvlan, `kind="ipvlan"`) on host `master`, made in the container."""
-        modes = _LINK_MODES.get(kind)
+        modes = _LINK_MODES[kind]
         detail = f"{kind} {name} on {master} mode {mode} (container pid {pid})"
-        if modes is None:
-            raise NetworkError(_NEWLINK, errno.EINVAL, detail, "kind must be macvlan or ipvlan")
-        if mode not in modes:
-            raise NetworkError(_NEWLINK, errno.EINVAL, detail, f"modes: {', '.join(modes)}")
-        _check_name(name, "container link")
         ns = self._ns(pid)
         ipr = self._host_ipr()
         master_index = _lookup(ipr, master)
@@ -710,10 +659,8 @@ def configure(
     route per gateway through this link.  Several gateways of one family get
     metrics 0, 1, 2, ... so they do not collide.
     """
-    parsed = [_parse_cidr(a, f"address of {name}") for a in addresses]
-    routes = [_parse_ip(g, f"gateway of {name}") for g in gateways]
-    if mac is not None:
-        mac = _check_mac(mac, name)
+    parsed = [_cidr(a) for a in addresses]
+    routes = [(_family(g), g) for g in gateways]
 
     with _open_iproute() as ipr:
         index = _lookup(ipr, name)

@@ -28,6 +28,8 @@ and of 2^64 bytes, where tmpfs's size= wraps; also exact as a JSON number."""
 NOFILE_MAX = 2147483584
 """The kernel's ceiling for fs.nr_open (INT_MAX rounded down to a multiple of
 BITS_PER_LONG): setrlimit(RLIMIT_NOFILE) above it fails on every host."""
+LINK_NAME_MAX = 15
+"""Bytes in a network link's name (IFNAMSIZ less its NUL)."""
 
 
 def check(data: LocDict) -> list[ManifestError]:
@@ -135,6 +137,14 @@ def _network(data: LocDict) -> list[ManifestError]:
             message = f"interface name {name!r} is already used by {other}"
             errors.append(error_at(data, ("network", "interfaces", index, "name"), message))
         seen.setdefault(name, index)
+        for key in ("name", "host", "device", "master"):
+            # The schema's pattern counts characters; the kernel counts bytes.
+            value = iface.get(key)
+            if value is not None and (len(value.encode()) > LINK_NAME_MAX or value in (".", "..")):
+                message = (
+                    f"{shown(value)} is not a link name (1 to {LINK_NAME_MAX} bytes, not . or ..)"
+                )
+                errors.append(error_at(data, ("network", "interfaces", index, key), message))
         host_name = iface.get("host") or iface.get("device")
         if host_name is not None:
             if host_name in host_seen:

@@ -24,10 +24,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from pflask import cgroups
+from pflask import cgroups, loader
+from pflask.errors import ManifestError, ManifestErrors
 from pflask.libc import SyscallError
 
 MiB = 1 << 20
@@ -234,31 +236,40 @@ def test_owner_names_round_trip() -> None:
 # --- input errors -------------------------------------------------------------
 
 
+# The manifest's validation refuses them; cgroups.create takes what it checked.
+
+
 def test_unknown_controller_is_a_value_error_with_a_suggestion() -> None:
     with pytest.raises(ValueError) as info:
-        cgroups.create("pytest-typo", ("memroy",), None, None, None)
+        cgroups.check_name("memroy")
     assert str(info.value) == "unknown cgroup controller 'memroy' (did you mean 'memory'?)"
 
 
+def load_error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"version: 1\n{text}\n")
+    with pytest.raises((ManifestError, ManifestErrors)) as info:
+        loader.load(str(path), env={})
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("limit", "field"),
     [
-        ({"memory": 0}, "memory limit must be a positive number of bytes"),
-        ({"memory": True}, "memory limit must be a positive number of bytes"),
-        ({"pids": 0}, "pids limit must be at least 1"),
-        ({"cpu": -1.0}, "cpu limit must be a positive number of CPUs"),
+        ("memory: 0", "cgroup.memory"),
+        ("memory: 0K", "cgroup.memory"),
+        ("memory: true", "cgroup.memory"),
+        ("pids: 0", "cgroup.pids"),
+        ("cpu: -1.0", "cgroup.cpu"),
     ],
 )
-def test_bad_limits_are_value_errors(kwargs: dict[str, object], message: str) -> None:
-    limits: dict[str, object] = {"memory": None, "pids": None, "cpu": None, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        cgroups.create("pytest-bad", (), **limits)  # type: ignore[arg-type]
+def test_bad_limits_are_manifest_errors(tmp_path: Path, limit: str, field: str) -> None:
+    assert f"{field}: " in load_error(tmp_path, f"cgroup: {{{limit}}}")
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "..", "a\nb"])
-def test_bad_names_are_value_errors(name: str) -> None:
-    with pytest.raises(ValueError, match="cgroup name"):
-        cgroups.create(name, (), None, None, None)
+@pytest.mark.parametrize("name", ['""', "a/b", "..", '"a\\nb"', "x" * 65])
+def test_bad_names_are_manifest_errors(tmp_path: Path, name: str) -> None:
+    assert "name: " in load_error(tmp_path, f"name: {name}")
 
 
 # --- limits on this host (v1 controllers, hybrid) -----------------------------
