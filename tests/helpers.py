@@ -206,6 +206,21 @@ def status_field(text: str, field: str) -> str:
     raise AssertionError(f"no {field} in:\n{text}")
 
 
+def load_error(directory: Path, text: str) -> str:
+    """The error(s) pflask's loader reports for manifest `text` (YAML), written
+    as m.yaml in `directory`; the test fails if the manifest loads."""
+    import pytest
+
+    from pflask import loader
+    from pflask.errors import ManifestError, ManifestErrors
+
+    path = directory / "m.yaml"
+    path.write_text(text)
+    with pytest.raises((ManifestError, ManifestErrors)) as info:
+        loader.load(str(path), env={})
+    return str(info.value)
+
+
 CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 """The capability sets of /proc/PID/status, under the kernel's field names."""
 

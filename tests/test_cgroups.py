@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import load_error
 
-from pflask import cgroups, loader
-from pflask.errors import ManifestError, ManifestErrors
+from pflask import cgroups
 from pflask.libc import SyscallError
 
 MiB = 1 << 20
@@ -245,14 +245,6 @@ def test_unknown_controller_is_a_value_error_with_a_suggestion() -> None:
     assert str(info.value) == "unknown cgroup controller 'memroy' (did you mean 'memory'?)"
 
 
-def load_error(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "m.yaml"
-    path.write_text(f"version: 1\n{text}\n")
-    with pytest.raises((ManifestError, ManifestErrors)) as info:
-        loader.load(str(path), env={})
-    return str(info.value)
-
-
 @pytest.mark.parametrize(
     ("limit", "field"),
     [
@@ -264,12 +256,12 @@ def load_error(tmp_path: Path, text: str) -> str:
     ],
 )
 def test_bad_limits_are_manifest_errors(tmp_path: Path, limit: str, field: str) -> None:
-    assert f"{field}: " in load_error(tmp_path, f"cgroup: {{{limit}}}")
+    assert f"{field}: " in load_error(tmp_path, f"version: 1\ncgroup: {{{limit}}}\n")
 
 
 @pytest.mark.parametrize("name", ['""', "a/b", "..", '"a\\nb"', "x" * 65])
 def test_bad_names_are_manifest_errors(tmp_path: Path, name: str) -> None:
-    assert "name: " in load_error(tmp_path, f"name: {name}")
+    assert "name: " in load_error(tmp_path, f"version: 1\nname: {name}\n")
 
 
 # --- limits on this host (v1 controllers, hybrid) -----------------------------

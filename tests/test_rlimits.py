@@ -7,10 +7,9 @@ import resource
 from pathlib import Path
 
 import pytest
-from helpers import in_child, ok
+from helpers import in_child, load_error, ok
 
-from pflask import loader, manifest, rlimits
-from pflask.errors import ManifestError, ManifestErrors
+from pflask import manifest, rlimits
 from pflask.libc import SyscallError
 
 TYPE_CHECKING = False
@@ -47,17 +46,13 @@ def test_manifest_forms() -> None:
     assert limits(0, "core") == (("core", 0, 0),)
 
 
-def load_error(tmp_path: Path, rlimit: str) -> str:
-    path = tmp_path / "m.yaml"
-    path.write_text(f"version: 1\nsecurity:\n  rlimits:\n    {rlimit}\n")
-    with pytest.raises((ManifestError, ManifestErrors)) as info:
-        loader.load(str(path), env={})
-    return str(info.value)
+def rlimit_error(tmp_path: Path, rlimit: str) -> str:
+    return load_error(tmp_path, f"version: 1\nsecurity:\n  rlimits:\n    {rlimit}\n")
 
 
 @pytest.mark.parametrize("value", ["{soft: 300, hard: 200}", "{soft: unlimited, hard: 200}"])
 def test_soft_above_hard(tmp_path: Path, value: str) -> None:
-    error = load_error(tmp_path, f"nofile: {value}")
+    error = rlimit_error(tmp_path, f"nofile: {value}")
     assert "security.rlimits.nofile: the soft limit exceeds the hard limit" in error
 
 
@@ -65,11 +60,11 @@ def test_soft_above_hard(tmp_path: Path, value: str) -> None:
     "value", ["-1", "true", "lots", "1.5", "{soft: 1}", "{soft: 1, hard: 2, x: 3}"]
 )
 def test_manifest_rejects(tmp_path: Path, value: str) -> None:
-    assert "security.rlimits.nofile" in load_error(tmp_path, f"nofile: {value}")
+    assert "security.rlimits.nofile" in rlimit_error(tmp_path, f"nofile: {value}")
 
 
 def test_unknown_resource(tmp_path: Path) -> None:
-    assert "security.rlimits" in load_error(tmp_path, "files: 10")
+    assert "security.rlimits" in rlimit_error(tmp_path, "files: 10")
 
 
 # --- apply ------------------------------------------------------------------------------
