@@ -10,14 +10,14 @@ from __future__ import annotations
 import itertools
 
 from pflask.errors import shown
-from pflask.loader import entry_name, error_at
+from pflask.positions import entry_name, error_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
     from pflask.errors import ManifestError
-    from pflask.loader import LocDict
+    from pflask.positions import LocDict
 
 ID_MAX = 4294967294
 """The largest uid or gid: (uid_t)-1 means "no change" to chown(2) and setresuid(2)."""
