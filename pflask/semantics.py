@@ -78,12 +78,12 @@ def _cgroup(data: LocDict) -> list[ManifestError]:
     names = data.get("cgroup", {}).get("controllers", [])
     if not names:
         return []
-    from pflask import cgroups
+    from pflask.controllers import check_name
 
     errors = []
     for index, name in enumerate(names):
         try:
-            cgroups.check_name(name)
+            check_name(name)
         except ValueError as e:
             errors.append(error_at(data, ("cgroup", "controllers", index), str(e)))
     return errors
