@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 
-from pflask.cli import UNNAMED, compile_file, context, named, stop_container
 from pflask.errors import UsageError
 
 TYPE_CHECKING = False
@@ -190,18 +189,15 @@ def subcommand(args: list[str]) -> int:
 
 
 def _validate(ns: argparse.Namespace) -> int:
-    from pflask import compiler, loader, manifest
+    from pflask import context, loader
     from pflask.errors import ManifestError, ManifestErrors
+    from pflask.pipeline import compile_file
 
     failed = False
-    ctx = context(None)
+    ctx = context.read(None)
     for file in loader.iter_files(ns.files):
         try:
-            loaded = loader.load(file)
-            try:
-                compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
-            except ManifestError as e:  # its field indexes the merged lists: place it
-                raise loaded.place(e) from None
+            compile_file(file, (), ctx)
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)
@@ -215,8 +211,11 @@ def _validate(ns: argparse.Namespace) -> int:
 
 
 def _plan(ns: argparse.Namespace) -> int:
+    from pflask import context
+    from pflask.pipeline import compile_file
+
     command = tuple(ns.command) or None
-    plan, _ = compile_file(ns.file, tuple(ns.set), context(command))
+    plan, _ = compile_file(ns.file, tuple(ns.set), context.read(command))
     if ns.json:
         import json
 
@@ -321,7 +320,10 @@ def _duration(seconds: float) -> str:
 
 
 def _stop(ns: argparse.Namespace) -> int:
-    return stop_container(ns.name, ns.timeout, ns.owner)
+    from pflask.stop import stop_container
+
+    stop_container(ns.name, ns.timeout, ns.owner)
+    return 0
 
 
 def _exec(ns: argparse.Namespace) -> int:
@@ -440,16 +442,16 @@ def run_manifest_data(
 ) -> int:
     """Validate a manifest mapping made from flags; save it, show its plan, or run it
     (caching the plan as `entry` first)."""
-    from pflask import classic, compiler, loader, manifest
+    from pflask import classic, context, loader
     from pflask.errors import ManifestError, ManifestErrors
+    from pflask.pipeline import compile_data
+    from pflask.plan import UNNAMED
 
     located = loader.located(data, origin)
     if "name" not in located:
         located["name"] = UNNAMED if not save else loader.default_name(save)
     try:
-        loader.check(located)
-        m = manifest.from_data(located, source=origin)
-        plan = compiler.compile_plan(m, context(None))
+        plan = compile_data(located, origin, context.read(None))
     except ManifestErrors as e:
         raise ManifestErrors([classic.option_error(error) for error in e.errors]) from None
     except ManifestError as e:
@@ -461,7 +463,7 @@ def run_manifest_data(
         profile = data.get("security", {}).get("seccomp", "default")
         files = () if profile in ("default", "unconfined") else (profile,)
         cache.store(entry, plan, files, {})
-    plan = named(plan)
+    plan = plan.named(os.getpid())
     if show:
         print(plan.render())
         return 0
