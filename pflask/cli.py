@@ -101,9 +101,9 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
         elif arg in ("-v", "--verbose"):
             switches["verbose"] = True
         elif arg in ("-h", "--help"):
-            from pflask import commands
+            from pflask import options
 
-            commands.run_help()
+            options.run_help()
             raise Exit(0)
         elif arg.startswith("-") or file is not None:
             shown = repr(arg) if len(arg) <= 60 else f"{arg[:40]!r}... ({len(arg)} characters)"
