@@ -222,3 +222,12 @@ def test_circles_and_later_imports_are_found(tmp_path: Path) -> None:
     assert edges["pflask.cli"] == {"pflask.load.loader"}
     assert circles(edges) == [["pflask.cli", "pflask.load.loader", "pflask.load.semantics"]]
     assert later_imports(edges) == ["pflask.load.loader (load) imports pflask.cli (cli)"]
+
+
+def test_the_cache_key_watches_modules_that_exist() -> None:
+    """cache._COMPILER names modules by path below the package: a moved module
+    it no longer finds would silently stop invalidating cached plans."""
+    from pflask import cache
+
+    found = {name.removeprefix("pflask.") for name in modules(PACKAGE)}
+    assert [name for name in cache._COMPILER if name not in found] == []
