@@ -4,9 +4,11 @@ pflask is a pipeline (load -> compile -> run) with the commands and the
 command line on top; a module that imports a later stage, or two modules that
 import each other, hide that order from a reader and make each change reach
 further than it should.  The imports are read from the source, inside
-functions and `if TYPE_CHECKING:` blocks too (pflask imports lazily for its
-start-up time, so most of its imports are in functions).  Dynamic imports
-(executor.preload's `__import__`) are not seen.
+functions (pflask imports lazily for its start-up time, so most of its
+imports are in functions).  Type-only imports (`if TYPE_CHECKING:`) count for
+the order of stages but not as circles: they never run, and they are how a
+handler names the type of the object that calls it.  Dynamic imports
+(`__import__(f"pflask.{name}")` in the preloading of steps) are not seen.
 
 STAGE places every module, whether the package is flat (pflask/loader.py) or
 in one folder per stage (pflask/load/loader.py); once the folders exist,
@@ -20,6 +22,10 @@ import importlib
 from pathlib import Path
 
 import pflask
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PACKAGE = Path(pflask.__file__).parent
 
@@ -103,11 +109,28 @@ def modules(package: Path) -> dict[str, Path]:
     return found
 
 
-def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The package's modules that `name` imports anywhere in its source."""
+def _nodes(node: ast.AST, typing: bool) -> Iterator[ast.AST]:
+    """`node` and everything in it; without `if TYPE_CHECKING:` bodies unless `typing`."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if (
+            not typing
+            and isinstance(child, ast.If)
+            and isinstance(child.test, ast.Name)
+            and child.test.id == "TYPE_CHECKING"
+        ):
+            for other in child.orelse:
+                yield from _nodes(other, typing)
+            continue
+        yield from _nodes(child, typing)
+
+
+def imports(name: str, path: Path, known: set[str], typing: bool = True) -> set[str]:
+    """The package's modules that `name` imports anywhere in its source (`typing`:
+    type-only imports too)."""
     is_package = path.name == "__init__.py"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _nodes(ast.parse(path.read_text(encoding="utf-8")), typing):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -121,9 +144,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {module for module in found if module in known and module != name}
 
 
-def graph(package: Path) -> dict[str, set[str]]:
+def graph(package: Path, typing: bool = True) -> dict[str, set[str]]:
     found = modules(package)
-    return {name: imports(name, path, set(found)) for name, path in found.items()}
+    return {name: imports(name, path, set(found), typing) for name, path in found.items()}
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -179,7 +202,7 @@ def later_imports(edges: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_circles() -> None:
-    assert circles(graph(PACKAGE)) == []
+    assert circles(graph(PACKAGE, typing=False)) == []
 
 
 def test_every_module_has_a_stage_and_imports_no_later_stage() -> None:
@@ -216,12 +239,19 @@ def test_circles_and_later_imports_are_found(tmp_path: Path) -> None:
         "def f():\n    from pflask.load import semantics\n    from pflask import cli\n"
     )
     (package / "load" / "semantics.py").write_text("from . import loader\n")
+    (package / "load" / "schema.py").write_text(
+        "TYPE_CHECKING = False\nif TYPE_CHECKING:\n    from pflask.load import positions\n"
+    )
+    (package / "load" / "positions.py").write_text("from pflask.load import schema\n")
     (package / "cli.py").write_text("import pflask.load.loader\n")
     edges = graph(package)
     assert edges["pflask.load.loader"] == {"pflask.load.semantics", "pflask.cli"}
     assert edges["pflask.load.semantics"] == {"pflask.load.loader"}
     assert edges["pflask.cli"] == {"pflask.load.loader"}
-    assert circles(edges) == [["pflask.cli", "pflask.load.loader", "pflask.load.semantics"]]
+    assert edges["pflask.load.schema"] == {"pflask.load.positions"}
+    runtime = ["pflask.cli", "pflask.load.loader", "pflask.load.semantics"]
+    assert sorted(circles(edges)) == [runtime, ["pflask.load.positions", "pflask.load.schema"]]
+    assert circles(graph(package, typing=False)) == [runtime]  # a type-only circle is none
     assert later_imports(edges) == ["pflask.load.loader (load) imports pflask.cli (cli)"]
 
 
