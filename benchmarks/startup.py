@@ -133,9 +133,9 @@ TEST_USER = "pflask-test"  # made by scripts/setup, with /etc/subuid ranges
 
 def compiled(manifest: Path) -> Plan:
     """The plan `pflask run MANIFEST` carries out (for floor.lower)."""
-    from pflask import cli
+    from pflask import context, pipeline
 
-    return cli.compile_file(str(manifest), (), cli.context(None))[0]
+    return pipeline.compile_file(str(manifest), (), context.read(None))[0]
 
 
 def _user_exists(name: str) -> bool:

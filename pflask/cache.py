@@ -17,6 +17,7 @@ from __future__ import annotations
 import marshal
 import os
 
+import pflask
 from pflask import __version__
 
 TYPE_CHECKING = False
@@ -41,9 +42,9 @@ def directory() -> str:
     return os.path.join(base, "pflask")
 
 
-# The modules whose code decides what a plan is.  Their modification times
-# join the key, so an edited checkout (an editable install keeps its version
-# number) never runs a plan an older compiler made.
+# The modules whose code decides what a plan is, by dotted name below pflask.
+# Their modification times join the key, so an edited checkout (an editable
+# install keeps its version number) never runs a plan an older compiler made.
 _COMPILER = (
     "loader",
     "semantics",
@@ -52,18 +53,20 @@ _COMPILER = (
     "plan",
     "context",
     "classic",
+    "options",
     "commands",
+    "pipeline",
     "seccomp",
     "seccomp_default",
 )
 
 
 def _code_stamp() -> tuple[int, ...]:
-    here = os.path.dirname(__file__)
+    package = os.path.dirname(pflask.__file__)
     stamps = []
     for name in _COMPILER:
         try:
-            stamps.append(os.stat(f"{here}/{name}.py").st_mtime_ns)
+            stamps.append(os.stat(f"{package}/{name.replace('.', '/')}.py").st_mtime_ns)
         except OSError:
             stamps.append(0)
     return tuple(stamps)

@@ -40,6 +40,7 @@ import errno
 import os
 import time
 
+from pflask.controllers import V1_CONTROLLERS, V2_CONTROLLERS
 from pflask.libc import SyscallError
 from pflask.record import Record
 from pflask.state import start_time
@@ -52,40 +53,6 @@ PREFIX = "pflask-"
 CPU_PERIOD = 100000  # microseconds; the kernel's default CFS period
 _SIGKILL = 9  # the same number on every Linux architecture; avoids importing signal
 
-# Controllers the kernel can bind to a v1 hierarchy (cgroups(7)), and those a
-# cgroup2 tree can offer in cgroup.controllers.  Used to tell a typo (ValueError)
-# from a controller this host does not have (SyscallError ENOENT).
-V1_CONTROLLERS = frozenset(
-    {
-        "blkio",
-        "cpu",
-        "cpuacct",
-        "cpuset",
-        "devices",
-        "freezer",
-        "hugetlb",
-        "memory",
-        "misc",
-        "net_cls",
-        "net_prio",
-        "perf_event",
-        "pids",
-        "rdma",
-    }
-)
-V2_CONTROLLERS = frozenset(
-    {
-        "cpu",
-        "cpuset",
-        "dmem",
-        "hugetlb",
-        "io",
-        "memory",
-        "misc",
-        "pids",
-        "rdma",
-    }
-)
 # How a v1 name is served by a cgroup2 tree: another controller, or "" when the
 # feature is part of every v2 group (cgroup.freeze, BPF device programs,
 # cpu.stat usage, perf_event is implicitly enabled).
@@ -435,21 +402,6 @@ def _wanted(
     return wanted
 
 
-def check_name(controller: str) -> None:
-    """Raise ValueError, with a suggestion, for a name no kernel gives a controller.
-
-    Checked against the controllers Linux has (cgroups(7)), without looking
-    at the host (whether this host has it is `create`'s business), by the
-    manifest's validation: `create` takes the names as checked.
-    """
-    known = set(V1_CONTROLLERS | V2_CONTROLLERS)
-    if controller in known or (controller.startswith("name=") and len(controller) > 5):
-        return
-    import difflib
-
-    close = difflib.get_close_matches(controller, sorted(known), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
-    raise ValueError(f"unknown cgroup controller {controller!r} ({hint})")
 
 
 def _placement(wanted: list[str], layout: Layout) -> tuple[list[Hierarchy], bool, list[str]]:

@@ -20,24 +20,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from pflask.context import Context
-    from pflask.loader import Loaded
     from pflask.plan import Plan
-
-UNNAMED = "pflask-PID"
-"""A container the original flags do not name is called pflask-<pid of its
-supervisor>; a cached plan holds this instead, and each run puts the pid in:
-`named` for a foreground run (we are the supervisor), executor.detach for a
-detached one, whose supervisor is a child (the pid that stays, so the name
-printed and `--attach PID` agree)."""
-
-
-def named(plan: Plan) -> Plan:
-    """`plan` with this run's name if the flags gave it none (a detached plan's
-    is the background supervisor's: see executor.detach)."""
-    if plan.detach:
-        return plan
-    return plan.renamed(UNNAMED, f"pflask-{os.getpid()}")
-
 
 SUBCOMMANDS = (
     "run",
@@ -59,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if args and args[0] == "run":
             return run_command(args[1:])
         if args and args[0] == "stop" and (stop := _parse_stop(args[1:])) is not None:
-            return stop_container(*stop)
+            from pflask.stop import stop_container
+
+            stop_container(*stop)
+            return 0
         if args and args[0] in SUBCOMMANDS:
             from pflask import commands
 
@@ -75,27 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
-
-
-# --- shared --------------------------------------------------------------------------
-
-
-def context(command: tuple[str, ...] | None) -> Context:
-    from pflask.context import read
-
-    return read(command)
-
-
-def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
-    from pflask import compiler, loader, manifest
-    from pflask.errors import ManifestError
-
-    loaded = loader.load(file, overrides=overrides)
-    m = manifest.from_data(loaded.data, source=file)
-    try:
-        return compiler.compile_plan(m, ctx), loaded
-    except ManifestError as e:  # its field indexes the merged lists: place it
-        raise loaded.place(e) from None
 
 
 # --- run ------------------------------------------------------------------------------
@@ -133,9 +98,9 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
         elif arg in ("-v", "--verbose"):
             switches["verbose"] = True
         elif arg in ("-h", "--help"):
-            from pflask import commands
+            from pflask import options
 
-            commands.run_help()
+            options.run_help()
             raise Exit(0)
         elif arg.startswith("-") or file is not None:
             shown = repr(arg) if len(arg) <= 60 else f"{arg[:40]!r}... ({len(arg)} characters)"
@@ -166,6 +131,8 @@ def _compile_aside(file: str, overrides: tuple[str, ...], ctx: Context, entry: s
         os.close(read_end)
         status = 0
         try:
+            from pflask.pipeline import compile_file
+
             plan, loaded = compile_file(file, overrides, ctx)
             if entry is not None:
                 from pflask import cache
@@ -212,8 +179,10 @@ def run_command(args: list[str]) -> int:
     # the command runs (executor.Supervisor._started).
     gc.disable()
     file, overrides, command, switches = _parse_run(args)
+    from pflask import context
+
+    ctx = context.read(command)
     plan = None
-    ctx = context(command)
     entry = None
     if not switches["no_cache"]:
         from pflask import cache
@@ -248,8 +217,9 @@ def classic_command(args: list[str]) -> int:
     --attach, --help, -v) are never stored, so they always get there.
     """
     gc.disable()  # as in run_command
-    ctx = context(None)
-    from pflask import cache
+    from pflask import cache, context
+
+    ctx = context.read(None)
 
     try:
         cwd = os.getcwd()
@@ -260,7 +230,7 @@ def classic_command(args: list[str]) -> int:
         entry = cache.key("classic", tuple(args), cwd, os.environ.get("HOME"), ctx.key())
         plan = cache.load(entry)
         if plan is not None:
-            run_plan(named(plan), verbose=False)
+            run_plan(plan.named(os.getpid()), verbose=False)
     from pflask import commands
 
     return commands.classic_command(args, entry)
@@ -293,13 +263,3 @@ def _parse_stop(args: list[str]) -> tuple[str, float | None, str | None] | None:
         else:
             name = arg
     return None if name is None else (name, timeout, owner)
-
-
-def stop_container(name: str, timeout: float | None, owner: str | None = None) -> int:
-    from pflask import state, stop
-
-    if timeout is not None and timeout < 0:
-        raise UsageError("stop: --timeout must be 0 or more seconds")
-    uid = None if owner is None else state.owner_uid(owner)
-    stop.stop(state.find(name, uid), timeout)
-    return 0

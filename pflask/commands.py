@@ -1,5 +1,5 @@
 """The command line other than `pflask run FILE`: the subcommands (through
-argparse) and the original pflask's flags.
+argparse; their parsers are in options.py) and the original pflask's flags.
 
 Kept apart from cli.py, whose `run` and `stop` fast paths are what scripts
 start thousands of times: this module, and argparse with it, is imported only
@@ -11,153 +11,15 @@ from __future__ import annotations
 import os
 import sys
 
-from pflask.cli import UNNAMED, compile_file, context, named, stop_container
 from pflask.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, NoReturn
+    from typing import Any
 
 
 # --- subcommands ------------------------------------------------------------------------
-
-
-def _argument_parser(**kwargs: Any) -> argparse.ArgumentParser:
-    """An ArgumentParser whose errors are one line and exit 2 like pflask's own.
-
-    argparse prints its usage and then the error; pflask's rule is one line
-    per problem, and the usage is one `-h` away.
-    """
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            where = self.prog.removeprefix("pflask").strip()
-            raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} -h)")
-
-    return Parser(**kwargs)
-
-
-def parser() -> argparse.ArgumentParser:
-    """The subcommands and their options (the man page and completion read them too)."""
-    import argparse
-
-    main = _argument_parser(
-        prog="pflask",
-        description="Run a command, or boot an OS, in Linux namespace containers described "
-        "by flags (the original pflask's) or by a manifest (pflask run FILE).",
-    )
-    from pflask import __version__
-
-    main.add_argument("--version", action="version", version=f"pflask {__version__}")
-    sub = main.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-
-    p = sub.add_parser(
-        "run",
-        help="run a manifest's container",
-        description="Run the container FILE describes: its command, or COMMAND after `--`. "
-        "The compiled plan is cached by content, so an unchanged manifest starts at once.",
-    )
-    add_run_arguments(p)
-    p = sub.add_parser("validate", help="check manifests; exit 2 with every error found")
-    p.add_argument("files", nargs="+", metavar="FILE", help="manifests, or directories of them")
-    p = sub.add_parser("plan", help="print the steps `run` would take")
-    p.add_argument("file", metavar="FILE", help="the manifest")
-    p.add_argument("--json", action="store_true", help="stable JSON instead of text")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a field; list indexes count the merged lists (bases' items first)",
-    )
-    p.add_argument("command", nargs="*", metavar="COMMAND", help="plan COMMAND instead")
-    p = sub.add_parser("schema", help="print the manifest's JSON Schema")
-    p.add_argument("--markdown", action="store_true", help="the field reference as Markdown")
-    p = sub.add_parser("convert", help="convert a manifest between YAML and TOML")
-    p.add_argument("file", metavar="FILE", help="the manifest to convert")
-    p.add_argument("--to", required=True, choices=("yaml", "toml"), help="the output format")
-    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
-    p = sub.add_parser(
-        "ps",
-        help="list running containers: name, pid, root, uptime, command",
-        description="Running containers are recorded in /run/pflask (root), else in "
-        "$XDG_RUNTIME_DIR/pflask, else /run/user/UID/pflask, else /tmp/pflask-UID. "
-        "Each user (root too) sees their own; root sees another user's with --owner.",
-    )
-    p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
-    p.add_argument("-q", "--quiet", action="store_true", help="names only, one a line")
-    _owner_argument(p)
-    p = sub.add_parser("stop", help="stop a container: its stop signal, SIGKILL after a timeout")
-    p.add_argument("name", metavar="NAME", help="the container's name or pid")
-    _owner_argument(p)
-    p.add_argument(
-        "-t",
-        "--timeout",
-        type=float,
-        metavar="S",
-        help="seconds before SIGKILL (default: the manifest's stop.timeout)",
-    )
-    p = sub.add_parser(
-        "exec", help="run a command in a running container (default: the user's login shell)"
-    )
-    p.add_argument("name", metavar="NAME", help="the container's name or pid")
-    _owner_argument(p)
-    p.add_argument(
-        "command",
-        nargs=argparse.REMAINDER,
-        metavar="-- COMMAND [ARG...]",
-        help="the command to run (default: the login shell /etc/passwd in the container "
-        "gives its user, else /bin/sh)",
-    )
-    p = sub.add_parser(
-        "attach", help="connect this terminal to a detached container; Ctrl-@ detaches"
-    )
-    p.add_argument("name", metavar="NAME", help="the container's name or pid")
-    _owner_argument(p)
-    _detach_keys_argument(p)
-    p = sub.add_parser(
-        "completion",
-        help="print a shell's completion script",
-        description="Print the Tab completion script for SHELL; e.g. in ~/.bashrc: "
-        'eval "$(pflask completion bash)". scripts/setup installs them system-wide.',
-    )
-    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
-    return main
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """`pflask run`'s options, for its help, the man page and completion: cli.py
-    parses them by hand (argparse is too slow for the start-up path), and
-    tests/test_docs.py checks that both know the same options."""
-    a = p.add_argument
-    a("file", metavar="FILE", help="the manifest (.yaml, .yml, .toml or .json)")
-    a(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help=(
-            "override a field for this run, e.g. --set root.ephemeral=true; list indexes "
-            "(mounts[2]) count the merged lists, the bases' items first"
-        ),
-    )
-    a("--name", metavar="NAME", help="the container's name (default: the manifest's)")
-    a("-d", "--detach", action="store_true", help="run in the background (pflask attach NAME)")
-    a("--no-cache", action="store_true", help="compile the manifest afresh; cache nothing")
-    a("-v", "--verbose", action="store_true", help="trace each plan step as it is applied")
-    a("command", nargs="*", metavar="-- COMMAND", help="run COMMAND instead of the manifest's")
-
-
-def _owner_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--owner",
-        metavar="USER",
-        help="another user's container (root only; a name or uid): looked for in "
-        "/run/user/UID/pflask and /tmp/pflask-UID, and acted on only if the processes "
-        "it names are that user's (default: your own containers only, root's too)",
-    )
 
 
 def _owner(ns: argparse.Namespace) -> int | None:
@@ -168,7 +30,9 @@ def _owner(ns: argparse.Namespace) -> int | None:
 
 def subcommand(args: list[str]) -> int:
     """validate, plan, schema, convert, ps, stop, exec, attach."""
-    main = parser()
+    from pflask import options
+
+    main = options.parser()
     try:
         ns = main.parse_args(args)
     except SystemExit as e:
@@ -190,18 +54,15 @@ def subcommand(args: list[str]) -> int:
 
 
 def _validate(ns: argparse.Namespace) -> int:
-    from pflask import compiler, loader, manifest
+    from pflask import context, loader
     from pflask.errors import ManifestError, ManifestErrors
+    from pflask.pipeline import compile_file
 
     failed = False
-    ctx = context(None)
+    ctx = context.read(None)
     for file in loader.iter_files(ns.files):
         try:
-            loaded = loader.load(file)
-            try:
-                compiler.compile_plan(manifest.from_data(loaded.data, source=file), ctx)
-            except ManifestError as e:  # its field indexes the merged lists: place it
-                raise loaded.place(e) from None
+            compile_file(file, (), ctx)
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)
@@ -215,8 +76,11 @@ def _validate(ns: argparse.Namespace) -> int:
 
 
 def _plan(ns: argparse.Namespace) -> int:
+    from pflask import context
+    from pflask.pipeline import compile_file
+
     command = tuple(ns.command) or None
-    plan, _ = compile_file(ns.file, tuple(ns.set), context(command))
+    plan, _ = compile_file(ns.file, tuple(ns.set), context.read(command))
     if ns.json:
         import json
 
@@ -321,7 +185,10 @@ def _duration(seconds: float) -> str:
 
 
 def _stop(ns: argparse.Namespace) -> int:
-    return stop_container(ns.name, ns.timeout, ns.owner)
+    from pflask.stop import stop_container
+
+    stop_container(ns.name, ns.timeout, ns.owner)
+    return 0
 
 
 def _exec(ns: argparse.Namespace) -> int:
@@ -337,19 +204,6 @@ def _exec(ns: argparse.Namespace) -> int:
     return nsenter.run(ns.name, command, _owner(ns))
 
 
-DETACH_KEYS = "ctrl-@"
-
-
-def _detach_keys_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--detach-keys",
-        metavar="KEYS",
-        default=DETACH_KEYS,
-        help="the keys that detach, comma separated as in podman: ctrl-p,ctrl-q; "
-        "'' never detaches (default: ctrl-@)",
-    )
-
-
 def _attach(ns: argparse.Namespace) -> int:
     from pflask import attach
 
@@ -361,21 +215,6 @@ def _completion(ns: argparse.Namespace) -> int:
 
     sys.stdout.write(completion.script(ns.shell))
     return 0
-
-
-def run_help() -> None:
-    """`pflask run -h`: the full help (cli.py's fast path has only the usage)."""
-    subcommands(parser())["run"].print_help()
-
-
-def subcommands(main: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """Each subcommand's parser, by name, in the order they were added."""
-    import argparse
-
-    for action in main._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 # --- the original command line --------------------------------------------------------------
@@ -392,9 +231,9 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
     # garbage (jsonschema, the loader) that this process, which may go on to
     # supervise the container for long, should not keep.
     gc.enable()
-    from pflask import classic
+    from pflask import classic, options
 
-    parser = classic_parser()
+    parser = options.classic_parser()
     try:
         ns = parser.parse_args(classic.normalize(parser, args))
     except SystemExit as e:
@@ -403,31 +242,12 @@ def classic_command(args: list[str], entry: str | None = None) -> int:
         from pflask import attach
 
         return attach.attach(ns.attach, keys=attach.parse_detach_keys(ns.detach_keys))
-    if ns.detach_keys != DETACH_KEYS:
+    if ns.detach_keys != options.DETACH_KEYS:
         raise UsageError("--detach-keys goes with --attach (the keys that detach from it)")
     data = classic.to_manifest(ns)
     if ns.verbose or ns.no_cache:
         entry = None  # never stored, so these flags never come from the cache either
     return run_manifest_data(data, ns.save, ns.plan, ns.verbose, "command line", entry)
-
-
-def classic_parser() -> argparse.ArgumentParser:
-    """The original pflask's options (and --version), as argparse knows them."""
-    from pflask import classic
-
-    parser = _argument_parser(
-        prog="pflask",
-        usage="pflask [OPTIONS] [--] [COMMAND [ARG...]]\n"
-        "       pflask {run,validate,plan,schema,convert,ps,stop,exec,attach} ...",
-        description="Run COMMAND (default: a shell) in new Linux namespaces. "
-        "Subcommands: run FILE, validate, plan, schema, convert, ps, stop NAME, "
-        "exec NAME, attach NAME (see pflask SUBCOMMAND -h).",
-    )
-    from pflask import __version__
-
-    parser.add_argument("--version", action="version", version=f"pflask {__version__}")
-    classic.add_arguments(parser)
-    return parser
 
 
 def run_manifest_data(
@@ -440,16 +260,16 @@ def run_manifest_data(
 ) -> int:
     """Validate a manifest mapping made from flags; save it, show its plan, or run it
     (caching the plan as `entry` first)."""
-    from pflask import classic, compiler, loader, manifest
+    from pflask import classic, context, loader
     from pflask.errors import ManifestError, ManifestErrors
+    from pflask.pipeline import compile_data
+    from pflask.plan import UNNAMED
 
     located = loader.located(data, origin)
     if "name" not in located:
         located["name"] = UNNAMED if not save else loader.default_name(save)
     try:
-        loader.check(located)
-        m = manifest.from_data(located, source=origin)
-        plan = compiler.compile_plan(m, context(None))
+        plan = compile_data(located, origin, context.read(None))
     except ManifestErrors as e:
         raise ManifestErrors([classic.option_error(error) for error in e.errors]) from None
     except ManifestError as e:
@@ -461,7 +281,7 @@ def run_manifest_data(
         profile = m.security.seccomp
         files = () if profile in loader.SECCOMP_WORDS else (profile,)
         cache.store(entry, plan, files, {})
-    plan = named(plan)
+    plan = plan.named(os.getpid())
     if show:
         print(plan.render())
         return 0

@@ -1,5 +1,5 @@
 """Tab completion scripts for bash, zsh and fish, written from the argparse
-parsers pflask itself uses (pflask.commands), so a new option completes as
+parsers pflask itself uses (pflask.options), so a new option completes as
 soon as it exists.
 
 What a value completes to is the one thing a parser does not say: VALUES
@@ -109,16 +109,16 @@ def unclassified() -> list[str]:
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from pflask import commands
+    from pflask import options
 
-    return {"": commands.classic_parser(), **commands.subcommands(commands.parser())}
+    return {"": options.classic_parser(), **options.subcommands(options.parser())}
 
 
 def _subcommand_helps() -> dict[str, str]:
-    from pflask import commands, manpage
+    from pflask import manpage, options
 
-    main = commands.parser()
-    return {name: manpage._help_of(main, name) for name in commands.subcommands(main)}
+    main = options.parser()
+    return {name: manpage._help_of(main, name) for name in options.subcommands(main)}
 
 
 def _caps() -> list[str]:
@@ -264,18 +264,18 @@ complete -F _pflask pflask
 
 
 def _bash(parsers: dict[str, argparse.ArgumentParser]) -> str:
-    from pflask import commands
+    from pflask import options
 
     head = (
         _BASH_HEAD.replace("MOUNT_TYPES", " ".join(MOUNT_TYPES))
         .replace("NETIF_KINDS", " ".join(NETIF_KINDS))
         .replace("CAPS", " ".join(_caps()))
     )
-    options, kinds, choices, positionals, positional_choices = [], [], [], [], []
+    names_of, kinds, choices, positionals, positional_choices = [], [], [], [], []
     for sub, parser in parsers.items():
         args = arguments(sub, parser)
         names = " ".join(n for a in args for n in a.names)
-        options.append(f"    {sub or 'pflask'}) echo {names} ;;")
+        names_of.append(f"    {sub or 'pflask'}) echo {names} ;;")
         for a in args:
             for name in a.names:
                 if a.kind:
@@ -292,7 +292,7 @@ def _bash(parsers: dict[str, argparse.ArgumentParser]) -> str:
         head,
         "# The options of a subcommand ('pflask': the original flags).",
         "_pflask_options() {\n    case ${1:-pflask} in",
-        *options,
+        *names_of,
         "    esac\n}",
         "",
         "# The kind of value an option takes (nothing: it takes none).",
@@ -313,7 +313,7 @@ def _bash(parsers: dict[str, argparse.ArgumentParser]) -> str:
         "_pflask_positional_choices() {\n    case $1 in",
         *positional_choices,
         "    esac\n}",
-        _BASH_MAIN.replace("SUBCOMMANDS", " ".join(commands.subcommands(commands.parser()))),
+        _BASH_MAIN.replace("SUBCOMMANDS", " ".join(options.subcommands(options.parser()))),
     ]
     return "\n".join(body)
 
@@ -499,9 +499,9 @@ def _fq(text: str) -> str:
 
 
 def _fish(parsers: dict[str, argparse.ArgumentParser]) -> str:
-    from pflask import commands
+    from pflask import options
 
-    subs = " ".join(commands.subcommands(commands.parser()))
+    subs = " ".join(options.subcommands(options.parser()))
     head = (
         _FISH_HEAD.replace("SUBCOMMANDS", subs)
         .replace("NETIF_KINDS", " ".join(NETIF_KINDS))

@@ -114,7 +114,7 @@ def detach(the_plan: plan.Plan, verbose: bool) -> int:
     S, the process that stays: `pflask --attach PID` and `pflask stop PID`
     then find the pid in the name printed (ours is gone the moment we return).
     """
-    from pflask.cli import UNNAMED
+    from pflask.plan import UNNAMED
 
     verdict_r, verdict_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()

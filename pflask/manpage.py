@@ -1,6 +1,6 @@
 """The man pages, pflask(1) and pflask.yaml(5), written in roff from the
 definitions the program itself uses: the argparse parsers of the subcommands
-and of the original flags (pflask.commands) and the manifest's JSON Schema
+and of the original flags (pflask.options) and the manifest's JSON Schema
 (through pflask.reference, which also writes the README's reference).
 
 So a man page cannot drift from `--help`: `scripts/update-docs` regenerates
@@ -195,13 +195,13 @@ def _header(title: str, section: int, version: str, manual: str) -> list[str]:
 
 def pflask_1(main: argparse.ArgumentParser, classic: argparse.ArgumentParser, version: str) -> str:
     """pflask(1): every subcommand with its options, every original flag."""
-    from pflask import commands
+    from pflask import options
 
     out = _header("PFLASK", 1, version, "User Commands")
     out += [".SH NAME", "pflask \\- run a command or boot an OS in Linux namespace containers"]
     out += [".SH SYNOPSIS"]
     out += _synopsis("pflask [OPTIONS] [--] [COMMAND [ARG...]]")
-    subs = commands.subcommands(main)
+    subs = options.subcommands(main)
     for parser in subs.values():
         out += _synopsis(_usage(parser))
     out += [".SH DESCRIPTION"]
@@ -316,10 +316,10 @@ def pflask_yaml_5(schema: dict[str, Any], version: str) -> str:
 
 def render(page: str) -> str:
     """The text of one of PAGES."""
-    from pflask import __version__, commands, schema
+    from pflask import __version__, options, schema
 
     if page == "pflask.1":
-        return pflask_1(commands.parser(), commands.classic_parser(), __version__)
+        return pflask_1(options.parser(), options.classic_parser(), __version__)
     if page == "pflask.yaml.5":
         return pflask_yaml_5(schema.load(), __version__)
     raise ValueError(f"no man page {page}")

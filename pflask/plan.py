@@ -699,6 +699,14 @@ STEPS: dict[str, type[Step]] = {
 }
 
 
+UNNAMED = "pflask-PID"
+"""A container the original flags do not name is called pflask-<pid of its
+supervisor>; a cached plan holds this instead, and each run puts the pid in
+(Plan.named for a foreground run, whose supervisor is pflask itself;
+executor.detach for a detached one, whose supervisor is a child: the pid that
+stays, so the name printed and `--attach PID` agree)."""
+
+
 class Plan(Record):
     """What the supervisor needs besides the steps, and the steps themselves.
 
@@ -739,6 +747,15 @@ class Plan(Record):
             for kind, fields in data["steps"]
         )
         return Plan.from_wire(data)
+
+    def named(self, supervisor: int) -> Plan:
+        """This plan for a foreground run whose supervisor is `supervisor`: an
+        unnamed container (UNNAMED) is called after its pid.  A detached plan
+        stays as it is: executor.detach names it after its background
+        supervisor."""
+        if self.detach:
+            return self
+        return self.renamed(UNNAMED, f"pflask-{supervisor}")
 
     def to_wire(self) -> dict[str, Any]:
         """Plain data with tuples kept, for JSON output and the marshal cache."""

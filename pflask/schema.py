@@ -14,11 +14,14 @@ _NAME = "manifest.schema.json"
 def path() -> str:
     """The schema file: shipped inside the package, or `schemas/` of a checkout.
 
-    The wheel carries a copy next to this module (see pyproject's
+    The wheel carries a copy at the top of the package (see pyproject's
     force-include); an editable install or a bare checkout reads the single
-    source of truth in `schemas/`.
+    source of truth in `schemas/`.  Both are found from the package, not from
+    this module, whichever folder of it this module is in.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
+    import pflask
+
+    here = os.path.dirname(os.path.abspath(pflask.__file__))
     for candidate in (os.path.join(here, _NAME), os.path.join(here, "..", "schemas", _NAME)):
         if os.path.exists(candidate):
             return os.path.normpath(candidate)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import itertools
 
 from pflask.errors import shown
-from pflask.loader import entry_name, error_at
+from pflask.positions import entry_name, error_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
     from pflask.errors import ManifestError
-    from pflask.loader import LocDict
+    from pflask.positions import LocDict
 
 ID_MAX = 4294967294
 """The largest uid or gid: (uid_t)-1 means "no change" to chown(2) and setresuid(2)."""
@@ -80,12 +80,12 @@ def _cgroup(data: LocDict) -> list[ManifestError]:
     names = data.get("cgroup", {}).get("controllers", [])
     if not names:
         return []
-    from pflask import cgroups
+    from pflask.controllers import check_name
 
     errors = []
     for index, name in enumerate(names):
         try:
-            cgroups.check_name(name)
+            check_name(name)
         except ValueError as e:
             errors.append(error_at(data, ("cgroup", "controllers", index), str(e)))
     return errors

@@ -24,7 +24,7 @@ import os
 import time
 
 from pflask import libc
-from pflask.errors import PflaskError
+from pflask.errors import PflaskError, UsageError
 from pflask.signals import signal_number
 
 TYPE_CHECKING = False
@@ -113,3 +113,14 @@ def stop(record: Container, timeout: float | None = None) -> None:
             )
     finally:
         os.close(supervisor)
+
+
+def stop_container(name: str, timeout: float | None, owner: str | None = None) -> None:
+    """`pflask stop NAME`: the container called `name` (or whose PID 1 is
+    `name`), the invoker's own or, for root, `owner`'s."""
+    from pflask import state
+
+    if timeout is not None and timeout < 0:
+        raise UsageError("stop: --timeout must be 0 or more seconds")
+    uid = None if owner is None else state.owner_uid(owner)
+    stop(state.find(name, uid), timeout)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from helpers import load_error
 
-from pflask import cgroups
+from pflask import cgroups, controllers
 from pflask.libc import SyscallError
 
 MiB = 1 << 20
@@ -241,7 +241,7 @@ def test_owner_names_round_trip() -> None:
 
 def test_unknown_controller_is_a_value_error_with_a_suggestion() -> None:
     with pytest.raises(ValueError) as info:
-        cgroups.check_name("memroy")
+        controllers.check_name("memroy")
     assert str(info.value) == "unknown cgroup controller 'memroy' (did you mean 'memory'?)"
 
 

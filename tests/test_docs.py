@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import run_pflask
 
-from pflask import cli, commands, manpage
+from pflask import cli, manpage, options
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -80,9 +80,7 @@ def _help_options(*args: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", result.stdout)) - {"-h", "--help"}
 
 
-@pytest.mark.parametrize(
-    "args", [(), *((name,) for name in commands.subcommands(commands.parser()))]
-)
+@pytest.mark.parametrize("args", [(), *((name,) for name in options.subcommands(options.parser()))])
 def test_every_option_help_lists_is_in_the_man_page(args: tuple[str, ...]) -> None:
     page = _rendered(MAN / "pflask.1").stdout
     # groff prints option dashes as U+2010 hyphens or ASCII; compare both ways.
@@ -94,7 +92,7 @@ def test_every_option_help_lists_is_in_the_man_page(args: tuple[str, ...]) -> No
 
 def test_every_option_and_argument_has_help_text() -> None:
     """--help, the man page and the shells' descriptions all come from it."""
-    parsers = {"pflask": commands.classic_parser(), **commands.subcommands(commands.parser())}
+    parsers = {"pflask": options.classic_parser(), **options.subcommands(options.parser())}
     bare = [
         f"{name} {'/'.join(action.option_strings) or action.dest}"
         for name, parser in parsers.items()
@@ -105,8 +103,8 @@ def test_every_option_and_argument_has_help_text() -> None:
 
 
 def test_run_fast_path_knows_every_option_its_help_lists() -> None:
-    """cli.py parses `run` by hand; its help comes from commands.add_run_arguments."""
-    run = commands.subcommands(commands.parser())["run"]
+    """cli.py parses `run` by hand; its help comes from options.add_run_arguments."""
+    run = options.subcommands(options.parser())["run"]
     for action in run._actions:
         for option in action.option_strings:
             if option in ("-h", "--help"):

@@ -236,9 +236,9 @@ def test_pruning_removes_only_pflasks_own_entries(shared_tmp: Path) -> None:
 
 FORGE = """
 import marshal, os, sys, time
-from pflask import cli, context, state
+from pflask import context, pipeline, state
 name, supervisor, pid, manifest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-plan, _ = cli.compile_file(manifest, (), context.read(None))
+plan, _ = pipeline.compile_file(manifest, (), context.read(None))
 where = state.directory()
 where.ensure()
 data = {

@@ -1,0 +1,46 @@
+"""The pipeline, written out once: manifest -> loader -> Manifest -> compiler -> Plan.
+
+Every way in (`pflask run` on a cache miss, `validate`, `plan`, the original
+flags) goes through here, so they load, check and compile alike and place a
+compiler's error in the file that holds the value.  Nothing is imported until
+it is needed: `pflask run` on a cached plan never comes here.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pflask.context import Context
+    from pflask.loader import Loaded
+    from pflask.plan import Plan
+    from pflask.positions import LocDict
+
+
+def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
+    """The plan for a manifest file with `--set` overrides, and what it was loaded from
+    (the files and variables the cache must watch)."""
+    from pflask import loader
+    from pflask.errors import ManifestError
+
+    loaded = loader.load(file, overrides=overrides)
+    try:
+        return _compile(loaded.data, file, ctx), loaded
+    except ManifestError as e:  # its field indexes the merged lists: place it
+        raise loaded.place(e) from None
+
+
+def compile_data(data: LocDict, origin: str, ctx: Context) -> Plan:
+    """The plan for a manifest mapping that was not read from a file (the original
+    flags'): checked against the schema and the rules first, as a file is."""
+    from pflask import loader
+
+    loader.check(data)
+    return _compile(data, origin, ctx)
+
+
+def _compile(data: dict[str, Any], source: str, ctx: Context) -> Plan:
+    from pflask import compiler, manifest
+
+    return compiler.compile_plan(manifest.from_data(data, source=source), ctx)
