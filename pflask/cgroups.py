@@ -402,8 +402,6 @@ def _wanted(
     return wanted
 
 
-
-
 def _placement(wanted: list[str], layout: Layout) -> tuple[list[Hierarchy], bool, list[str]]:
     """Where each controller is served: (v1 hierarchies, whether v2, v2 controllers to enable).
 

@@ -263,7 +263,7 @@ def run_manifest_data(
     from pflask import classic, context, loader
     from pflask.errors import ManifestError, ManifestErrors
     from pflask.pipeline import compile_data
-    from pflask.plan import UNNAMED
+    from pflask.plan import UNNAMED, Seccomp
 
     located = loader.located(data, origin)
     if "name" not in located:
@@ -278,8 +278,8 @@ def run_manifest_data(
         from pflask import cache
 
         # A seccomp profile file is read by the compiler: its content is part of the plan.
-        profile = m.security.seccomp
-        files = () if profile in loader.SECCOMP_WORDS else (profile,)
+        profiles = {step.profile for step in plan.steps if isinstance(step, Seccomp)}
+        files = tuple(sorted(profiles - set(loader.SECCOMP_WORDS)))
         cache.store(entry, plan, files, {})
     plan = plan.named(os.getpid())
     if show:
