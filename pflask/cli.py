@@ -176,7 +176,7 @@ def run_command(args: list[str]) -> int:
     # building the plan allocate enough for several collections (about 1 ms
     # here), and a collection in a forked child writes to, and so copies,
     # pages it shares with its parent.  The supervisor turns it back on once
-    # the command runs (executor.Supervisor._started).
+    # the command runs (supervisor.Supervisor._started).
     gc.disable()
     file, overrides, command, switches = _parse_run(args)
     from pflask import context
@@ -196,9 +196,9 @@ def run_command(args: list[str]) -> int:
 
 def run_plan(plan: Plan, verbose: bool) -> NoReturn:
     """Run the container and exit with its status."""
-    from pflask import executor
+    from pflask import supervisor
 
-    status = executor.run(plan, verbose=verbose)
+    status = supervisor.run(plan, verbose=verbose)
     # Everything is done and flushed: skip the interpreter's teardown (module
     # and object finalisation costs several milliseconds per run).
     sys.stdout.flush()

@@ -298,6 +298,6 @@ def run_manifest_data(
         except OSError as e:
             raise UsageError(f"--save {classic.shown(save)}: {e.strerror}") from None
         return 0
-    from pflask import executor
+    from pflask import supervisor
 
-    return executor.run(plan, verbose=verbose)
+    return supervisor.run(plan, verbose=verbose)

@@ -150,10 +150,17 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     pid1_first = m.namespaces.pid and not userns
     steps.append(p.Unshare(namespaces=tuple(first), pid1=pid1_first))
 
+    # The host steps come in phases, each released by the go its AwaitHost
+    # step waits for.  The name is claimed before anything is made on the
+    # host (a second container of a name is told so, not that a link
+    # exists); with nothing to make, it is claimed while the container
+    # builds its mounts, and only the command waits for it.
+    makes: list[p.Step] = [cgroup] if cgroup is not None else []
+    makes.extend(_host_links(m, ctx))
+    claim = p.ClaimName(name=m.name)
     host_first: list[p.Step] = _id_maps(m, ctx) if userns else []
-    if cgroup is not None:
-        host_first.append(cgroup)
-    host_first.extend(_host_links(m, ctx))
+    if makes:
+        host_first += [claim, *makes]
     steps.extend(host_first)
     if host_first:
         steps.append(p.AwaitHost(after=p.AFTER_HOST_STEPS))
@@ -162,10 +169,17 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if userns and maps_root(m, ctx):
         steps.append(p.BecomeRoot())
     if m.namespaces.pid and not pid1_first:
-        steps.append(p.Fork())
+        steps.append(p.Fork())  # the supervisor adopts PID 1 here
+    # A container with a root of its own is a machine to the host's tools.
+    # machined wants its PID 1, and the command does not wait for busctl:
+    # after the Fork and after the last go.
+    register = None
     if m.root.path is not None and ctx.uid == 0:
-        # A container with a root of its own is a machine to the host's tools.
-        steps.append(p.RegisterMachine(name=m.name, root=m.root.path))
+        register = p.RegisterMachine(name=m.name, root=m.root.path)
+    if makes and register is not None:
+        steps.append(register)
+    if not makes:
+        steps.append(claim)
 
     root = m.root.path
     if m.namespaces.mount:
@@ -264,9 +278,11 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     steps.append(_environment(m))
     if m.workdir is not None:
         steps.append(p.Chdir(path=container_path(m.workdir)))
-    # The supervisor claims the name while the container sets itself up; the
-    # command must not start before it has.
-    steps.append(p.AwaitHost(after=p.AFTER_NAME))
+    if not makes:
+        # The command must not start before the name is the container's.
+        steps.append(p.AwaitHost(after=p.AFTER_NAME))
+        if register is not None:
+            steps.append(register)
     if seccomp is not None and not early:
         steps.append(seccomp)  # the last thing before the command (and PID 1's own rule)
     if m.namespaces.pid and not pid1_is_command:

@@ -92,6 +92,9 @@ class Root:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = -1
+        # What `make` created (paths inside the root, parents first): in a
+        # root that stays, the supervisor removes them after the container.
+        self.made: list[str] = []
         self.reopen()
 
     def reopen(self) -> None:
@@ -148,6 +151,7 @@ class Root:
         try:
             if not _create_entry(parent, name, directory, mode, self.host_path(path)):
                 return -1  # a dangling symlink, or made meanwhile: walk it
+            self.made.append("/" + path.strip("/"))
             return libc.openat2(parent, name, os.O_PATH, _RESOLVE, what=self.host_path(path))
         finally:
             os.close(parent)
@@ -177,7 +181,8 @@ class Root:
                 value = _readlink(name, parent)
                 if value is None:  # missing: make it, then look at it again
                     kind_dir = directory or bool(pending)
-                    _create_entry(parent, name, kind_dir, mode, self.host_path(path))
+                    if _create_entry(parent, name, kind_dir, mode, self.host_path(path)):
+                        self.made.append("/" + "/".join([*done, name]))
                     pending.append(name)
                     continue
             finally:
@@ -890,7 +895,9 @@ _HOST_RESOLVE = libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_N
 
 
 def mount_targets(steps: tuple[Step, ...]) -> list[str]:
-    """Where the steps mount, in a root of its own: the paths Root.make may create."""
+    """Where the steps mount, in a root of its own: the paths Root.make may create.
+    The supervisor trusts a path the container says it made only if it is one
+    of these or a parent of one (see `remove_made`)."""
     from pflask import plan
 
     targets: list[str] = []
@@ -901,40 +908,10 @@ def mount_targets(steps: tuple[Step, ...]) -> list[str]:
     return targets
 
 
-def missing_targets(root: str, targets: list[str]) -> list[str]:
-    """The paths (inside the root) that making `targets` will create: each
-    missing component of each, seen from the host before the container runs.
-
-    A target through a symlink is left out: the container follows it inside
-    the root, and the host-side removal would not (see `remove_made`).
-    """
-    try:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return []  # preflight and the root step report it
-    missing: list[str] = []
-    try:
-        for target in targets:
-            names = [n for n in target.split("/") if n and n != "."]
-            if ".." in names:
-                continue
-            for depth in range(1, len(names) + 1):
-                path = "/".join(names[:depth])
-                try:
-                    os.close(libc.openat2(root_fd, path, os.O_PATH, _HOST_RESOLVE))
-                except libc.SyscallError as e:
-                    if e.errno == ENOENT:
-                        missing += ("/" + "/".join(names[:d]) for d in range(depth, len(names) + 1))
-                    break  # made from here on, or a symlink, another mount: not ours to judge
-    finally:
-        os.close(root_fd)
-    return list(dict.fromkeys(missing))
-
-
 def remove_made(root: str, paths: list[str]) -> list[str]:
     """After the container: remove the mount points pflask made in `root`
-    (`missing_targets`) that are still empty, deepest first; return those it
-    was refused (EACCES, EPERM), for a warning.
+    (Root.made, as the container reported them) that are still empty,
+    deepest first; return those it was refused (EACCES, EPERM), for a warning.
 
     Only an empty directory or an empty regular file goes: anything the
     container wrote there stays.  The parent is opened beneath the root with

@@ -31,7 +31,8 @@ from __future__ import annotations
 import os
 import sys
 
-from pflask import libc, plan
+from pflask import libc, plan, protocol, steps
+from pflask.container import Container, exit_status
 from pflask.errors import EXIT_SETUP, SetupError
 from pflask.signals import FORWARDED
 
@@ -134,12 +135,9 @@ def join_cgroups(opened: list[tuple[int, str]]) -> None:
             os.close(fd)
 
 
-def _preload(the_plan: plan.Plan, terminal: bool) -> None:
+def _preload(terminal: bool) -> None:
     """Everything the command's side needs, imported while our own root is reachable."""
-    import select  # noqa: F401
-
-    from pflask import capabilities, executor, rlimits, users  # noqa: F401
-
+    steps.preload((*PROCESS_STEPS, "exec"))
     if terminal:
         import fcntl  # noqa: F401
         import termios  # noqa: F401
@@ -169,7 +167,7 @@ def run(spec: str, argv: list[str], owner: int | None = None) -> int:
         raise state.NotRunning(f"{record.name} has no running PID 1 yet (still starting)")
     the_plan = record.plan()
     terminal = _wants_terminal(the_plan)
-    _preload(the_plan, terminal)
+    _preload(terminal)
     pidfd = record.open_pid1()
     if pidfd < 0:
         raise state.NotRunning(f"{record.name} has just stopped")
@@ -290,48 +288,41 @@ class Session:
                 self.io.close()
 
     def _command(self, status: int, slave: int) -> None:
-        """X: the plan's process rules, then exec; errors go to E as `CODE message`."""
-        from pflask.executor import Container
+        """X: the plan's process rules, then exec; errors go to E as `Failed` messages
+        naming the plan's step (the numbers `pflask plan` shows)."""
         from pflask.hygiene import seclude
 
         for signum in (*FORWARDED, _signal.SIGWINCH, _signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
-        runner = Container(self.plan, False, -1, status, 0, console=slave)
+        runner = Container(self.plan, status=status, console=slave)
         try:  # first: a command that fails later still never ran outside PID 1's groups
             join_cgroups(self.groups)
         except OSError as e:
-            runner._fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
+            runner.fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
         try:  # in the container's PID namespace: keep nothing of our invoker's
             seclude((status, slave), b"pflask-exec", dumpable=False)
         except FileNotFoundError:
             pass  # no /proc/self/stat in there: no /proc/X/environ to read either
         except OSError as e:
-            runner._fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
+            runner.fail(EXIT_SETUP, f"exec in {self.record.name}: {e}")
         if slave < 0:
             os.setsid()  # as `pflask run`: signals reach it through pflask, once
-        steps = [s for s in self.plan.steps if s.kind in PROCESS_STEPS]
-        for step in (*steps, plan.Exec(argv=tuple(self.argv))):
-            try:
-                runner._step(step)
-            except (OSError, LookupError, ValueError) as e:
-                runner._fail(EXIT_SETUP, f"{step.describe()}: {e}")
-            except Exception as e:
-                runner._fail(EXIT_SETUP, f"{step.describe()}: {e} ({type(e).__name__})")
-        os._exit(EXIT_SETUP)
+        for number, step in enumerate(self.plan.steps, 1):
+            if step.kind in PROCESS_STEPS:
+                runner.run_step(number, step)
+        runner.run_step(len(self.plan.steps), plan.Exec(argv=tuple(self.argv)))
 
     def _wait(self, status_r: int) -> int:
         import select
 
-        from pflask.executor import _exit_status
-
         wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         pidfd = os.pidfd_open(self.child)
-        error = b""
-        status_open = True
+        reader = protocol.Reader(status_r)
+        message: protocol.Status | None = None  # until the status pipe has spoken
         try:
             while True:
-                readers = [pidfd, wakeup_r] + ([status_r] if status_open else [])
+                readers = [pidfd, wakeup_r] + ([status_r] if message is None else [])
                 writers: list[int] = []
                 io = self.io
                 if io is not None:
@@ -346,20 +337,17 @@ class Session:
                     if self.resized and io is not None:
                         self.resized = False
                         io.resize()
-                if status_open and status_r in ready:
-                    chunk = os.read(status_r, 4096)
-                    error += chunk
-                    if not chunk:
-                        status_open = False
-                        if not error and io is not None:
-                            io.start()  # the command runs: raw mode from now on
+                if message is None and status_r in ready:
+                    message = reader.receive()
+                    if message == protocol.END and io is not None:
+                        io.start()  # the command runs: raw mode from now on
                 if io is not None:
                     io.handle(ready, writable)
                 if pidfd in ready:
                     break
             status = os.waitpid(self.child, 0)[1]
-            while status_open and (chunk := os.read(status_r, 4096)):
-                error += chunk
+            if message is None:
+                message = reader.receive()
         finally:
             _signal.set_wakeup_fd(-1)
             os.close(pidfd)
@@ -367,8 +355,10 @@ class Session:
             os.close(wakeup_w)
         if self.io is not None:
             self.io.finish()
-        if error:
-            code, _, message = error.decode(errors="replace").strip().partition(" ")
-            print(f"pflask: {message}", file=sys.stderr)
-            return int(code) if code.isdigit() else EXIT_SETUP
-        return _exit_status(status)
+        if isinstance(message, protocol.Failed):
+            print(f"pflask: {message.message}", file=sys.stderr)
+            return message.code
+        if message != protocol.END:
+            print(f"pflask: the command's process said {type(message).__name__}", file=sys.stderr)
+            return EXIT_SETUP
+        return exit_status(status)

@@ -3,10 +3,16 @@
 The compiler makes every decision and records it here; the executor only
 carries the steps out.  Each step says where it runs:
 
-- "host": in the supervisor, in the host's namespaces, before the container's
-  AwaitHost step (uid/gid maps, cgroups, network links);
+- "host": in the supervisor, in the host's namespaces (uid/gid maps, the
+  name's claim, cgroups, network links, machined registration);
 - "container": in the container's processes, in order (namespaces, mounts,
   pivot_root, hostname, addresses, limits, capabilities, environment, exec).
+
+Both sides walk the same list, so the list is also the exchange between
+them: the host steps before an AwaitHost step are one phase, done before the
+supervisor sends the "go" that releases it; a Fork step is where the
+supervisor adopts the container's PID 1; host steps after the last AwaitHost
+run while the command starts (pflask.supervisor, pflask.protocol).
 
 Field values are plain scalars and tuples, so a plan converts losslessly to
 JSON (`pflask plan --json`) and to `marshal` (the start-up cache).
@@ -158,15 +164,31 @@ AFTER_HOST_STEPS = "host steps"
 AFTER_NAME = "name claimed"
 
 
-class AwaitHost(Step):
-    """Wait for the supervisor's next "go".
+class ClaimName(Step):
+    """Record the container under its name (pflask.state), or stop: the name is in use.
 
-    Just before the command starts, always: the supervisor records the
-    container under its name meanwhile (after="name claimed"), so the
-    container builds its mounts while that happens on the other CPU and
-    nobody sleeps waiting for a message in between.  Also right after the
-    first Unshare when host steps (id maps, cgroups, links) must come before
-    the container's own steps (after="host steps").
+    Before any host step that makes something on the host (a second
+    container of a name is told so, not that a link exists), and always
+    before the AwaitHost step that lets the command start.
+    """
+
+    kind = "claim_name"
+    where = HOST
+    name: str
+
+    def describe(self) -> str:
+        return f"claim the name {self.name} (refused if a running container has it)"
+
+
+class AwaitHost(Step):
+    """Wait for the supervisor's "go": the host steps listed since the
+    previous AwaitHost (or the start) are done.
+
+    Right after the first Unshare when host steps (id maps, cgroups, links)
+    must come before the container's own steps (after="host steps"); just
+    before the command when the name is claimed while the container builds
+    its mounts (after="name claimed"): then nobody sleeps waiting for the
+    other in between, the "go" is in the pipe by the time it is read.
     """
 
     kind = "await_host"
@@ -179,9 +201,9 @@ class AwaitHost(Step):
 class RegisterMachine(Step):
     """Register the container with systemd-machined where the host runs it.
 
-    A host step that needs the container's PID 1 (machined's "leader"): the
-    supervisor runs it once that process exists, and withdraws the
-    registration when the container ends.
+    A host step that needs the container's PID 1 (machined's "leader"): it
+    comes after the Fork, and after the last AwaitHost, so the command does
+    not wait for busctl; the registration is withdrawn when the container ends.
     """
 
     kind = "register_machine"
@@ -661,6 +683,7 @@ STEPS: dict[str, type[Step]] = {
         Cgroup,
         BecomeRoot,
         Fork,
+        ClaimName,
         AwaitHost,
         RegisterMachine,
         Reaper,
@@ -703,7 +726,7 @@ UNNAMED = "pflask-PID"
 """A container the original flags do not name is called pflask-<pid of its
 supervisor>; a cached plan holds this instead, and each run puts the pid in
 (Plan.named for a foreground run, whose supervisor is pflask itself;
-executor.detach for a detached one, whose supervisor is a child: the pid that
+supervisor.detach for a detached one, whose supervisor is a child: the pid that
 stays, so the name printed and `--attach PID` agree)."""
 
 
@@ -751,7 +774,7 @@ class Plan(Record):
     def named(self, supervisor: int) -> Plan:
         """This plan for a foreground run whose supervisor is `supervisor`: an
         unnamed container (UNNAMED) is called after its pid.  A detached plan
-        stays as it is: executor.detach names it after its background
+        stays as it is: supervisor.detach names it after its background
         supervisor."""
         if self.detach:
             return self

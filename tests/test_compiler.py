@@ -44,6 +44,7 @@ def test_order_of_a_full_container() -> None:
     order = kinds(the_plan)
     expected = [
         "unshare",
+        "claim_name",
         "cgroup",
         "veth",
         "await_host",
@@ -70,13 +71,16 @@ def test_order_of_a_full_container() -> None:
     assert order.index("pivot_root") < order.index("hostname") < order.index("loopback")
     assert order.index("mask_paths") < order.index("pivot_root")
     # host steps all come before the container's second unshare (the cgroup namespace),
-    # which waits for them
-    assert [s.where for s in the_plan.steps[1:3]] == ["host", "host"]
-    assert the_plan.steps[3] == p.AwaitHost(after="host steps")
-    assert the_plan.steps[4] == p.Unshare(namespaces=("cgroup",))
-    # and the command waits for the name to be claimed
-    assert order.count("await_host") == 2
-    assert the_plan.steps[order.index("seccomp") - 1] == p.AwaitHost(after="name claimed")
+    # which waits for them; the name is claimed before anything is made on the host
+    assert [s.where for s in the_plan.steps[1:4]] == ["host", "host", "host"]
+    assert the_plan.steps[1] == p.ClaimName(name=the_plan.name)
+    assert the_plan.steps[4] == p.AwaitHost(after="host steps")
+    assert the_plan.steps[5] == p.Unshare(namespaces=("cgroup",))
+    # that one go is the last: the name is claimed, so the command need not wait again
+    assert order.count("await_host") == 1
+    assert order.count("claim_name") == 1
+    # machined's registration runs after the last go, while the command starts
+    assert [s.where for s in the_plan.steps[5:]].count("host") == 1
     assert order.index("seccomp") == order.index("reaper") - 1  # no_new_privs: loaded last
     assert step(the_plan, p.SwitchUser).keep_caps is True
 
@@ -87,14 +91,19 @@ def test_without_host_steps_the_container_waits_only_before_the_command() -> Non
     the_plan = compile_data({"root": {"path": "/srv/root"}})
     order = kinds(the_plan)
     assert order.count("await_host") == 1
-    assert order[-3:] == ["await_host", "reaper", "exec"]
-    assert the_plan.steps[-3] == p.AwaitHost(after="name claimed")
+    # the name is claimed on the host while the container builds its mounts...
+    assert order[:3] == ["unshare", "claim_name", "propagation"]
+    # ...and the command waits for that; machined's registration does not hold it up
+    assert order[-4:] == ["await_host", "register_machine", "reaper", "exec"]
+    assert the_plan.steps[-4] == p.AwaitHost(after="name claimed")
     assert order.index("pivot_root") < order.index("await_host")
 
 
 def test_id_maps_come_before_the_container_goes_on_and_the_name_before_the_command() -> None:
     order = kinds(compile_data({}, USER))
     assert order[:4] == ["unshare", "uid_map", "gid_map", "await_host"]
+    # the name is claimed with PID 1's pid, once the Fork made it, while it builds its mounts
+    assert order[order.index("fork") + 1] == "claim_name"
     assert order.count("await_host") == 2  # the second: before the command, name claimed
 
 
@@ -124,6 +133,7 @@ def test_turning_namespaces_off() -> None:
     assert the_plan.steps[0] == p.Unshare(namespaces=())
     assert kinds(the_plan) == [
         "unshare",
+        "claim_name",
         "session_keyring",
         "seccomp",
         "capabilities",

@@ -1235,10 +1235,10 @@ def test_run_ipvlan(
         ]
         path = manifest(shared_tmp, "ipvlan", busybox_root, network={"interfaces": interfaces})
         args: list[str | os.PathLike[str]] = ["run", path, "--"]
-        step, mode = "step 3", "l3"
+        step, mode = "step 4", "l3"
     else:
         args = ["-r", busybox_root, "--netif", "ipvlan:pft-rm6:iv0", "--"]
-        step, mode = "step 2", "l2"
+        step, mode = "step 3", "l2"
     result = run_pflask(*args, "ip", "-o", "link", "show", "iv0")
     if kernel_has_ipvlan("pft-rm6"):
         assert result.returncode == 0, describe(result)
@@ -1258,7 +1258,7 @@ FAILURES = {
     "veth host name taken": (
         [{"type": "veth", "host": "pft-rf0", "name": "eth0"}],
         125,
-        ["step 2 (veth pft-rf0 (host) <-> eth0 (container))", "host link pft-rf0 already exists"],
+        ["step 3 (veth pft-rf0 (host) <-> eth0 (container))", "host link pft-rf0 already exists"],
     ),
     "master missing after a veth and a move": (
         [
@@ -1267,12 +1267,12 @@ FAILURES = {
             {"type": "macvlan", "master": "pft-nomaster", "name": "mv0"},
         ],
         125,
-        ["step 4 (macvlan mv0 on pft-nomaster (mode bridge))", "no host link pft-nomaster"],
+        ["step 5 (macvlan mv0 on pft-nomaster (mode bridge))", "no host link pft-nomaster"],
     ),
     "host address the kernel refuses": (
         [{"type": "veth", "host": "pft-rv6", "name": "eth0", "host_address": "ff02::1/64"}],
         125,
-        ["step 2 (veth pft-rv6", "RTM_NEWADDR ff02::1/64 on pft-rv6: EADDRNOTAVAIL", "multicast"],
+        ["step 3 (veth pft-rv6", "RTM_NEWADDR ff02::1/64 on pft-rv6: EADDRNOTAVAIL", "multicast"],
     ),
     "gateway unreachable, inside": (
         [
@@ -1291,7 +1291,7 @@ FAILURES = {
     "move of a missing link": (
         [{"type": "move", "device": "pft-nosuch", "name": "eth0"}],
         125,
-        ["step 2 (move host link pft-nosuch into the container as eth0)", "no host link"],
+        ["step 3 (move host link pft-nosuch into the container as eth0)", "no host link"],
     ),
     "bad address (manifest)": (
         [{"type": "veth", "host": "pft-rv8", "name": "eth0", "address": "10.0.0.300/24"}],
@@ -1334,7 +1334,7 @@ def test_run_failure_classic(busybox_root: Path, made_links: Callable[..., int])
     taken = made_links("pft-rf2", "type", "ifb")
     result = run_pflask("-r", busybox_root, "--netif", "veth:pft-rf2:eth0", "--", "true")
     assert result.returncode == 125, describe(result)
-    assert "step 2 (veth pft-rf2 (host) <-> eth0 (container))" in result.stderr
+    assert "step 3 (veth pft-rf2 (host) <-> eth0 (container))" in result.stderr
     assert "host link pft-rf2 already exists" in result.stderr
     assert host_index("pft-rf2") == taken
 

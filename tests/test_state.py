@@ -284,6 +284,31 @@ def test_a_running_name_is_refused(box: Path, user: str | None, test_user: Any) 
         first.wait(timeout=10)
 
 
+def test_a_refused_name_leaves_no_mount_point_in_the_root(
+    box: Path, shared_tmp: Path, busybox_root: Path
+) -> None:
+    """The refused container builds its mounts meanwhile (the name is claimed
+    while it does), stops before its command when the supervisor closes the
+    control pipe, and reports what it made: the supervisor removes it."""
+    name = unique()
+    argv = [*pflask_cmd(), "run", str(box), "--name", name, "--", "sh", "-c", "echo up; sleep 30"]
+    first = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "up\n"
+        mounts = [{"type": "tmp", "target": "/pft-refused/deep"}]
+        second = manifest(shared_tmp, name=name, root={"path": str(busybox_root)}, mounts=mounts)
+        result = run_pflask("run", second, "--", "echo", "ran")
+        assert result.returncode == 125
+        assert f"a container named {name!r} is already running" in result.stderr
+        assert "ran" not in result.stdout
+        assert not (busybox_root / "pft-refused").exists()
+    finally:
+        run_pflask("stop", name, "--timeout", "1")
+        first.wait(timeout=10)
+
+
 @pytest.mark.parametrize("user", USERS)
 def test_stale_state_of_a_killed_pflask_is_cleaned(
     box: Path, detached: Any, user: str | None, test_user: Any
