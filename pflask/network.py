@@ -300,7 +300,7 @@ class HostLinks:
     """The supervisor's side: create container links and take them away again.
 
     Every object is recorded the moment it exists, so `cleanup()` (which the
-    executor always calls, also after a failed step) removes exactly what was
+    supervisor always calls, also after a failed step) removes exactly what was
     made.  Create methods raise `NetworkError` naming the link, the request
     and errno.  Usable as a context manager that cleans up on exit.
     """
@@ -432,7 +432,7 @@ class HostLinks:
     def release(self) -> None:
         """Close the netlink sockets (reopened on demand); the namespace stays held.
 
-        For the executor to call once the host steps are done, so S does not
+        For the supervisor to call once the host steps are done, so S does not
         keep sockets open while the container runs.
         """
         if self._host is not None:

@@ -1,7 +1,7 @@
 """The plan: the ordered, immutable steps that build and run one container.
 
-The compiler makes every decision and records it here; the executor only
-carries the steps out.  Each step says where it runs:
+The compiler makes every decision and records it here; the supervisor and the
+container only carry the steps out.  Each step says where it runs:
 
 - "host": in the supervisor, in the host's namespaces (uid/gid maps, the
   name's claim, cgroups, network links, machined registration);
@@ -31,7 +31,7 @@ CONTAINER = "container"
 
 
 class Step(Record):
-    """One thing the executor does; `describe` is what `pflask plan` prints."""
+    """One thing the supervisor or the container does; `describe` is what `pflask plan` prints."""
 
     kind: ClassVar[str] = ""
     where: ClassVar[str] = CONTAINER

@@ -755,7 +755,7 @@ def test_container_gone(links: HostLinks) -> None:
 
 # =========================================================================== pflask run
 #
-# The whole chain: manifest or classic flags -> compiler -> executor -> this
+# The whole chain: manifest or classic flags -> compiler -> supervisor -> this
 # module, in real containers on the busybox root.  Traffic only ever flows
 # between a container and a namespace the test made (`Netns`): a veth's host
 # end is moved there while the container waits on stdin, a moved link's or a

@@ -1,4 +1,4 @@
-"""pflask.plan: the records the compiler hands the executor."""
+"""pflask.plan: the records the compiler hands the supervisor and the container."""
 
 from __future__ import annotations
 
