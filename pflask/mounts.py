@@ -92,10 +92,13 @@ class Root:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = -1
-        # What `make` created (paths inside the root, parents first): in a
-        # root that stays, the supervisor removes them after the container.
+        # What `make` created in the root's own filesystem (paths inside the
+        # root, parents first): in a root that stays, the supervisor removes
+        # them after the container.  What it made on a mount over the root
+        # (a tmpfs on /dev) goes with that mount and is not counted.
         self.made: list[str] = []
         self.reopen()
+        self.device = os.fstat(self.fd).st_dev
 
     def reopen(self) -> None:
         """Pick up whatever is now mounted at the root's path."""
@@ -151,7 +154,7 @@ class Root:
         try:
             if not _create_entry(parent, name, directory, mode, self.host_path(path)):
                 return -1  # a dangling symlink, or made meanwhile: walk it
-            self.made.append("/" + path.strip("/"))
+            self._made(parent, "/" + path.strip("/"))
             return libc.openat2(parent, name, os.O_PATH, _RESOLVE, what=self.host_path(path))
         finally:
             os.close(parent)
@@ -182,7 +185,7 @@ class Root:
                 if value is None:  # missing: make it, then look at it again
                     kind_dir = directory or bool(pending)
                     if _create_entry(parent, name, kind_dir, mode, self.host_path(path)):
-                        self.made.append("/" + "/".join([*done, name]))
+                        self._made(parent, "/" + "/".join([*done, name]))
                     pending.append(name)
                     continue
             finally:
@@ -197,6 +200,10 @@ class Root:
                 done = []
             pending.extend(n for n in reversed(value.split("/")) if n)
         return "/" + "/".join(done)
+
+    def _made(self, parent: int, path: str) -> None:
+        if os.fstat(parent).st_dev == self.device:
+            self.made.append(path)
 
     def covered(self, fd: int) -> None:
         """After a mount on `fd`: if that was the root itself, use the new mount."""
