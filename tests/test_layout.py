@@ -58,7 +58,6 @@ STAGE = {
     "seccomp": "compile",
     "seccomp_default": "compile",
     # run: the supervisor, the container's processes and what their steps do
-    "executor": "run",
     "supervisor": "run",
     "container": "run",
     "steps": "run",
