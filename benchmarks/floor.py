@@ -21,14 +21,14 @@ import marshal
 import os
 import sys
 
-from pflask import libc
+from pflask.kernel import libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pflask.plan import Plan
+    from pflask.compile.plan import Plan
 
     Op = tuple[Any, ...]  # (what, its arguments...)
 
@@ -39,8 +39,8 @@ def lower(plan: Plan) -> list[Op]:
     """The plan's container steps as the system calls they come down to, for a
     root the benchmark made (so every parent directory exists).  Raises on a
     step it does not know: the floor must make the same container as pflask."""
-    from pflask import mounts
-    from pflask import plan as p
+    from pflask.compile import plan as p
+    from pflask.run import mounts
 
     ops: list[Op] = []
     root = ""
@@ -80,7 +80,7 @@ def lower(plan: Plan) -> list[Op]:
         elif isinstance(step, p.SessionKeyring):
             ops.append(("keyring",))
         elif isinstance(step, p.Capabilities):
-            from pflask import capabilities
+            from pflask.kernel import capabilities
 
             wanted = 0
             for name in step.keep:

@@ -47,7 +47,7 @@ from nspawn_env import private_nspawn_namespace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pflask.plan import Plan
+    from pflask.compile.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -133,7 +133,8 @@ TEST_USER = "pflask-test"  # made by scripts/setup, with /etc/subuid ranges
 
 def compiled(manifest: Path) -> Plan:
     """The plan `pflask run MANIFEST` carries out (for floor.lower)."""
-    from pflask import context, pipeline
+    from pflask import pipeline
+    from pflask.compile import context
 
     return pipeline.compile_file(str(manifest), (), context.read(None))[0]
 

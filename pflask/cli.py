@@ -19,8 +19,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from pflask.context import Context
-    from pflask.plan import Plan
+    from pflask.compile.context import Context
+    from pflask.compile.plan import Plan
 
 SUBCOMMANDS = (
     "run",
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         if args and args[0] == "run":
             return run_command(args[1:])
         if args and args[0] == "stop" and (stop := _parse_stop(args[1:])) is not None:
-            from pflask.stop import stop_container
+            from pflask.commands.stop import stop_container
 
             stop_container(*stop)
             return 0
         if args and args[0] in SUBCOMMANDS:
-            from pflask import commands
+            from pflask.commands import commands
 
             return commands.subcommand(args)
         return classic_command(args)
@@ -98,7 +98,7 @@ def _parse_run(args: list[str]) -> tuple[str, list[str], tuple[str, ...] | None,
         elif arg in ("-v", "--verbose"):
             switches["verbose"] = True
         elif arg in ("-h", "--help"):
-            from pflask import options
+            from pflask.doc import options
 
             options.run_help()
             raise Exit(0)
@@ -135,7 +135,7 @@ def _compile_aside(file: str, overrides: tuple[str, ...], ctx: Context, entry: s
 
             plan, loaded = compile_file(file, overrides, ctx)
             if entry is not None:
-                from pflask import cache
+                from pflask.compile import cache
 
                 cache.store(entry, plan, loaded.files, loaded.env_used)
             with os.fdopen(write_end, "wb") as f:
@@ -158,7 +158,7 @@ def _compile_aside(file: str, overrides: tuple[str, ...], ctx: Context, entry: s
     status = os.waitstatus_to_exitcode(wait_status)
     if status != 0 or not data:
         raise Exit(status or 1)
-    from pflask.plan import Plan
+    from pflask.compile.plan import Plan
 
     return Plan.from_wire(marshal.loads(data))
 
@@ -179,13 +179,13 @@ def run_command(args: list[str]) -> int:
     # the command runs (supervisor.Supervisor._started).
     gc.disable()
     file, overrides, command, switches = _parse_run(args)
-    from pflask import context
+    from pflask.compile import context
 
     ctx = context.read(command)
     plan = None
     entry = None
     if not switches["no_cache"]:
-        from pflask import cache
+        from pflask.compile import cache
 
         entry = cache.key(os.path.abspath(file), tuple(overrides), ctx.key())
         plan = cache.load(entry)
@@ -196,7 +196,7 @@ def run_command(args: list[str]) -> int:
 
 def run_plan(plan: Plan, verbose: bool) -> NoReturn:
     """Run the container and exit with its status."""
-    from pflask import supervisor
+    from pflask.run import supervisor
 
     status = supervisor.run(plan, verbose=verbose)
     # Everything is done and flushed: skip the interpreter's teardown (module
@@ -217,7 +217,7 @@ def classic_command(args: list[str]) -> int:
     --attach, --help, -v) are never stored, so they always get there.
     """
     gc.disable()  # as in run_command
-    from pflask import cache, context
+    from pflask.compile import cache, context
 
     ctx = context.read(None)
 
@@ -231,7 +231,7 @@ def classic_command(args: list[str]) -> int:
         plan = cache.load(entry)
         if plan is not None:
             run_plan(plan.named(os.getpid()), verbose=False)
-    from pflask import commands
+    from pflask.commands import commands
 
     return commands.classic_command(args, entry)
 

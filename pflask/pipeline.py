@@ -12,17 +12,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from pflask.context import Context
-    from pflask.loader import Loaded
-    from pflask.plan import Plan
-    from pflask.positions import LocDict
+    from pflask.compile.context import Context
+    from pflask.compile.plan import Plan
+    from pflask.load.loader import Loaded
+    from pflask.load.positions import LocDict
 
 
 def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
     """The plan for a manifest file with `--set` overrides, and what it was loaded from
     (the files and variables the cache must watch)."""
-    from pflask import loader
     from pflask.errors import ManifestError
+    from pflask.load import loader
 
     loaded = loader.load(file, overrides=overrides)
     try:
@@ -34,13 +34,14 @@ def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[P
 def compile_data(data: LocDict, origin: str, ctx: Context) -> Plan:
     """The plan for a manifest mapping that was not read from a file (the original
     flags'): checked against the schema and the rules first, as a file is."""
-    from pflask import loader
+    from pflask.load import loader
 
     loader.check(data)
     return _compile(data, origin, ctx)
 
 
 def _compile(data: dict[str, Any], source: str, ctx: Context) -> Plan:
-    from pflask import compiler, manifest
+    from pflask.compile import compiler
+    from pflask.load import manifest
 
     return compiler.compile_plan(manifest.from_data(data, source=source), ctx)

@@ -211,8 +211,8 @@ def load_error(directory: Path, text: str) -> str:
     as m.yaml in `directory`; the test fails if the manifest loads."""
     import pytest
 
-    from pflask import loader
     from pflask.errors import ManifestError, ManifestErrors
+    from pflask.load import loader
 
     path = directory / "m.yaml"
     path.write_text(text)
@@ -229,7 +229,7 @@ def parse_status(text: str) -> dict[str, frozenset[str]]:
     """The Cap* lines of a /proc/PID/status text, as capability name sets keyed by
     field (compare with `grep Cap /proc/PID/status`); bits beyond
     capabilities.NAMES (a newer kernel) as "cap_N"."""
-    from pflask.capabilities import NAMES
+    from pflask.kernel.capabilities import NAMES
 
     sets = {}
     for line in text.splitlines():

@@ -507,7 +507,8 @@ def test_on_cgroup_v2_a_device_program_holds_the_same_policy(
     """A host with only cgroup v2 has no devices controller: the rules become a
     BPF device program on the container's group.  This host is hybrid, so the
     v2 tree is used alone (Layout.only) for a process of the test's own."""
-    from pflask import cgroups, compiler
+    from pflask.compile import compiler
+    from pflask.run import cgroups
 
     device, major, minor = loop_device
     group = cgroups.create(

@@ -40,9 +40,11 @@ import pytest
 import yaml
 from helpers import describe, parse_status, pflask_cmd, run_as, run_pflask, status_sets, wait_for
 
-from pflask import compiler, machined, manifest
-from pflask import plan as p
-from pflask.context import Context
+from pflask.compile import compiler
+from pflask.compile import plan as p
+from pflask.compile.context import Context
+from pflask.load import manifest
+from pflask.run import machined
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -120,7 +122,7 @@ def test_a_boot_gets_its_hostname_in_etc_hostname_and_a_console_always() -> None
 
 
 def test_a_boot_keeps_nspawns_set_without_audit_control() -> None:
-    from pflask import capabilities
+    from pflask.kernel import capabilities
 
     keep = set(steps(compile_data(INIT), p.Capabilities)[0].keep)
     assert keep == capabilities.BOOT
@@ -157,7 +159,7 @@ def test_limits_asked_for_stay_and_are_delegated_too() -> None:
     ],
 )
 def test_no_boot_profile(why: str, data: dict[str, Any], ctx: Context) -> None:
-    from pflask import capabilities
+    from pflask.kernel import capabilities
 
     the_plan = compile_data(data, ctx)
     assert not steps(the_plan, p.Cgroup), why
@@ -258,7 +260,7 @@ def test_machined_absent_means_no_call_and_no_import(tmp_path: Path) -> None:
     # and the hot path imports nothing for it.
     script = f"""
 import sys
-from pflask import machined
+from pflask.run import machined
 machined.SYSTEMD_RUNTIME = {str(tmp_path / "none")!r}
 print(machined.register_or_warn("x", 1, "/"), "subprocess" in sys.modules)
 """
@@ -583,7 +585,7 @@ def test_debian_boots_to_multi_user_and_halts_cleanly(shared_tmp: Path, debian_r
         assert not int(caps, 16) & (1 << 30 | 1 << 37)  # CAP_AUDIT_CONTROL, CAP_AUDIT_READ
         # the init profile: systemd-nspawn's set (what of it pflask itself has:
         # this VM's init lacks sys_resource) ...
-        from pflask import capabilities
+        from pflask.kernel import capabilities
 
         status = c.check("cat", "/proc/1/status")
         ours = status_sets()["CapBnd"]

@@ -20,10 +20,11 @@ import yaml
 from helpers import describe, run_pflask
 from helpers import shell as sh
 
-from pflask import cgroups, compiler
-from pflask import manifest as records
-from pflask import plan as p
-from pflask.context import Context
+from pflask.compile import compiler
+from pflask.compile import plan as p
+from pflask.compile.context import Context
+from pflask.load import manifest as records
+from pflask.run import cgroups
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import UserInfo, pflask_cmd, run_pflask
 
-from pflask import cache
+from pflask.compile import cache
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -68,9 +68,9 @@ def test_second_run_uses_the_cache_and_skips_yaml_schema_and_compiler(
     heavy = [
         "yaml",
         "jsonschema",
-        "pflask.compiler",
-        "pflask.loader",
-        "pflask.commands",
+        "pflask.compile.compiler",
+        "pflask.load.loader",
+        "pflask.commands.commands",
         "argparse",
         "typing",
         "re",
@@ -81,8 +81,8 @@ def test_second_run_uses_the_cache_and_skips_yaml_schema_and_compiler(
         "ctypes",
         "struct",
         "encodings.ascii",
-        "pflask.network",
-        "pflask.terminal",
+        "pflask.run.network",
+        "pflask.run.terminal",
     ]
     for module in heavy:
         assert f" {module}\n" not in second, module
@@ -263,7 +263,13 @@ def test_original_flags_run_from_the_cache_the_second_time(
         env={**os.environ, "XDG_CACHE_HOME": str(cache_dir)},
     )
     assert result.returncode == 0, result.stderr
-    for module in ("argparse", "jsonschema", "yaml", "pflask.compiler", "pflask.classic"):
+    for module in (
+        "argparse",
+        "jsonschema",
+        "yaml",
+        "pflask.compile.compiler",
+        "pflask.load.classic",
+    ):
         assert f" {module}\n" not in result.stderr, module
 
 

@@ -15,9 +15,10 @@ import tempfile
 import pytest
 from helpers import CAP_FIELDS, in_child, ok, parse_status, status_sets
 
-from pflask import capabilities as caps
-from pflask import libc, rlimits
-from pflask.libc import SyscallError
+from pflask.kernel import capabilities as caps
+from pflask.kernel import libc
+from pflask.kernel.libc import SyscallError
+from pflask.run import rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""pflask.cgroups against the real cgroup hierarchies of this host.
+"""pflask.run.cgroups against the real cgroup hierarchies of this host.
 
 Everything here creates, limits and removes real cgroups and runs real
 processes in them.  The fabricated inputs are mountinfo text for the layouts
@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 from helpers import load_error
 
-from pflask import cgroups, controllers
-from pflask.libc import SyscallError
+from pflask.kernel import controllers
+from pflask.kernel.libc import SyscallError
+from pflask.run import cgroups
 
 MiB = 1 << 20
 

@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pflask import classic, cli
+from pflask import cli
+from pflask.load import classic
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -122,7 +123,9 @@ def long_name(option: str) -> str:
 @pytest.fixture(scope="module")
 def work() -> Iterator[Path]:
     # What every case needs, made once here rather than in every forked child.
-    from pflask import commands, compiler, loader
+    from pflask.commands import commands
+    from pflask.compile import compiler
+    from pflask.load import loader
 
     assert commands and compiler
     loader.validator()

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from pflask import compiler, manifest
-from pflask import plan as p
-from pflask.context import Context
+from pflask.compile import compiler
+from pflask.compile import plan as p
+from pflask.compile.context import Context
 from pflask.errors import ManifestError
+from pflask.load import manifest
 
 ROOT = Context(uid=0, gid=0)
 USER = Context(uid=1000, gid=1000, subuid=((100000, 65536),), subgid=((200000, 65536),))
@@ -304,7 +305,7 @@ def test_an_ordinary_user_gets_pid_1_by_a_fork_after_the_user_namespace() -> Non
 
 
 def test_a_plain_command_keeps_the_default_set_and_the_manifest_changes_it() -> None:
-    from pflask import capabilities
+    from pflask.kernel import capabilities
 
     assert set(step(compile_data({}), p.Capabilities).keep) == capabilities.DEFAULT
     assert set(step(compile_data({}, USER), p.Capabilities).keep) == capabilities.DEFAULT

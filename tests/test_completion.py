@@ -19,7 +19,7 @@ import pytest
 import yaml
 from helpers import SESSION_ENV, USER_PATH, describe, pflask_cmd, run_pflask, wait_for
 
-from pflask import completion
+from pflask.doc import completion
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import run_pflask
 
-from pflask import cli, manpage, options
+from pflask import cli
+from pflask.doc import manpage, options
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from pflask import cli, schema
+from pflask import cli
+from pflask.load import schema
 
 SCALE = float(os.environ.get("PFLASK_FUZZ_SCALE", "1"))
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import pflask_cmd, run_as, user_info
 
-from pflask import errors, loader, semantics
+from pflask import errors
+from pflask.load import loader, semantics
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

@@ -44,7 +44,7 @@ from helpers import (
 )
 from helpers import shell as sh
 
-from pflask import hygiene
+from pflask.run import hygiene
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

@@ -1,4 +1,4 @@
-"""pflask.libc: the calls `os` lacks, made on the real kernel.
+"""pflask.kernel.libc: the calls `os` lacks, made on the real kernel.
 
 Each test runs the call where it can only affect a forked child (its own
 mount or UTS namespace) and checks what the kernel did, plus the error text
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import in_child, ok
 
-from pflask import libc
+from pflask.kernel import libc
 
 
 def test_error_names_call_path_and_errno() -> None:
@@ -126,7 +126,7 @@ def test_namespace_flags_from_manifest_names() -> None:
 def test_ctypes_proper_is_imported_only_for_LIBC() -> None:
     code = (
         "import sys\n"
-        "from pflask import libc\n"
+        "from pflask.kernel import libc\n"
         "print('ctypes' in sys.modules)\n"
         "libc.LIBC.getpid\n"
         "print('ctypes' in sys.modules, type(libc.LIBC).__name__)\n"

@@ -28,7 +28,7 @@ import yaml
 from helpers import describe, pflask_cmd, run_as, run_pflask, wait_for
 from helpers import shell as sh
 
-from pflask import cgroups
+from pflask.run import cgroups
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

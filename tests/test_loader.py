@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pflask import loader
 from pflask.errors import ManifestError, ManifestErrors
+from pflask.load import loader
 
 
 def write(path: Path, text: str) -> Path:

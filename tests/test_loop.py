@@ -20,7 +20,7 @@ import yaml
 from helpers import describe, pflask_cmd, run_pflask
 from helpers import shell as sh
 
-from pflask import loop
+from pflask.run import loop
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -216,7 +216,8 @@ def test_probing_falls_back_to_the_kernels_filesystems(
     target.mkdir()
     script = f"""
 import os
-from pflask import libc, loop, mounts
+from pflask.kernel import libc
+from pflask.run import loop, mounts
 loop.MAGIC = ()
 libc.unshare(libc.CLONE_NEWNS)
 mounts.make_private("private")

@@ -1,6 +1,6 @@
 """The schema and the typed records describe one manifest.
 
-The records in pflask.manifest hold the defaults the code uses; the schema's
+The records in pflask.load.manifest hold the defaults the code uses; the schema's
 `default` keywords are what editors and the reference (README, pflask.yaml(5))
 show.  These tests keep them one: every schema property has a record field and
 every record field a schema property, and a property set to its schema default
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from pflask import compiler, manifest, schema
+from pflask.compile import compiler
+from pflask.load import manifest, schema
 from pflask.record import Record
 
 SCHEMA: dict[str, Any] = schema.load()

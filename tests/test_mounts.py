@@ -34,7 +34,8 @@ from helpers import (
 )
 from helpers import shell as sh
 
-from pflask import libc, mounts
+from pflask.kernel import libc
+from pflask.run import mounts
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -852,7 +853,7 @@ def pflask_left_nothing(before: HostState, layers: Path, name: str) -> None:
     machine make and remove their own cgroups, links and mounts meanwhile
     (host_clean checks everything at the end).  A
     SIGKILLed pflask cannot remove its record of the running container
-    (pflask.state, NAME.state, or .NAME.PID.tmp when killed while writing
+    (pflask.run.state, NAME.state, or .NAME.PID.tmp when killed while writing
     it); by design the next pflask that meets it removes it, so that entry is
     allowed here and swept by the caller.
     """

@@ -1,4 +1,4 @@
-"""pflask.network against the real kernel (root; real netlink), then the
+"""pflask.run.network against the real kernel (root; real netlink), then the
 whole chain through real `pflask run` containers (last section).
 
 Traffic only flows between network namespaces these tests create: a
@@ -34,8 +34,9 @@ import pytest
 import yaml
 from helpers import describe, load_error, pflask_cmd, run_as, run_pflask, wait_for
 
-from pflask import libc, network
-from pflask.network import HostLinks, NetworkError
+from pflask.kernel import libc
+from pflask.run import network
+from pflask.run.network import HostLinks, NetworkError
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: real netlink"),
@@ -321,7 +322,7 @@ def ping(ns: Netns, address: str) -> None:
 
 def test_import_does_not_load_pyroute2() -> None:
     code = (
-        "import sys, pflask.network\n"
+        "import sys, pflask.run.network\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pyroute2', 'typing', 're', 'asyncio', 'socket'))\n"
         "assert not bad, bad\n"
@@ -331,7 +332,7 @@ def test_import_does_not_load_pyroute2() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pyroute2" not in result.stderr
-    own = [line for line in result.stderr.splitlines() if line.endswith("| pflask.network")]
+    own = [line for line in result.stderr.splitlines() if line.endswith("| pflask.run.network")]
     assert own, result.stderr
     self_us = int(own[0].split("|")[0].split(":")[1])
     assert self_us < 20_000, own[0]
@@ -341,7 +342,7 @@ def test_preload_covers_configure() -> None:
     """After preload() (in S, before forking), configure() imports nothing."""
     code = (
         "import sys\n"
-        "from pflask import libc, network\n"
+        "from pflask.kernel import libc; from pflask.run import network\n"
         "network.preload()\n"
         "libc.unshare(libc.CLONE_NEWNET)\n"
         "before = set(sys.modules)\n"

@@ -1,8 +1,8 @@
-"""pflask.plan: the records the compiler hands the supervisor and the container."""
+"""pflask.compile.plan: the records the compiler hands the supervisor and the container."""
 
 from __future__ import annotations
 
-from pflask import plan as p
+from pflask.compile import plan as p
 
 SUPERVISION = {"terminal": "auto", "detach": False, "stop_signal": "SIGTERM", "stop_timeout": 10.0}
 

@@ -1,4 +1,4 @@
-"""pflask.protocol: the messages between the supervisor and the container's processes."""
+"""pflask.run.protocol: the messages between the supervisor and the container's processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pflask import protocol as m
+from pflask.run import protocol as m
 
 EVERY_STATUS_MESSAGE = [
     m.UNSHARED,

@@ -15,10 +15,10 @@ import pytest
 from helpers import run_pflask, user_info
 from helpers import shell as sh
 
-from pflask import plan as p
-from pflask.compiler import compile_plan
-from pflask.context import Context
-from pflask.manifest import from_data
+from pflask.compile import plan as p
+from pflask.compile.compiler import compile_plan
+from pflask.compile.context import Context
+from pflask.load.manifest import from_data
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

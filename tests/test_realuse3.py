@@ -18,10 +18,10 @@ from helpers import shell as sh
 from test_boot import debian_root  # noqa: F401  (the session's debootstrapped root)
 from test_terminal import tmux_factory as tmux_factory  # a fixture shared with that module
 
-from pflask import plan as p
-from pflask.compiler import compile_plan
-from pflask.context import Context
-from pflask.manifest import from_data
+from pflask.compile import plan as p
+from pflask.compile.compiler import compile_plan
+from pflask.compile.context import Context
+from pflask.load.manifest import from_data
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import in_child, load_error, ok
 
-from pflask import manifest, rlimits
-from pflask.libc import SyscallError
+from pflask.kernel.libc import SyscallError
+from pflask.load import manifest
+from pflask.run import rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

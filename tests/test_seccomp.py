@@ -31,7 +31,7 @@ import yaml
 from helpers import pflask_cmd, run_pflask, status_field
 from helpers import shell as sh
 
-from pflask import seccomp
+from pflask.compile import seccomp
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -403,7 +403,13 @@ def test_a_cached_run_loads_the_filter_without_pyseccomp_or_ctypes(
     runs = [subprocess.run(argv, capture_output=True, text=True, env=env) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs
     assert " pyseccomp\n" in runs[0].stderr  # the compiler built it (in its own process)
-    for module in ("pyseccomp", "ctypes", "pflask.seccomp", "pflask.seccomp_default", "json"):
+    for module in (
+        "pyseccomp",
+        "ctypes",
+        "pflask.compile.seccomp",
+        "pflask.compile.seccomp_default",
+        "json",
+    ):
         assert f" {module}\n" not in runs[1].stderr, module
     assert runs[1].stdout.split() == ["Seccomp:", "2"]
 

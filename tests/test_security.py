@@ -35,7 +35,7 @@ from helpers import (
 )
 from helpers import shell as sh
 
-from pflask import capabilities
+from pflask.kernel import capabilities
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 

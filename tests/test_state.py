@@ -470,7 +470,7 @@ def test_exec_joins_every_namespace_and_the_root(
 def test_exec_waits_until_pid_1_is_in_its_root(tmp_path: Path) -> None:
     """The record names PID 1 as soon as it is forked; until its pivot_root
     `pflask exec` would enter the host's tree, so it says "still starting"."""
-    from pflask import state
+    from pflask.run import state
 
     where = state.Directory(str(tmp_path), 0)
     still_in_hosts_root = {"name": "x", "pid": os.getpid(), "root": str(tmp_path)}

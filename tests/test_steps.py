@@ -1,12 +1,12 @@
-"""pflask.steps and the supervisor's host steps: every step kind has one handler, on its side."""
+"""pflask.run.steps and the supervisor's host steps: one handler for each step kind, on its side."""
 
 from __future__ import annotations
 
 import errno
 
-from pflask import plan as p
-from pflask import steps, supervisor
-from pflask.container import step_error
+from pflask.compile import plan as p
+from pflask.run import steps, supervisor
+from pflask.run.container import step_error
 
 
 def test_every_container_step_kind_has_a_handler_and_every_host_step_kind_a_host_handler() -> None:

@@ -148,7 +148,7 @@ def test_a_hostile_machine_id_is_left_out_with_a_warning(
 ) -> None:
     """machined registration reads the root's /etc/machine-id on the host side:
     a FIFO there would have hung the supervisor before the container ran."""
-    from pflask import machined
+    from pflask.run import machined
 
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -236,7 +236,9 @@ def test_pruning_removes_only_pflasks_own_entries(shared_tmp: Path) -> None:
 
 FORGE = """
 import marshal, os, sys, time
-from pflask import context, pipeline, state
+from pflask.compile import context
+from pflask import pipeline
+from pflask.run import state
 name, supervisor, pid, manifest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 plan, _ = pipeline.compile_file(manifest, (), context.read(None))
 where = state.directory()

@@ -1,4 +1,4 @@
-"""pflask.users: `user:` and the environment's USER/HOME, read from a root's /etc.
+"""pflask.run.users: `user:` and the environment's USER/HOME, read from a root's /etc.
 
 These are the container root's files, not the host's: each test writes its own.
 """
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pflask import libc, users
+from pflask.kernel import libc
+from pflask.run import users
 
 
 @pytest.fixture

@@ -1,0 +1,3 @@
+"""What the subcommands do besides `run`: validate, plan, convert, ps, stop,
+exec (nsenter), attach; and the original flags.
+"""
