@@ -12,8 +12,8 @@ as.  Each set matters for a different reason:
   permitted set from the file's capabilities only, so a plain binary run as
   `user: www` would lose everything, including a kept `net_bind_service`.
 
-Ordering with the uid switch (what the executor must do)
---------------------------------------------------------
+Ordering with the uid switch (what the container steps must do)
+---------------------------------------------------------------
 setuid(2) from uid 0 to a non-zero uid clears the permitted, effective and
 ambient sets, unless PR_SET_KEEPCAPS is set, and even then it clears effective
 and ambient (the kernel does so deliberately, so that old "setuid then exec"

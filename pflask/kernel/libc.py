@@ -12,7 +12,7 @@ Every wrapper raises `SyscallError` (an `OSError`) naming the call and the path
 it was given, so a failure deep in container setup reads
 `mount(2) /src -> /work: ENOENT (No such file or directory)` and not a bare
 errno.  Constants are named exactly as in the kernel headers so they can be
-looked up there.  Nothing here decides policy; the executor does.
+looked up there.  Nothing here decides policy; the compiler does.
 """
 
 from __future__ import annotations
@@ -518,7 +518,7 @@ def namespace_flags(names: Any) -> int:
 
 # --- process hygiene: what the container's processes inherit from pflask --------------------
 # (close_range(2) without CLOSE_RANGE_CLOEXEC, PR_SET_NAME with a string, and writes into
-# this process's own memory, for the executor's seclusion of the container's first process)
+# this process's own memory, for run.hygiene's seclusion of the container's first process)
 
 _memset = _function("memset")  # returns a pointer, truncated by _Int: never looked at
 _memcpy = _function("memcpy")

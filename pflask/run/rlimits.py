@@ -7,7 +7,7 @@ which the container usually does not keep.  Lowering limits needs nothing.
 
 setrlimit(2) is called through ctypes rather than `resource.setrlimit`
 because the latter turns EPERM and EINVAL into a bare `ValueError`, losing the
-errno the executor reports.  The RLIMIT_* numbers are hard-coded: `resource`
+errno the failed step reports.  The RLIMIT_* numbers are hard-coded: `resource`
 is cheap to import (about 0.3 ms) but has no RLIMIT_LOCKS, and they are the
 same on every architecture pflask supports (asm-generic/resource.h: x86_64,
 aarch64, riscv64, ppc64le, s390x), as is rlim_t being an unsigned long with
