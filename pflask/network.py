@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
 
 __all__ = [
     "IPVLAN_MODES",
@@ -129,9 +129,51 @@ def _netlink_error(exc: Exception, call: str, detail: str) -> NetworkError:
 
 
 def _netlink_errors() -> tuple[type[Exception], ...]:
+    _pyroute2_package()
     from pyroute2.netlink.exceptions import NetlinkError
 
     return (NetlinkError,)
+
+
+def _pyroute2_package() -> None:
+    """Register the `pyroute2` package without running its `__init__`.
+
+    That `__init__` imports every part of pyroute2 (NDB, IPDB, ethtool,
+    nftables, wireguard, nl80211, ...): about 40% of the ~160-200 ms that
+    `from pyroute2 import IPRoute` costs here, for modules pflask never uses
+    (benchmarks/results/network.md).  `pyroute2.iproute.linux` and
+    `pyroute2.netlink.exceptions`, imported through the bare package, hold
+    all pflask needs.  The package still completes itself when asked for a
+    name only its `__init__` defines (`from pyroute2 import IPBatch`): that
+    first request runs the `__init__` in this very module object, so other
+    code in the process sees the whole package as usual.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec("pyroute2")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("No module named 'pyroute2'", name="pyroute2")
+    loader = spec.loader
+    package = type(sys)("pyroute2")
+    package.__spec__ = spec
+    package.__loader__ = loader
+    package.__file__ = spec.origin
+    package.__path__ = spec.submodule_search_locations
+    package.__package__ = "pyroute2"
+    names = vars(package)
+
+    def complete(name: str) -> Any:
+        """A submodule is left to the import system; anything else runs `__init__`."""
+        if name.startswith("__") or PathFinder.find_spec(f"pyroute2.{name}", package.__path__):
+            raise AttributeError(name)
+        del names["__getattr__"]
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    names["__getattr__"] = complete
+    sys.modules["pyroute2"] = package
 
 
 # --- addresses ------------------------------------------------------------------------
@@ -153,7 +195,8 @@ def _cidr(text: str) -> tuple[int, str, int]:
 
 
 def _open_iproute(fileno: int | None = None) -> IPRoute:
-    from pyroute2 import IPRoute
+    _pyroute2_package()
+    from pyroute2.iproute.linux import IPRoute
 
     # groups=0: no multicast subscriptions, the socket only sees its answers.
     if fileno is None:
@@ -638,9 +681,9 @@ def preload() -> None:
     `configure()` in the container costs a few ms and needs no file of the
     host's Python installation (it may run after pivot_root).
     """
-    from pyroute2 import IPRoute
-
     _netlink_errors()
+    from pyroute2.iproute.linux import IPRoute
+
     del IPRoute
 
 
