@@ -9,11 +9,14 @@ Two halves, matching where the steps run (see docs/architecture.md):
 - `loopback_up()` and `configure()`, inside the container (already in its
   network namespace), before exec.
 
-Everything talks netlink through pyroute2, except `loopback_up()`, which runs
-in every container with a network namespace and so uses one ioctl instead of
-paying ~160 ms for importing pyroute2.  pyroute2 is imported lazily, inside
+Everything talks netlink with pyroute2's messages, except `loopback_up()`,
+which runs in every container with a network namespace and so uses one ioctl
+instead of importing any of pyroute2.  pyroute2 is imported lazily, inside
 the functions that need it: importing this module costs nothing more than
-`pflask.libc`.
+`pflask.libc`.  Only pyroute2's message classes and request filters are
+imported (about 35 ms here), not its package `__init__` nor IPRoute, which
+runs on asyncio (together 110-200 ms): `_Rtnl` sends the messages itself
+(benchmarks/results/network.md has the figures of each way tried).
 
 Namespace handle.  The first call about a container pid opens
 /proc/PID/ns/net and keeps that descriptor until `cleanup()`: every later
@@ -64,8 +67,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
-
-    from pyroute2.iproute.linux import IPRoute
 
 __all__ = [
     "IPVLAN_MODES",
@@ -139,14 +140,13 @@ def _pyroute2_package() -> None:
     """Register the `pyroute2` package without running its `__init__`.
 
     That `__init__` imports every part of pyroute2 (NDB, IPDB, ethtool,
-    nftables, wireguard, nl80211, ...): about 40% of the ~160-200 ms that
-    `from pyroute2 import IPRoute` costs here, for modules pflask never uses
-    (benchmarks/results/network.md).  `pyroute2.iproute.linux` and
-    `pyroute2.netlink.exceptions`, imported through the bare package, hold
-    all pflask needs.  The package still completes itself when asked for a
-    name only its `__init__` defines (`from pyroute2 import IPBatch`): that
-    first request runs the `__init__` in this very module object, so other
-    code in the process sees the whole package as usual.
+    nftables, wireguard, nl80211, IPRoute and asyncio, ...), 110-200 ms here,
+    for modules pflask never uses: pflask imports pyroute2's message classes
+    and request filters through the bare package.  The package still
+    completes itself when asked for a name only its `__init__` defines
+    (`from pyroute2 import IPBatch`): that first request runs the `__init__`
+    in this very module object, so other code in the process sees the whole
+    package as usual.
     """
     if "pyroute2" in sys.modules:
         return
@@ -194,17 +194,219 @@ def _cidr(text: str) -> tuple[int, str, int]:
 # --- small netlink helpers -------------------------------------------------------
 
 
-def _open_iproute(fileno: int | None = None) -> IPRoute:
+# <linux/netlink.h>
+_SOL_NETLINK = 270
+_NETLINK_CAP_ACK = 10
+_NETLINK_EXT_ACK = 11
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_NLM_F_REPLACE = 0x100
+_NLM_F_CAPPED = 0x100  # in an error message's own header
+_NLM_F_ACK_TLVS = 0x200
+_NLMSG_ERROR = 0x2
+_NLMSGERR_ATTR_MSG = 1
+_NLMSG_HDRLEN = 16
+
+# <linux/rtnetlink.h>: (message type, flags) of each request pflask makes
+_RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
+_RTM_NEWADDR = 20
+_RTM_NEWROUTE = 24
+_ACKED = _NLM_F_REQUEST | _NLM_F_ACK
+_REQUESTS = {
+    ("link", "get"): (_RTM_GETLINK, _ACKED),
+    ("link", "set"): (_RTM_NEWLINK, _ACKED),
+    ("link", "add"): (_RTM_NEWLINK, _ACKED | _NLM_F_CREATE | _NLM_F_EXCL),
+    ("link", "del"): (_RTM_DELLINK, _ACKED),
+    ("addr", "replace"): (_RTM_NEWADDR, _ACKED | _NLM_F_REPLACE | _NLM_F_CREATE),
+    ("route", "add"): (_RTM_NEWROUTE, _ACKED | _NLM_F_CREATE | _NLM_F_EXCL),
+}
+
+
+class _Rtnl:
+    """A NETLINK_ROUTE socket that sends pyroute2's own messages, without IPRoute.
+
+    pyroute2's IPRoute runs on asyncio and its import costs ~80-110 ms here
+    even without the package `__init__`; its message classes (ifinfmsg,
+    ifaddrmsg, rtmsg) and request filters (which turn `ifname=`, `kind=`,
+    `peer=`, `state="up"`, `gateway=`... into fields and attributes, exactly
+    as IPRoute does) cost ~35 ms (benchmarks/results/network.md).  This
+    class is the small part between the two: one request at a time, sent
+    with NLM_F_ACK, answers decoded until the kernel's acknowledgement; an
+    error arrives as pyroute2's NetlinkError (errno, the kernel's extended
+    ack message when it sent one).  The methods keep IPRoute's names and
+    keywords for the few calls pflask makes.
+    """
+
+    def __init__(self, fileno: int | None = None) -> None:
+        import _socket
+
+        if fileno is None:
+            self.sock = _socket.socket(
+                _socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+            )
+        else:
+            self.sock = _socket.socket(fileno=fileno)
+        try:
+            # The kernel's explanation of an error, without our request echoed back.
+            self.sock.setsockopt(_SOL_NETLINK, _NETLINK_EXT_ACK, 1)
+            self.sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+            self.sock.bind((0, 0))  # groups 0: the socket only sees its answers
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sequence = 0
+
+    def request(self, mode: str, command: str, **query: Any) -> list[Any]:
+        """IPRoute's `mode(command, **query)` (mode: link, addr or route)."""
+        from struct import unpack_from
+
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self.sequence += 1
+        message = _encode(mode, command, self.sequence, query)
+        self.sock.send(message.data)
+        answers: list[Any] = []
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + _NLMSG_HDRLEN <= len(data):
+                length, kind, flags, sequence = unpack_from("=IHHI", data, offset)
+                if length < _NLMSG_HDRLEN:
+                    break  # malformed; the kernel never sends one
+                chunk = data[offset : offset + length]
+                offset += (length + 3) & ~3
+                if sequence != self.sequence:
+                    continue
+                if kind != _NLMSG_ERROR:
+                    answer = type(message)(chunk)
+                    answer.decode()
+                    answers.append(answer)
+                    continue
+                error = -unpack_from("=i", chunk, _NLMSG_HDRLEN)[0]
+                if error:
+                    raise NetlinkError(error, _ext_ack_message(chunk, flags))
+                return answers
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        """[index] of link `ifname`, or [] when there is none."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            found = self.request("link", "get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return []
+            raise
+        return [int(found[0]["index"])] if found else []
+
+    def link(self, command: str, **query: Any) -> list[Any]:
+        return self.request("link", command, **query)
+
+    def addr(self, command: str, **query: Any) -> list[Any]:
+        return self.request("addr", command, **query)
+
+    def route(self, command: str, **query: Any) -> list[Any]:
+        return self.request("route", command, **query)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> _Rtnl:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _ext_ack_message(chunk: bytes, flags: int) -> str | None:
+    """NLMSGERR_ATTR_MSG of an NLMSG_ERROR message, if the kernel sent one.
+
+    After the header and the error code comes our request: only its header
+    (NETLINK_CAP_ACK), or all of it; then the extended ack attributes.
+    """
+    from struct import unpack_from
+
+    if not flags & _NLM_F_ACK_TLVS:
+        return None
+    request = _NLMSG_HDRLEN if flags & _NLM_F_CAPPED else unpack_from("=I", chunk, 20)[0]
+    offset = _NLMSG_HDRLEN + 4 + request
+    while offset + 4 <= len(chunk):
+        length, kind = unpack_from("=HH", chunk, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == _NLMSGERR_ATTR_MSG:
+            return chunk[offset + 4 : offset + length].rstrip(b"\0").decode(errors="replace")
+        offset += (length + 3) & ~3
+    return None
+
+
+def _encode(mode: str, command: str, sequence: int, query: dict[str, Any]) -> Any:
+    """The request IPRoute would send for `mode(command, **query)`, encoded.
+
+    pyroute2's request filters turn the keywords into the message's fields
+    and attributes (`ifname`, `kind` and `peer` into IFLA_LINKINFO,
+    `state="up"` into flags and change mask, ...), as IPRoute does.
+    """
+    from pyroute2.requests.main import RequestProcessor
+
+    if mode == "route" and command == "add":
+        query = {"proto": "static", "type": "unicast", **query}  # IPRoute's defaults
+    message_type, flags = _REQUESTS[mode, command]
+    message, filters, parameters = _message_and_filters(mode, command)
+    processor = RequestProcessor(context=query, prime=query)
+    for name, value in parameters.items():
+        processor.set_parameter(name, value)
+    for one in filters:
+        processor.add_filter(one)
+    processor.finalize()
+    message["header"]["type"] = message_type
+    message["header"]["flags"] = flags
+    message["header"]["sequence_number"] = sequence
+    for field in message.fields:
+        message[field[0]] = processor.get_value(field[0], default=0, mode="field")
+    for key, value in processor.items():
+        nla = type(message).name2nla(key)
+        if message.valid_nla(nla) and value is not None:
+            message["attrs"].append([nla, value])
+    if "attrs" in processor:
+        message["attrs"].extend(processor["attrs"])
+    message.encode()
+    return message
+
+
+def _message_and_filters(mode: str, command: str) -> tuple[Any, list[Any], dict[str, Any]]:
+    """A fresh message of `mode`, the request filters IPRoute applies to it, and
+    their parameters."""
+    if mode == "link":
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+        from pyroute2.requests.link import LinkFieldFilter, LinkIPRouteFilter
+
+        return ifinfmsg(), [LinkFieldFilter(), LinkIPRouteFilter(command)], {}
+    if mode == "addr":
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+        from pyroute2.requests.address import AddressFieldFilter, AddressIPRouteFilter
+
+        return ifaddrmsg(), [AddressFieldFilter(), AddressIPRouteFilter(command)], {}
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+    from pyroute2.requests.route import RouteFieldFilter, RouteIPRouteFilter
+
+    filters = [RouteFieldFilter(add_defaults=True), RouteIPRouteFilter(command)]
+    return rtmsg(), filters, {"strict_check": False}
+
+
+def _open_iproute(fileno: int | None = None) -> _Rtnl:
     _pyroute2_package()
-    from pyroute2.iproute.linux import IPRoute
-
-    # groups=0: no multicast subscriptions, the socket only sees its answers.
-    if fileno is None:
-        return IPRoute(groups=0, ext_ack=True)
-    return IPRoute(fileno=fileno, groups=0, ext_ack=True)
+    return _Rtnl(fileno)
 
 
-def _lookup(ipr: IPRoute, name: str) -> int | None:
+def _lookup(ipr: _Rtnl, name: str) -> int | None:
     try:
         found: list[int] = list(ipr.link_lookup(ifname=name))
     except _netlink_errors() as exc:
@@ -212,7 +414,7 @@ def _lookup(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def _link_name(ipr: IPRoute, index: int) -> str | None:
+def _link_name(ipr: _Rtnl, index: int) -> str | None:
     """The name of link `index`, or None when there is no such link."""
     try:
         msgs = ipr.link("get", index=index)
@@ -227,7 +429,7 @@ def _link_name(ipr: IPRoute, index: int) -> str | None:
 
 
 def _add_addresses(
-    ipr: IPRoute, index: int, addresses: list[tuple[int, str, int]], link: str
+    ipr: _Rtnl, index: int, addresses: list[tuple[int, str, int]], link: str
 ) -> None:
     for family, address, prefixlen in addresses:
         extra: dict[str, Any] = {}
@@ -247,7 +449,7 @@ def _add_addresses(
             raise _netlink_error(exc, _NEWADDR, f"{address}/{prefixlen} on {link}") from None
 
 
-def _set_link(ipr: IPRoute, index: int, link: str, **attrs: Any) -> None:
+def _set_link(ipr: _Rtnl, index: int, link: str, **attrs: Any) -> None:
     try:
         ipr.link("set", index=index, **attrs)
     except _netlink_errors() as exc:
@@ -295,9 +497,9 @@ class _Netns:
     def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
         self.fd = fd
-        self.ipr: IPRoute | None = None
+        self.ipr: _Rtnl | None = None
 
-    def iproute(self) -> IPRoute:
+    def iproute(self) -> _Rtnl:
         if self.ipr is None:
             what = f"network namespace of container pid {self.pid}"
             self.ipr = _open_iproute(_socket_in_netns(self.fd, what))
@@ -349,13 +551,13 @@ class HostLinks:
     """
 
     def __init__(self) -> None:
-        self._host: IPRoute | None = None
+        self._host: _Rtnl | None = None
         self._netns: dict[int, _Netns] = {}
         self._records: list[_Veth | _Moved | _Made] = []
 
     # -- plumbing
 
-    def _host_ipr(self) -> IPRoute:
+    def _host_ipr(self) -> _Rtnl:
         if self._host is None:
             self._host = _open_iproute()
         return self._host
@@ -613,7 +815,7 @@ def _vlan_request(kind: str, name: str, master: int, mode: int, nsfd: int) -> di
     }
 
 
-def _mtu_and_mac(ipr: IPRoute, index: int) -> tuple[int | None, str | None]:
+def _mtu_and_mac(ipr: _Rtnl, index: int) -> tuple[int | None, str | None]:
     """IFLA_MTU and IFLA_ADDRESS of link `index` (None for what it lacks)."""
     try:
         msgs = ipr.link("get", index=index)
@@ -626,7 +828,7 @@ def _mtu_and_mac(ipr: IPRoute, index: int) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _is_kind(ipr: IPRoute, index: int, kind: str) -> bool:
+def _is_kind(ipr: _Rtnl, index: int, kind: str) -> bool:
     try:
         msgs = ipr.link("get", index=index)
     except _netlink_errors():
@@ -638,7 +840,7 @@ def _is_kind(ipr: IPRoute, index: int, kind: str) -> bool:
     return False
 
 
-def _delete(ipr: IPRoute, index: int, what: str) -> None:
+def _delete(ipr: _Rtnl, index: int, what: str) -> None:
     try:
         ipr.link("del", index=index)
     except _netlink_errors() as exc:
@@ -675,16 +877,23 @@ def loopback_up() -> None:
 def preload() -> None:
     """Import everything `configure()` and `HostLinks` need from pyroute2 now.
 
-    Importing pyroute2 costs ~160-250 ms.  The supervisor can call this
-    before forking the container's first process when the plan has network
-    steps: the children inherit the modules (importing starts no thread), so
-    `configure()` in the container costs a few ms and needs no file of the
-    host's Python installation (it may run after pivot_root).
+    That costs ~35 ms (pyroute2's messages and request filters; see
+    `_Rtnl`).  The supervisor calls this before forking the container's
+    first process when the plan has network steps: the children inherit the
+    modules (importing starts no thread), so `configure()` in the container
+    imports nothing and needs no file of the host's Python installation (it
+    may run after pivot_root).
     """
+    _pyroute2_package()
+    for mode in ("link", "addr", "route"):
+        _message_and_filters(mode, "add")
     _netlink_errors()
-    from pyroute2.iproute.linux import IPRoute
+    import fcntl  # loopback_up's; pyroute2 no longer happens to import it
+    from struct import unpack_from
 
-    del IPRoute
+    from pyroute2.requests.main import RequestProcessor
+
+    del fcntl, unpack_from, RequestProcessor
 
 
 def configure(
