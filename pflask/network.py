@@ -13,9 +13,9 @@ Everything talks netlink with pyroute2's messages, except `loopback_up()`,
 which runs in every container with a network namespace and so uses one ioctl
 instead of importing any of pyroute2.  pyroute2 is imported lazily, inside
 the functions that need it: importing this module costs nothing more than
-`pflask.libc`.  Only pyroute2's message classes and request filters are
-imported (about 35 ms here), not its package `__init__` nor IPRoute, which
-runs on asyncio (together 110-200 ms): `_Rtnl` sends the messages itself
+`pflask.libc`.  Only pyroute2's message classes are imported (about 35 ms
+here), not its package `__init__` nor IPRoute, which runs on asyncio
+(together 110-200 ms): `_encode` fills the messages and `_Rtnl` sends them
 (benchmarks/results/network.md has the figures of each way tried).
 
 Namespace handle.  The first call about a container pid opens
@@ -142,7 +142,7 @@ def _pyroute2_package() -> None:
     That `__init__` imports every part of pyroute2 (NDB, IPDB, ethtool,
     nftables, wireguard, nl80211, IPRoute and asyncio, ...), 110-200 ms here,
     for modules pflask never uses: pflask imports pyroute2's message classes
-    and request filters through the bare package.  The package still
+    through the bare package.  The package still
     completes itself when asked for a name only its `__init__` defines
     (`from pyroute2 import IPBatch`): that first request runs the `__init__`
     in this very module object, so other code in the process sees the whole
@@ -227,16 +227,15 @@ _REQUESTS = {
 class _Rtnl:
     """A NETLINK_ROUTE socket that sends pyroute2's own messages, without IPRoute.
 
-    pyroute2's IPRoute runs on asyncio and its import costs ~80-110 ms here
+    pyroute2's IPRoute runs on asyncio and its import costs ~100 ms here
     even without the package `__init__`; its message classes (ifinfmsg,
-    ifaddrmsg, rtmsg) and request filters (which turn `ifname=`, `kind=`,
-    `peer=`, `state="up"`, `gateway=`... into fields and attributes, exactly
-    as IPRoute does) cost ~35 ms (benchmarks/results/network.md).  This
-    class is the small part between the two: one request at a time, sent
-    with NLM_F_ACK, answers decoded until the kernel's acknowledgement; an
-    error arrives as pyroute2's NetlinkError (errno, the kernel's extended
-    ack message when it sent one).  The methods keep IPRoute's names and
-    keywords for the few calls pflask makes.
+    ifaddrmsg, rtmsg) cost ~35 ms (benchmarks/results/network.md).  This
+    class is the small part between the two: one request at a time (built
+    by `_encode` as IPRoute builds it), sent with NLM_F_ACK, answers decoded
+    until the kernel's acknowledgement; an error arrives as pyroute2's
+    NetlinkError (errno, the kernel's extended ack message when it sent
+    one).  The methods keep IPRoute's names and keywords for the few calls
+    pflask makes.
     """
 
     def __init__(self, fileno: int | None = None) -> None:
@@ -347,58 +346,86 @@ def _ext_ack_message(chunk: bytes, flags: int) -> str | None:
     return None
 
 
+# Keywords (IPRoute's names) -> attributes, for the requests pflask makes.
+_LINK_ATTRS = {
+    "ifname": "IFLA_IFNAME",
+    "mtu": "IFLA_MTU",
+    "address": "IFLA_ADDRESS",
+    "link": "IFLA_LINK",
+    "net_ns_fd": "IFLA_NET_NS_FD",
+}
+_ROUTE_ATTRS = {"gateway": "RTA_GATEWAY", "oif": "RTA_OIF", "priority": "RTA_PRIORITY"}
+_RT_TABLE_MAIN = 254
+_RTPROT_STATIC = 4
+_RTN_UNICAST = 1
+
+
 def _encode(mode: str, command: str, sequence: int, query: dict[str, Any]) -> Any:
-    """The request IPRoute would send for `mode(command, **query)`, encoded.
+    """The request IPRoute would send for `mode(command, **query)`, encoded
+    with pyroute2's message classes, byte for byte (tests/test_network.py
+    compares them with IPBatch's).
 
-    pyroute2's request filters turn the keywords into the message's fields
-    and attributes (`ifname`, `kind` and `peer` into IFLA_LINKINFO,
-    `state="up"` into flags and change mask, ...), as IPRoute does.
+    Only the keywords pflask uses are known (an unknown one is a KeyError):
+    pyroute2's generic request filters, which know them all, would cost
+    another ~15 ms of imports.
     """
-    from pyroute2.requests.main import RequestProcessor
-
-    if mode == "route" and command == "add":
-        query = {"proto": "static", "type": "unicast", **query}  # IPRoute's defaults
+    message = _message_class(mode)()
+    query = dict(query)
+    if mode == "link":
+        message["index"] = query.pop("index", 0)
+        up = query.pop("state", None) == "up"
+        message["flags"] = message["change"] = IFF_UP if up else 0
+        kind = query.pop("kind", None)
+        data: list[list[Any]] = []
+        peer = query.pop("peer", None)
+        if peer is not None:
+            peer_attrs = [[_LINK_ATTRS[k], v] for k, v in peer.items()]
+            data.append(["VETH_INFO_PEER", {"attrs": peer_attrs}])
+        if kind is not None and f"{kind}_mode" in query:
+            data.append([f"IFLA_{kind.upper()}_MODE", query.pop(f"{kind}_mode")])
+        message["attrs"] = [[_LINK_ATTRS[k], v] for k, v in query.items()]
+        if kind is not None:
+            info: list[list[Any]] = [["IFLA_INFO_KIND", kind]]
+            if data:
+                info.append(["IFLA_INFO_DATA", {"attrs": data}])
+            message["attrs"].append(["IFLA_LINKINFO", {"attrs": info}])
+    elif mode == "addr":
+        family = message["family"] = query["family"]
+        message["prefixlen"] = query["prefixlen"]
+        message["index"] = query["index"]
+        message["attrs"] = [["IFA_ADDRESS", query["address"]]]
+        if family == _AF_INET:
+            message["attrs"].append(["IFA_LOCAL", query["address"]])
+        if query.get("flags"):
+            message["attrs"].append(["IFA_FLAGS", query["flags"]])
+    else:
+        message["family"] = query.pop("family")
+        message["dst_len"] = query.pop("dst_len")
+        message["table"] = _RT_TABLE_MAIN
+        message["proto"] = _RTPROT_STATIC
+        message["type"] = _RTN_UNICAST
+        message["attrs"] = [[_ROUTE_ATTRS[k], v] for k, v in query.items()]
     message_type, flags = _REQUESTS[mode, command]
-    message, filters, parameters = _message_and_filters(mode, command)
-    processor = RequestProcessor(context=query, prime=query)
-    for name, value in parameters.items():
-        processor.set_parameter(name, value)
-    for one in filters:
-        processor.add_filter(one)
-    processor.finalize()
     message["header"]["type"] = message_type
     message["header"]["flags"] = flags
     message["header"]["sequence_number"] = sequence
-    for field in message.fields:
-        message[field[0]] = processor.get_value(field[0], default=0, mode="field")
-    for key, value in processor.items():
-        nla = type(message).name2nla(key)
-        if message.valid_nla(nla) and value is not None:
-            message["attrs"].append([nla, value])
-    if "attrs" in processor:
-        message["attrs"].extend(processor["attrs"])
     message.encode()
     return message
 
 
-def _message_and_filters(mode: str, command: str) -> tuple[Any, list[Any], dict[str, Any]]:
-    """A fresh message of `mode`, the request filters IPRoute applies to it, and
-    their parameters."""
+def _message_class(mode: str) -> Any:
+    """pyroute2's message class of `mode` (link, addr, route)."""
     if mode == "link":
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-        from pyroute2.requests.link import LinkFieldFilter, LinkIPRouteFilter
 
-        return ifinfmsg(), [LinkFieldFilter(), LinkIPRouteFilter(command)], {}
+        return ifinfmsg
     if mode == "addr":
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-        from pyroute2.requests.address import AddressFieldFilter, AddressIPRouteFilter
 
-        return ifaddrmsg(), [AddressFieldFilter(), AddressIPRouteFilter(command)], {}
+        return ifaddrmsg
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    from pyroute2.requests.route import RouteFieldFilter, RouteIPRouteFilter
 
-    filters = [RouteFieldFilter(add_defaults=True), RouteIPRouteFilter(command)]
-    return rtmsg(), filters, {"strict_check": False}
+    return rtmsg
 
 
 def _open_iproute(fileno: int | None = None) -> _Rtnl:
@@ -877,23 +904,21 @@ def loopback_up() -> None:
 def preload() -> None:
     """Import everything `configure()` and `HostLinks` need from pyroute2 now.
 
-    That costs ~35 ms (pyroute2's messages and request filters; see
-    `_Rtnl`).  The supervisor calls this before forking the container's
-    first process when the plan has network steps: the children inherit the
-    modules (importing starts no thread), so `configure()` in the container
-    imports nothing and needs no file of the host's Python installation (it
-    may run after pivot_root).
+    That costs ~35 ms (pyroute2's message classes; see `_Rtnl`).  The
+    supervisor calls this before forking the container's first process when
+    the plan has network steps: the children inherit the modules (importing
+    starts no thread), so `configure()` in the container imports nothing and
+    needs no file of the host's Python installation (it may run after
+    pivot_root).
     """
     _pyroute2_package()
     for mode in ("link", "addr", "route"):
-        _message_and_filters(mode, "add")
+        _message_class(mode)
     _netlink_errors()
     import fcntl  # loopback_up's; pyroute2 no longer happens to import it
     from struct import unpack_from
 
-    from pyroute2.requests.main import RequestProcessor
-
-    del fcntl, unpack_from, RequestProcessor
+    del fcntl, unpack_from
 
 
 def configure(

@@ -355,7 +355,7 @@ def test_preload_covers_configure() -> None:
 
 
 def test_preload_leaves_out_iproute_asyncio_and_the_package_init() -> None:
-    """preload() imports pyroute2's messages and request filters, not IPRoute,
+    """preload() imports pyroute2's message classes, not its request filters, IPRoute,
     asyncio or the package's __init__ (NDB, ethtool, ...); whoever asks for
     a name of that __init__ later still gets the whole package."""
     code = (
