@@ -393,14 +393,16 @@ def options(
 ## Why 1.5x is out of reach here
 
 The goal allows {nonet * 0.5:.1f} ms over the run without interfaces.  The
-kernel's own part alone (table above, pyroute2 already in memory) is about
-{kernel_ms:.0f} ms, most of it RTM_DELLINK of the pair (`ip link del` takes as
-long); left to the namespace's teardown instead, the pair still lingers
+kernel's own part alone (table above, measured apart, pyroute2 already in
+memory) is about {kernel_ms:.0f} ms, most of it RTM_DELLINK of the pair
+(`ip link del` takes as long; it varies most with the machine's load); left
+to the namespace's teardown instead, the pair still lingers
 {list(parts.values())[3]:.0f} ms after the container's last process, and a
 script starting the next container of the same name would find the host end
-taken.  The rest of the {veth - nonet:.0f} ms is importing pyroute2's message
-classes (~35 ms: pyroute2.netlink's own logging, typing and socket imports,
-and ifinfmsg's dozens of link-kind plugins).
+taken.  Importing pyroute2's message classes comes on top (~35 ms:
+pyroute2.netlink's own logging, typing and socket imports, and ifinfmsg's
+dozens of link-kind plugins); the veth run is {veth - nonet:.0f} ms over the
+run without interfaces.
 """
 
 
@@ -429,6 +431,7 @@ def main() -> None:
         f"{version(python)} ({label})": python for label, python in pairs(args.release).items()
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="pfnetbench-") as tmp:
         samples = interleaved(runs(Path(tmp), compare), args.rounds)
     found = imports(args.rounds, releases)
@@ -441,7 +444,9 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: "
         f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}, pyroute2 {version(PYTHON)}; "
-        f"{args.rounds} interleaved rounds (medians).\n\n",
+        f"{args.rounds} interleaved rounds (medians).  The machine is shared with "
+        f"other test runs: load average {load[0]:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after; see each row's stdev.\n\n",
         "## Runs\n\n",
         run_table(samples),
         f"\nA veth run takes {veth:.1f} ms, {veth / nonet:.2f}x the run without "
