@@ -355,6 +355,84 @@ def test_preload_covers_configure() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_preload_leaves_out_iproute_asyncio_and_the_package_init() -> None:
+    """preload() imports pyroute2's message classes, not its request filters, IPRoute,
+    asyncio or the package's __init__ (NDB, ethtool, ...); whoever asks for
+    a name of that __init__ later still gets the whole package."""
+    code = (
+        "import sys\n"
+        "from pflask.run import network\n"
+        "network.preload()\n"
+        "heavy = ('asyncio', 'pyroute2.iproute', 'pyroute2.ndb', 'pyroute2.ethtool')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "package = sys.modules['pyroute2']\n"
+        "from pyroute2 import IPBatch, IPRoute\n"
+        "import pyroute2\n"
+        "assert pyroute2 is package and pyroute2.__version__, vars(pyroute2).keys()\n"
+        "assert IPRoute.__module__ == 'pyroute2.iproute.linux', IPRoute\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# What HostLinks and configure() send, as IPRoute would send it.
+REQUESTS = {
+    "veth": (
+        "link",
+        "add",
+        {"ifname": "pft-a", "kind": "veth", "peer": {"ifname": "eth0", "net_ns_fd": 9}},
+    ),
+    "up": ("link", "set", {"index": 7, "state": "up"}),
+    "mtu": ("link", "set", {"index": 7, "mtu": 1300}),
+    "mac": ("link", "set", {"index": 7, "address": "02:00:00:23:20:02"}),
+    "move": ("link", "set", {"index": 7, "net_ns_fd": 9, "ifname": "eth0"}),
+    "delete": ("link", "del", {"index": 7}),
+    "get by name": ("link", "get", {"ifname": "eth0"}),
+    "get by index": ("link", "get", {"index": 7}),
+    "macvlan": ("link", "add", network._vlan_request("macvlan", "mv0", 5, 4, 9)),
+    "ipv4": ("addr", "replace", {"index": 7, "family": 2, "address": "10.1.0.2", "prefixlen": 24}),
+    "ipv6": (
+        "addr",
+        "replace",
+        {"index": 7, "family": 10, "address": "fd42::2", "prefixlen": 64, "flags": 2},
+    ),
+    "route": ("route", "add", {"family": 2, "dst_len": 0, "gateway": "10.1.0.1", "oif": 7}),
+    "route6": (
+        "route",
+        "add",
+        {"family": 10, "dst_len": 0, "gateway": "fd42::1", "oif": 7, "priority": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REQUESTS))
+def test_requests_encoded_as_iproute_does(case: str) -> None:
+    """network._encode builds the very bytes pyroute2's IPRoute would send
+    (IPBatch: IPRoute's requests, collected instead of sent), but for the
+    sequence number and port id in the header."""
+    from pyroute2 import IPBatch
+
+    mode, command, query = REQUESTS[case]
+    batch = IPBatch()
+    getattr(batch, mode)(command, **query)
+    expected = bytes(batch.batch)
+    batch.close()
+    mine = bytes(network._encode(mode, command, 1, dict(query)).data)
+    assert len(mine) == len(expected) > 16
+    assert mine[:8] == expected[:8] and mine[16:] == expected[16:], (mine, expected)
+
+
+def test_kernel_errors_keep_their_message() -> None:
+    """An NLMSG_ERROR with extended ack: errno and the kernel's own text."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with network._open_iproute() as ipr, pytest.raises(NetlinkError) as caught:
+        ipr.link("add", ifname="pft-x0", kind="pft-no-such-kind")
+    assert caught.value.args == (errno.EOPNOTSUPP, "Unknown device type")
+    assert "pft-x0" not in host_links()
+
+
 def test_loopback_up(netns: Callable[[], Netns]) -> None:
     ns = netns()
     assert "UP" not in ns.ip("-o", "link", "show", "lo").split(">")[0]

@@ -9,11 +9,14 @@ Two halves, matching where the steps run (see docs/architecture.md):
 - `loopback_up()` and `configure()`, inside the container (already in its
   network namespace), before exec.
 
-Everything talks netlink through pyroute2, except `loopback_up()`, which runs
-in every container with a network namespace and so uses one ioctl instead of
-paying ~160 ms for importing pyroute2.  pyroute2 is imported lazily, inside
+Everything talks netlink with pyroute2's messages, except `loopback_up()`,
+which runs in every container with a network namespace and so uses one ioctl
+instead of importing any of pyroute2.  pyroute2 is imported lazily, inside
 the functions that need it: importing this module costs nothing more than
-`pflask.kernel.libc`.
+`pflask.kernel.libc`.  Only pyroute2's message classes are imported (about 35 ms
+here), not its package `__init__` nor IPRoute, which runs on asyncio
+(together 110-200 ms): `_encode` fills the messages and `_Rtnl` sends them
+(benchmarks/results/network.md has the figures of each way tried).
 
 Namespace handle.  The first call about a container pid opens
 /proc/PID/ns/net and keeps that descriptor until `cleanup()`: every later
@@ -64,8 +67,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
-
-    from pyroute2 import IPRoute
 
 __all__ = [
     "IPVLAN_MODES",
@@ -129,9 +130,50 @@ def _netlink_error(exc: Exception, call: str, detail: str) -> NetworkError:
 
 
 def _netlink_errors() -> tuple[type[Exception], ...]:
+    _pyroute2_package()
     from pyroute2.netlink.exceptions import NetlinkError
 
     return (NetlinkError,)
+
+
+def _pyroute2_package() -> None:
+    """Register the `pyroute2` package without running its `__init__`.
+
+    That `__init__` imports every part of pyroute2 (NDB, IPDB, ethtool,
+    nftables, wireguard, nl80211, IPRoute and asyncio, ...), 110-200 ms here,
+    for modules pflask never uses: pflask imports pyroute2's message classes
+    through the bare package.  The package still
+    completes itself when asked for a name only its `__init__` defines
+    (`from pyroute2 import IPBatch`): that first request runs the `__init__`
+    in this very module object, so other code in the process sees the whole
+    package as usual.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec("pyroute2")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("No module named 'pyroute2'", name="pyroute2")
+    loader = spec.loader
+    package = type(sys)("pyroute2")
+    package.__spec__ = spec
+    package.__loader__ = loader
+    package.__file__ = spec.origin
+    package.__path__ = spec.submodule_search_locations
+    package.__package__ = "pyroute2"
+    names = vars(package)
+
+    def complete(name: str) -> Any:
+        """A submodule is left to the import system; anything else runs `__init__`."""
+        if name.startswith("__") or PathFinder.find_spec(f"pyroute2.{name}", package.__path__):
+            raise AttributeError(name)
+        del names["__getattr__"]
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    names["__getattr__"] = complete
+    sys.modules["pyroute2"] = package
 
 
 # --- addresses ------------------------------------------------------------------------
@@ -152,16 +194,246 @@ def _cidr(text: str) -> tuple[int, str, int]:
 # --- small netlink helpers -------------------------------------------------------
 
 
-def _open_iproute(fileno: int | None = None) -> IPRoute:
-    from pyroute2 import IPRoute
+# <linux/netlink.h>
+_SOL_NETLINK = 270
+_NETLINK_CAP_ACK = 10
+_NETLINK_EXT_ACK = 11
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_NLM_F_REPLACE = 0x100
+_NLM_F_CAPPED = 0x100  # in an error message's own header
+_NLM_F_ACK_TLVS = 0x200
+_NLMSG_ERROR = 0x2
+_NLMSGERR_ATTR_MSG = 1
+_NLMSG_HDRLEN = 16
 
-    # groups=0: no multicast subscriptions, the socket only sees its answers.
-    if fileno is None:
-        return IPRoute(groups=0, ext_ack=True)
-    return IPRoute(fileno=fileno, groups=0, ext_ack=True)
+# <linux/rtnetlink.h>: (message type, flags) of each request pflask makes
+_RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
+_RTM_NEWADDR = 20
+_RTM_NEWROUTE = 24
+_ACKED = _NLM_F_REQUEST | _NLM_F_ACK
+_REQUESTS = {
+    ("link", "get"): (_RTM_GETLINK, _ACKED),
+    ("link", "set"): (_RTM_NEWLINK, _ACKED),
+    ("link", "add"): (_RTM_NEWLINK, _ACKED | _NLM_F_CREATE | _NLM_F_EXCL),
+    ("link", "del"): (_RTM_DELLINK, _ACKED),
+    ("addr", "replace"): (_RTM_NEWADDR, _ACKED | _NLM_F_REPLACE | _NLM_F_CREATE),
+    ("route", "add"): (_RTM_NEWROUTE, _ACKED | _NLM_F_CREATE | _NLM_F_EXCL),
+}
 
 
-def _lookup(ipr: IPRoute, name: str) -> int | None:
+class _Rtnl:
+    """A NETLINK_ROUTE socket that sends pyroute2's own messages, without IPRoute.
+
+    pyroute2's IPRoute runs on asyncio and its import costs ~100 ms here
+    even without the package `__init__`; its message classes (ifinfmsg,
+    ifaddrmsg, rtmsg) cost ~35 ms (benchmarks/results/network.md).  This
+    class is the small part between the two: one request at a time (built
+    by `_encode` as IPRoute builds it), sent with NLM_F_ACK, answers decoded
+    until the kernel's acknowledgement; an error arrives as pyroute2's
+    NetlinkError (errno, the kernel's extended ack message when it sent
+    one).  The methods keep IPRoute's names and keywords for the few calls
+    pflask makes.
+    """
+
+    def __init__(self, fileno: int | None = None) -> None:
+        import _socket
+
+        if fileno is None:
+            self.sock = _socket.socket(
+                _socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+            )
+        else:
+            self.sock = _socket.socket(fileno=fileno)
+        try:
+            # The kernel's explanation of an error, without our request echoed back.
+            self.sock.setsockopt(_SOL_NETLINK, _NETLINK_EXT_ACK, 1)
+            self.sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+            self.sock.bind((0, 0))  # groups 0: the socket only sees its answers
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sequence = 0
+
+    def request(self, mode: str, command: str, **query: Any) -> list[Any]:
+        """IPRoute's `mode(command, **query)` (mode: link, addr or route)."""
+        from struct import unpack_from
+
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self.sequence += 1
+        message = _encode(mode, command, self.sequence, query)
+        self.sock.send(message.data)
+        answers: list[Any] = []
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + _NLMSG_HDRLEN <= len(data):
+                length, kind, flags, sequence = unpack_from("=IHHI", data, offset)
+                if length < _NLMSG_HDRLEN:
+                    break  # malformed; the kernel never sends one
+                chunk = data[offset : offset + length]
+                offset += (length + 3) & ~3
+                if sequence != self.sequence:
+                    continue
+                if kind != _NLMSG_ERROR:
+                    answer = type(message)(chunk)
+                    answer.decode()
+                    answers.append(answer)
+                    continue
+                error = -unpack_from("=i", chunk, _NLMSG_HDRLEN)[0]
+                if error:
+                    raise NetlinkError(error, _ext_ack_message(chunk, flags))
+                return answers
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        """[index] of link `ifname`, or [] when there is none."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            found = self.request("link", "get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return []
+            raise
+        return [int(found[0]["index"])] if found else []
+
+    def link(self, command: str, **query: Any) -> list[Any]:
+        return self.request("link", command, **query)
+
+    def addr(self, command: str, **query: Any) -> list[Any]:
+        return self.request("addr", command, **query)
+
+    def route(self, command: str, **query: Any) -> list[Any]:
+        return self.request("route", command, **query)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> _Rtnl:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _ext_ack_message(chunk: bytes, flags: int) -> str | None:
+    """NLMSGERR_ATTR_MSG of an NLMSG_ERROR message, if the kernel sent one.
+
+    After the header and the error code comes our request: only its header
+    (NETLINK_CAP_ACK), or all of it; then the extended ack attributes.
+    """
+    from struct import unpack_from
+
+    if not flags & _NLM_F_ACK_TLVS:
+        return None
+    request = _NLMSG_HDRLEN if flags & _NLM_F_CAPPED else unpack_from("=I", chunk, 20)[0]
+    offset = _NLMSG_HDRLEN + 4 + request
+    while offset + 4 <= len(chunk):
+        length, kind = unpack_from("=HH", chunk, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == _NLMSGERR_ATTR_MSG:
+            return chunk[offset + 4 : offset + length].rstrip(b"\0").decode(errors="replace")
+        offset += (length + 3) & ~3
+    return None
+
+
+# Keywords (IPRoute's names) -> attributes, for the requests pflask makes.
+_LINK_ATTRS = {
+    "ifname": "IFLA_IFNAME",
+    "mtu": "IFLA_MTU",
+    "address": "IFLA_ADDRESS",
+    "link": "IFLA_LINK",
+    "net_ns_fd": "IFLA_NET_NS_FD",
+}
+_ROUTE_ATTRS = {"gateway": "RTA_GATEWAY", "oif": "RTA_OIF", "priority": "RTA_PRIORITY"}
+_RT_TABLE_MAIN = 254
+_RTPROT_STATIC = 4
+_RTN_UNICAST = 1
+
+
+def _encode(mode: str, command: str, sequence: int, query: dict[str, Any]) -> Any:
+    """The request IPRoute would send for `mode(command, **query)`, encoded
+    with pyroute2's message classes, byte for byte (tests/test_network.py
+    compares them with IPBatch's).
+
+    Only the keywords pflask uses are known (an unknown one is a KeyError):
+    pyroute2's generic request filters, which know them all, would cost
+    another ~15 ms of imports.
+    """
+    message = _message_class(mode)()
+    query = dict(query)
+    if mode == "link":
+        message["index"] = query.pop("index", 0)
+        up = query.pop("state", None) == "up"
+        message["flags"] = message["change"] = IFF_UP if up else 0
+        kind = query.pop("kind", None)
+        data: list[list[Any]] = []
+        peer = query.pop("peer", None)
+        if peer is not None:
+            peer_attrs = [[_LINK_ATTRS[k], v] for k, v in peer.items()]
+            data.append(["VETH_INFO_PEER", {"attrs": peer_attrs}])
+        if kind is not None and f"{kind}_mode" in query:
+            data.append([f"IFLA_{kind.upper()}_MODE", query.pop(f"{kind}_mode")])
+        message["attrs"] = [[_LINK_ATTRS[k], v] for k, v in query.items()]
+        if kind is not None:
+            info: list[list[Any]] = [["IFLA_INFO_KIND", kind]]
+            if data:
+                info.append(["IFLA_INFO_DATA", {"attrs": data}])
+            message["attrs"].append(["IFLA_LINKINFO", {"attrs": info}])
+    elif mode == "addr":
+        family = message["family"] = query["family"]
+        message["prefixlen"] = query["prefixlen"]
+        message["index"] = query["index"]
+        message["attrs"] = [["IFA_ADDRESS", query["address"]]]
+        if family == _AF_INET:
+            message["attrs"].append(["IFA_LOCAL", query["address"]])
+        if query.get("flags"):
+            message["attrs"].append(["IFA_FLAGS", query["flags"]])
+    else:
+        message["family"] = query.pop("family")
+        message["dst_len"] = query.pop("dst_len")
+        message["table"] = _RT_TABLE_MAIN
+        message["proto"] = _RTPROT_STATIC
+        message["type"] = _RTN_UNICAST
+        message["attrs"] = [[_ROUTE_ATTRS[k], v] for k, v in query.items()]
+    message_type, flags = _REQUESTS[mode, command]
+    message["header"]["type"] = message_type
+    message["header"]["flags"] = flags
+    message["header"]["sequence_number"] = sequence
+    message.encode()
+    return message
+
+
+def _message_class(mode: str) -> Any:
+    """pyroute2's message class of `mode` (link, addr, route)."""
+    if mode == "link":
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        return ifinfmsg
+    if mode == "addr":
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        return ifaddrmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return rtmsg
+
+
+def _open_iproute(fileno: int | None = None) -> _Rtnl:
+    _pyroute2_package()
+    return _Rtnl(fileno)
+
+
+def _lookup(ipr: _Rtnl, name: str) -> int | None:
     try:
         found: list[int] = list(ipr.link_lookup(ifname=name))
     except _netlink_errors() as exc:
@@ -169,7 +441,7 @@ def _lookup(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def _link_name(ipr: IPRoute, index: int) -> str | None:
+def _link_name(ipr: _Rtnl, index: int) -> str | None:
     """The name of link `index`, or None when there is no such link."""
     try:
         msgs = ipr.link("get", index=index)
@@ -184,7 +456,7 @@ def _link_name(ipr: IPRoute, index: int) -> str | None:
 
 
 def _add_addresses(
-    ipr: IPRoute, index: int, addresses: list[tuple[int, str, int]], link: str
+    ipr: _Rtnl, index: int, addresses: list[tuple[int, str, int]], link: str
 ) -> None:
     for family, address, prefixlen in addresses:
         extra: dict[str, Any] = {}
@@ -204,7 +476,7 @@ def _add_addresses(
             raise _netlink_error(exc, _NEWADDR, f"{address}/{prefixlen} on {link}") from None
 
 
-def _set_link(ipr: IPRoute, index: int, link: str, **attrs: Any) -> None:
+def _set_link(ipr: _Rtnl, index: int, link: str, **attrs: Any) -> None:
     try:
         ipr.link("set", index=index, **attrs)
     except _netlink_errors() as exc:
@@ -252,9 +524,9 @@ class _Netns:
     def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
         self.fd = fd
-        self.ipr: IPRoute | None = None
+        self.ipr: _Rtnl | None = None
 
-    def iproute(self) -> IPRoute:
+    def iproute(self) -> _Rtnl:
         if self.ipr is None:
             what = f"network namespace of container pid {self.pid}"
             self.ipr = _open_iproute(_socket_in_netns(self.fd, what))
@@ -306,13 +578,13 @@ class HostLinks:
     """
 
     def __init__(self) -> None:
-        self._host: IPRoute | None = None
+        self._host: _Rtnl | None = None
         self._netns: dict[int, _Netns] = {}
         self._records: list[_Veth | _Moved | _Made] = []
 
     # -- plumbing
 
-    def _host_ipr(self) -> IPRoute:
+    def _host_ipr(self) -> _Rtnl:
         if self._host is None:
             self._host = _open_iproute()
         return self._host
@@ -570,7 +842,7 @@ def _vlan_request(kind: str, name: str, master: int, mode: int, nsfd: int) -> di
     }
 
 
-def _mtu_and_mac(ipr: IPRoute, index: int) -> tuple[int | None, str | None]:
+def _mtu_and_mac(ipr: _Rtnl, index: int) -> tuple[int | None, str | None]:
     """IFLA_MTU and IFLA_ADDRESS of link `index` (None for what it lacks)."""
     try:
         msgs = ipr.link("get", index=index)
@@ -583,7 +855,7 @@ def _mtu_and_mac(ipr: IPRoute, index: int) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _is_kind(ipr: IPRoute, index: int, kind: str) -> bool:
+def _is_kind(ipr: _Rtnl, index: int, kind: str) -> bool:
     try:
         msgs = ipr.link("get", index=index)
     except _netlink_errors():
@@ -595,7 +867,7 @@ def _is_kind(ipr: IPRoute, index: int, kind: str) -> bool:
     return False
 
 
-def _delete(ipr: IPRoute, index: int, what: str) -> None:
+def _delete(ipr: _Rtnl, index: int, what: str) -> None:
     try:
         ipr.link("del", index=index)
     except _netlink_errors() as exc:
@@ -632,16 +904,21 @@ def loopback_up() -> None:
 def preload() -> None:
     """Import everything `configure()` and `HostLinks` need from pyroute2 now.
 
-    Importing pyroute2 costs ~160-250 ms.  The supervisor can call this
-    before forking the container's first process when the plan has network
-    steps: the children inherit the modules (importing starts no thread), so
-    `configure()` in the container costs a few ms and needs no file of the
-    host's Python installation (it may run after pivot_root).
+    That costs ~35 ms (pyroute2's message classes; see `_Rtnl`).  The
+    supervisor calls this before forking the container's first process when
+    the plan has network steps: the children inherit the modules (importing
+    starts no thread), so `configure()` in the container imports nothing and
+    needs no file of the host's Python installation (it may run after
+    pivot_root).
     """
-    from pyroute2 import IPRoute
-
+    _pyroute2_package()
+    for mode in ("link", "addr", "route"):
+        _message_class(mode)
     _netlink_errors()
-    del IPRoute
+    import fcntl  # loopback_up's; pyroute2 no longer happens to import it
+    from struct import unpack_from
+
+    del fcntl, unpack_from
 
 
 def configure(
