@@ -76,6 +76,7 @@ STAGE = {
     "machined": "run",
     "state": "run",
     "attach": "run",  # its server is the detached supervisor's; `pflask attach` is its client
+    "eventloop": "run",  # the one select loop of the supervisor, exec and attach
     # the pipeline: load -> compile, once
     "pipeline": "pipeline",
     # doc: the command line and the manifest described (argparse parsers, reference,

@@ -35,7 +35,7 @@ from pflask.compile import plan
 from pflask.errors import EXIT_SETUP, SetupError
 from pflask.kernel import libc
 from pflask.kernel.signals import FORWARDED
-from pflask.run import protocol, steps
+from pflask.run import eventloop, protocol, steps
 from pflask.run.container import Container, exit_status
 
 TYPE_CHECKING = False
@@ -239,7 +239,6 @@ class Session:
         self.terminal = terminal
         self.child = 0
         self.io: Proxy | None = None
-        self.resized = False
 
     def _forward(self, signum: int, _frame: object) -> None:
         if self.child:
@@ -247,9 +246,6 @@ class Session:
                 os.kill(self.child, signum)
             except ProcessLookupError:
                 pass
-
-    def _on_resize(self, _signum: int, _frame: object) -> None:
-        self.resized = True
 
     def run(self) -> int:
         master = slave = -1
@@ -277,14 +273,16 @@ class Session:
         os.close(status_w)
         if slave >= 0:
             os.close(slave)
+        loop = eventloop.Loop()
         if master >= 0:
             from pflask.run.terminal import Proxy
 
-            self.io = Proxy(master)
-            _signal.signal(_signal.SIGWINCH, self._on_resize)
+            self.io = loop.copier = Proxy(master)
+            _signal.signal(_signal.SIGWINCH, loop.on_resize)
         try:
-            return self._wait(status_r)
+            return self._wait(loop, status_r)
         finally:
+            loop.close()
             os.close(status_r)
             if self.io is not None:
                 self.io.close()
@@ -314,47 +312,24 @@ class Session:
                 runner.run_step(number, step)
         runner.run_step(len(self.plan.steps), plan.Exec(argv=tuple(self.argv)))
 
-    def _wait(self, status_r: int) -> int:
-        import select
-
-        wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+    def _wait(self, loop: eventloop.Loop, status_r: int) -> int:
         pidfd = os.pidfd_open(self.child)
         reader = protocol.Reader(status_r)
         message: protocol.Status | None = None  # until the status pipe has spoken
         try:
             while True:
-                readers = [pidfd, wakeup_r] + ([status_r] if message is None else [])
-                writers: list[int] = []
-                io = self.io
-                if io is not None:
-                    readers += io.readers()
-                    writers = io.writers()
-                ready, writable, _ = select.select(readers, writers, [])
-                if wakeup_r in ready:
-                    try:
-                        os.read(wakeup_r, 256)
-                    except BlockingIOError:
-                        pass
-                    if self.resized and io is not None:
-                        self.resized = False
-                        io.resize()
+                ready = loop.poll([pidfd] + ([status_r] if message is None else []))
                 if message is None and status_r in ready:
                     message = reader.receive()
-                    if message == protocol.END and io is not None:
-                        io.start()  # the command runs: raw mode from now on
-                if io is not None:
-                    io.handle(ready, writable)
+                    if message == protocol.END and self.io is not None:
+                        self.io.start()  # the command runs: raw mode from now on
                 if pidfd in ready:
                     break
             status = os.waitpid(self.child, 0)[1]
             if message is None:
                 message = reader.receive()
         finally:
-            _signal.set_wakeup_fd(-1)
             os.close(pidfd)
-            os.close(wakeup_r)
-            os.close(wakeup_w)
         if self.io is not None:
             self.io.finish()
         if isinstance(message, protocol.Failed):

@@ -409,15 +409,27 @@ class _Session:
         self.raw = RawMode(0)
         self.inbox = bytearray()
         self.reading = True
-        self.resized = False
         self.stop = False
         self.message = ""
-
-    def _on_winch(self, _signum: int, _frame: object) -> None:
-        self.resized = True
+        self.status: int | None = None  # the container's, once it has ended
 
     def _on_stop(self, _signum: int, _frame: object) -> None:
         self.stop = True
+
+    def readers(self) -> list[int]:
+        return [self.sock.fileno()] + ([0] if self.reading else [])
+
+    def writers(self) -> list[int]:
+        return []  # the socket blocks: input is sent whole (sendall)
+
+    def handle(self, readable: list[int], writable: list[int]) -> None:
+        if 0 in readable:
+            self._input()
+        if self.sock.fileno() in readable:
+            self.status = self._output()
+
+    def resize(self) -> None:
+        self._send_size()
 
     def _send_size(self, first: bool = False) -> None:
         """Our terminal's size; the first time always, 0x0 without a terminal
@@ -427,43 +439,29 @@ class _Session:
             self.sock.sendall(frame(b"w", _size_payload(size or (0, 0))))
 
     def run(self) -> int:
-        import select
+        from pflask.run.eventloop import Loop
 
         if TYPE_CHECKING:
             import signal as _signal
         else:
             import _signal
 
-        wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        old_wakeup = _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        loop = Loop()
+        loop.copier = self
         handlers = {
-            _signal.SIGWINCH: self._on_winch,
+            _signal.SIGWINCH: loop.on_resize,
             _signal.SIGTERM: self._on_stop,
             _signal.SIGHUP: self._on_stop,
             _signal.SIGINT: self._on_stop,
         }
         previous = {signum: _signal.signal(signum, h) for signum, h in handlers.items()}
-        status: int | None = None
         detached = False
         try:
             self._send_size(first=True)
             self.raw.enter()
-            while status is None and not self.stop:
-                readers = [self.sock.fileno(), wakeup_r] + ([0] if self.reading else [])
+            while self.status is None and not self.stop:
                 try:
-                    ready = select.select(readers, [], [])[0]
-                except InterruptedError:
-                    continue
-                if wakeup_r in ready:
-                    _drain(wakeup_r)
-                    if self.resized:
-                        self.resized = False
-                        self._send_size()
-                try:
-                    if 0 in ready:
-                        self._input()
-                    if self.sock.fileno() in ready:
-                        status = self._output()
+                    loop.poll([])
                 except _Detach:
                     detached = True
                     break
@@ -473,15 +471,13 @@ class _Session:
             self.raw.restore()
             for signum, handler in previous.items():
                 _signal.signal(signum, handler)
-            _signal.set_wakeup_fd(old_wakeup)
-            os.close(wakeup_r)
-            os.close(wakeup_w)
+            loop.close()
         if detached:
             name = self.record.name
             why = self.message or "detached from"
             print(f"\npflask: {why} {name} (pflask attach {name} to return)", file=sys.stderr)
             return 0
-        return status if status is not None else 0
+        return self.status if self.status is not None else 0
 
     def _input(self) -> None:
         data = os.read(0, 4096)
@@ -516,11 +512,3 @@ class _Session:
                     f"cannot attach to {self.record.name}: {payload.decode(errors='replace')}"
                 )
         return None
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 256):
-            pass
-    except BlockingIOError:
-        pass

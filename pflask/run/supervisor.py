@@ -38,7 +38,7 @@ from pflask.compile import plan
 from pflask.errors import EXIT_SETUP, PflaskError, SetupError
 from pflask.kernel import libc
 from pflask.kernel.signals import FORWARDED, signal_number
-from pflask.run import mounts, protocol, steps
+from pflask.run import eventloop, mounts, protocol, steps
 from pflask.run.container import Container, exit_status, null_stdio, step_error, trace
 
 TYPE_CHECKING = False
@@ -171,11 +171,10 @@ class Supervisor:
         self.verbose = verbose
         self.cleanups: list[Callable[[], None]] = []
         self.pid = 0  # the process signals go to: C1, then the container's PID 1
-        self.stop_deadline: float | None = None
         self.stop_signal = signal_number(the_plan.stop_signal)
         self.links: Any = None
         self.group: Any = None
-        self.wakeup_r = -1
+        self.loop: eventloop.Loop | None = None
         self.verdict = verdict  # detached: where the foreground pflask waits for the verdict
         self.detached = verdict >= 0
         self.claim: Claim | None = None
@@ -186,7 +185,6 @@ class Supervisor:
         self.made: list[str] = []  # mount points the container made in a root that stays
         self.channel = -1  # the container sends its pty master here
         self.io: Proxy | Server | None = None
-        self.resized = False
 
     def report(self, status: int) -> None:
         """Detached: tell the foreground pflask how setup went (once)."""
@@ -205,8 +203,9 @@ class Supervisor:
             return
         if signum == _signal.SIGTERM:
             signum = self.stop_signal
-            if self.stop_deadline is None:
-                self.stop_deadline = time.monotonic() + self.plan.stop_timeout
+            loop = self.loop
+            if loop is not None and loop.deadline is None:
+                loop.deadline = time.monotonic() + self.plan.stop_timeout
         try:
             os.kill(self.pid, signum)
         except ProcessLookupError:
@@ -215,9 +214,6 @@ class Supervisor:
     def _install_handlers(self) -> None:
         for signum in FORWARDED:
             _signal.signal(signum, self._forward)
-
-    def _on_resize(self, _signum: int, _frame: object) -> None:
-        self.resized = True  # acted on in the select loop, woken by the wakeup fd
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -241,10 +237,9 @@ class Supervisor:
         inherited = [fd for fd in (self.verdict, self.channel, master) if fd >= 0]
         control_r, self.control = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        # Signals wake the select loop through this pipe, so a stop request's
-        # deadline is honoured even while pflask is blocked waiting.
-        self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        # Signals wake the loop, so a stop request's deadline is honoured even
+        # while pflask is blocked waiting.
+        self.loop = loop = eventloop.Loop(on_deadline=lambda: _kill(self.pid))
         self._install_handlers()
         if first.pid1:
             # Only our next child lands in it (pid_namespaces(7)): it is PID 1.
@@ -253,8 +248,8 @@ class Supervisor:
         if first.pid1 and child:
             _own_pid_namespace_for_children()
         if child == 0:
-            _signal.set_wakeup_fd(-1)
-            for fd in (self.control, status_r, self.wakeup_r, wakeup_w, *inherited):
+            loop.close()
+            for fd in (self.control, status_r, *inherited):
                 os.close(fd)
             Container(
                 self.plan,
@@ -280,10 +275,9 @@ class Supervisor:
         finally:
             if self.io is not None:
                 self.io.close()  # the user's terminal as it was, whatever happened
-            _signal.set_wakeup_fd(-1)
-            for fd in (self.control, self.wakeup_r, wakeup_w):
-                if fd >= 0:
-                    os.close(fd)
+            loop.close()
+            if self.control >= 0:
+                os.close(self.control)
             if self.channel >= 0:
                 os.close(self.channel)
             self.reader.close()
@@ -442,10 +436,13 @@ class Supervisor:
         # and the output after that would be lost.
         held = terminal.peer(master)
         self.cleanups.append(lambda: os.close(held))
+        loop = self.loop
+        assert loop is not None  # the master comes once the container is forked
         if self.detached:
             from pflask.run.attach import Server
 
             self.io = Server(master, os.geteuid())
+            loop.copier = self.io
         else:
             from pflask.run.terminal import Proxy
 
@@ -454,8 +451,9 @@ class Supervisor:
             # (its getty restarts, over and over), so only an ordinary
             # command's input is closed with one.
             self.io = Proxy(master, send_eof=not boot_console(self.plan))
+            loop.copier = self.io
             if os.isatty(0):
-                _signal.signal(_signal.SIGWINCH, self._on_resize)
+                _signal.signal(_signal.SIGWINCH, loop.on_resize)
                 _signal.signal(_signal.SIGTSTP, self._on_suspend)
 
     def _on_suspend(self, _signum: int, _frame: object) -> None:
@@ -512,39 +510,17 @@ class Supervisor:
                 null_stdio(fd)  # the user's terminal is not ours to hold any more
 
     def _select(self, fd: int) -> None:
-        """Wait until `fd` is readable; meanwhile enforce a stop request's deadline
-        and keep the terminal's bytes flowing."""
-        import select
-
+        """Wait until `fd` is readable; meanwhile the loop enforces a stop request's
+        deadline and keeps the terminal's bytes flowing, and the pty master is
+        taken when it arrives."""
+        assert self.loop is not None
         while True:
-            timeout = None
-            if self.stop_deadline is not None:
-                timeout = max(0.0, self.stop_deadline - time.monotonic())
-            readers, writers = [fd, self.wakeup_r], []
-            if self.channel >= 0:
-                readers.append(self.channel)
-            io = self.io
-            if io is not None:
-                readers += io.readers()
-                writers = io.writers()
-            ready, writable, _ = select.select(readers, writers, [], timeout)
-            if self.wakeup_r in ready:
-                try:
-                    os.read(self.wakeup_r, 256)
-                except BlockingIOError:
-                    pass
-                if self.resized and io is not None:
-                    self.resized = False
-                    io.resize()
-            if self.channel >= 0 and self.channel in ready:
+            channel = self.channel
+            ready = self.loop.poll([fd, channel] if channel >= 0 else [fd])
+            if channel >= 0 and channel in ready:
                 self._receive_master()
-            if io is not None:
-                io.handle(ready, writable)
             if fd in ready:
                 return
-            if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
-                self.stop_deadline = None
-                _kill(self.pid)
 
     def host_links(self) -> Any:
         if self.links is None:
