@@ -348,7 +348,8 @@ class Supervisor:
             names = [n for n in target.split("/") if n and n != "."]
             if ".." not in names:
                 allowed.update("/" + "/".join(names[:depth]) for depth in range(1, len(names) + 1))
-        self.made += (p for p in paths if p in allowed and p not in self.made)
+        known = set(self.made)  # a set: a manifest may have thousands of mounts
+        self.made += (p for p in dict.fromkeys(paths) if p in allowed and p not in known)
 
     def _failed(self, message: protocol.Status) -> int:
         """The container could not be set up: report, end it, exit 125 (126/127)."""
