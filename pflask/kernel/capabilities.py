@@ -262,10 +262,8 @@ def last_cap() -> int:
             with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
                 _last_cap = int(f.read())
         except (OSError, ValueError):
-            number = 0
-            while _libc_prctl(libc.PR_CAPBSET_READ, number + 1) >= 0:
-                number += 1
-            _last_cap = number
+            _bounding()  # its probe stops at the first number the kernel lacks, and notes it
+    assert _last_cap is not None
     return _last_cap
 
 
@@ -280,15 +278,6 @@ def _prctl(what: str, option: int, arg2: int = 0, arg3: int = 0) -> int:
     if result < 0:
         raise SyscallError("prctl(2)", err, what)
     return result
-
-
-def _capget() -> tuple[int, int, int]:
-    """(effective, permitted, inheritable) of this thread as 64-bit masks."""
-    return libc.capget()
-
-
-def _capset(effective: int, permitted: int, inheritable: int, what: str) -> None:
-    libc.capset(effective, permitted, inheritable, what)
 
 
 def _bounding() -> int:
@@ -353,13 +342,13 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
     process's bounding set are skipped.
     """
     _check_names(keep)
-    effective, permitted, inheritable = _capget()
+    effective, permitted, inheritable = libc.capget()
 
     # After a setuid with PR_SET_KEEPCAPS the effective set is empty; take
     # back what is still permitted, CAP_SETPCAP above all, which
     # PR_CAPBSET_DROP needs.  A no-op for a process that stayed root.
     if effective != permitted:
-        _capset(permitted, permitted, inheritable, "raise effective to permitted")
+        libc.capset(permitted, permitted, inheritable, "raise effective to permitted")
 
     bounding = _bounding()
     top = last_cap()
