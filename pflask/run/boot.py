@@ -62,12 +62,7 @@ def bind_text(root: mounts.Root, scratch: str, target: str, text: str, what: str
     parent = root.make(parent_path or "/")
     try:
         try:
-            fd = os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o444,
-                dir_fd=parent,
-            )
+            fd = os.open(name, mounts.NEW_FILE, 0o444, dir_fd=parent)
         except OSError as e:
             raise libc.SyscallError("open(2)", e.errno or 0, root.host_path(scratch)) from None
         try:

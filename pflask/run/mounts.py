@@ -65,6 +65,9 @@ DEVICES = {
 }
 _RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 MAX_SYMLINKS = 40  # as the kernel allows in one lookup (ELOOP beyond)
+# open(2) flags for a file pflask makes in a directory fd: a new one only, never
+# through a symlink left in its place.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fd_path(fd: int) -> str:
@@ -234,8 +237,7 @@ def _create_entry(parent: int, name: str, directory: bool, mode: int, what: str)
         if directory:
             os.mkdir(name, mode, dir_fd=parent)
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(name, flags, 0o644, dir_fd=parent))
+            os.close(os.open(name, NEW_FILE, 0o644, dir_fd=parent))
     except FileExistsError:
         return False
     except OSError as e:
@@ -599,9 +601,8 @@ def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
     try:
         for name in nodes:
             path = f"{target.rstrip('/')}/{name}"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                dst = os.open(name, flags, 0o644, dir_fd=directory)
+                dst = os.open(name, NEW_FILE, 0o644, dir_fd=directory)
             except FileExistsError:
                 bind_file(root, f"/dev/{name}", path)
                 continue
