@@ -111,6 +111,7 @@ SYS_openat2 = 437
 SYS_mount_setattr = 442
 _SYS_pivot_root = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _SYS_keyctl = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+_SYS_bpf = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 # <linux/keyctl.h>
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -280,6 +281,25 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_prctl(option, *args), "prctl(2)", str(option))
 
 
+def c_array(data: bytes | int) -> Any:
+    """A C array holding `data`, or that many zero bytes: memory a pointer inside
+    a structure passed to the kernel can name.  Keep it referenced until the
+    call returns; `address` is the pointer, bytes(array) what it holds."""
+    if isinstance(data, int):
+        return (_UByte * data)()
+    return (_UByte * len(data)).from_buffer_copy(data)
+
+
+def address(array: Any) -> int:
+    return _ctypes.addressof(array)
+
+
+def bpf(command: int, attr: bytes) -> tuple[int, int]:
+    """bpf(2) with a union bpf_attr the caller filled: (result, errno)."""
+    result = _syscall(_SYS_bpf[os.uname().machine], command, attr, len(attr))
+    return result, _ctypes.get_errno() if result < 0 else 0
+
+
 def seccomp_set_mode_filter(program: bytes) -> None:
     """Install a classic BPF program (struct sock_filter[]) as a seccomp filter.
 
@@ -287,10 +307,10 @@ def seccomp_set_mode_filter(program: bytes) -> None:
     instructions (an unsigned short, padded to the pointer's alignment) and a
     pointer to them.  The kernel copies the program during the call.
     """
-    instructions = (_UByte * len(program)).from_buffer_copy(program)
+    instructions = c_array(program)
     pointer = _ctypes.sizeof(_ULong)
     fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(pointer - 2)  # len, padding
-    fprog += _ctypes.addressof(instructions).to_bytes(pointer, sys.byteorder)
+    fprog += address(instructions).to_bytes(pointer, sys.byteorder)
     result = _prctl(PR_SET_SECCOMP, _ULong(SECCOMP_MODE_FILTER), fprog, _ULong(0), _ULong(0))
     _check(result, "prctl(2) PR_SET_SECCOMP", f"{len(program) // 8} BPF instructions")
 

@@ -16,8 +16,8 @@ allows an access only when every program on the way allows it, so they can
 only narrow the policy.
 
 Only the supervisor calls this, on the host side, for containers that keep
-CAP_SYS_ADMIN (see compiler._devices): it is off the `pflask run` hot path,
-so it uses `ctypes` for the bpf(2) attribute structures.
+CAP_SYS_ADMIN (see compiler._devices), through libc.bpf; the attribute
+structures are filled here, byte by byte.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import errno
 import os
 import sys
 
+from pflask.kernel import libc
 from pflask.kernel.libc import SyscallError
 
 # <linux/bpf.h>
@@ -39,7 +40,6 @@ BPF_DEVCG_ACC_READ = 2
 BPF_DEVCG_ACC_WRITE = 4
 BPF_DEVCG_DEV_BLOCK = 1
 BPF_DEVCG_DEV_CHAR = 2
-_SYS_bpf = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 # Instruction opcodes (class | size/op | mode/source), as <linux/bpf.h> composes them.
 _LDX_MEM_W = 0x61  # BPF_LDX | BPF_MEM | BPF_W: dst = *(u32 *)(src + off)
@@ -125,44 +125,36 @@ def program(rules: tuple[str, ...]) -> bytes:
 
 def attach(group: str, rules: tuple[str, ...]) -> None:
     """Load the program for `rules` and attach it to the cgroup v2 directory `group`."""
-    import ctypes
+    order = sys.byteorder
+    code = libc.c_array(program(rules))
+    license = libc.c_array(b"GPL\0")
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    number = _SYS_bpf[os.uname().machine]
-    insns = program(rules)
-    code = ctypes.create_string_buffer(insns, len(insns))
-    license = ctypes.create_string_buffer(b"GPL")
-
-    def load(log_size: int) -> tuple[int, str]:
-        """(program fd or -1, the verifier's last words): a log only when asked."""
-        log = ctypes.create_string_buffer(max(log_size, 1))
+    def load(log_size: int) -> tuple[int, int, str]:
+        """(program fd or -1, errno, the verifier's last words): a log only when asked."""
+        log = libc.c_array(max(log_size, 1))
         # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
         # log_level, log_size, log_buf, kern_version, prog_flags, prog_name[16],
         # prog_ifindex, expected_attach_type.
         attr = bytearray(72)
-        order = sys.byteorder
         attr[0:4] = BPF_PROG_TYPE_CGROUP_DEVICE.to_bytes(4, order)
-        attr[4:8] = (len(insns) // 8).to_bytes(4, order)
-        attr[8:16] = ctypes.addressof(code).to_bytes(8, order)
-        attr[16:24] = ctypes.addressof(license).to_bytes(8, order)
+        attr[4:8] = (len(code) // 8).to_bytes(4, order)
+        attr[8:16] = libc.address(code).to_bytes(8, order)
+        attr[16:24] = libc.address(license).to_bytes(8, order)
         if log_size:
             attr[24:28] = (1).to_bytes(4, order)
             attr[28:32] = log_size.to_bytes(4, order)
-            attr[32:40] = ctypes.addressof(log).to_bytes(8, order)
+            attr[32:40] = libc.address(log).to_bytes(8, order)
         attr[48:64] = b"pflask_devices".ljust(16, b"\0")
         attr[68:72] = BPF_CGROUP_DEVICE.to_bytes(4, order)
-        raw = (ctypes.c_char * len(attr)).from_buffer(attr)
-        fd = int(libc.syscall(number, BPF_PROG_LOAD, raw, len(attr)))
-        lines = log.value.decode(errors="replace").strip().splitlines()
-        return fd, lines[-1] if lines else ""
+        fd, err = libc.bpf(BPF_PROG_LOAD, bytes(attr))
+        text = bytes(log).split(b"\0", 1)[0].decode(errors="replace")
+        lines = text.strip().splitlines()
+        return fd, err, lines[-1] if lines else ""
 
-    prog, _ = load(0)
+    prog, err, _ = load(0)
     if prog < 0:
-        err = ctypes.get_errno()
-        _, why = load(1 << 20)  # again, for the verifier's reason
+        _, _, why = load(1 << 20)  # again, for the verifier's reason
         raise SyscallError("bpf(2)", err, f"BPF_PROG_LOAD device program: {why}".rstrip(": "))
-    order = sys.byteorder
     try:
         cgroup = os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -170,16 +162,16 @@ def attach(group: str, rules: tuple[str, ...]) -> None:
         raise SyscallError("open(2)", e.errno or errno.EIO, group) from None
     try:
         # target_fd, attach_bpf_fd, attach_type, attach_flags
-        attach_attr = bytearray(
+        attach_attr = (
             cgroup.to_bytes(4, order)
-            + int(prog).to_bytes(4, order)
+            + prog.to_bytes(4, order)
             + BPF_CGROUP_DEVICE.to_bytes(4, order)
             + BPF_F_ALLOW_MULTI.to_bytes(4, order)
             + bytes(16)
         )
-        raw = (ctypes.c_char * len(attach_attr)).from_buffer(attach_attr)
-        if libc.syscall(number, BPF_PROG_ATTACH, raw, len(attach_attr)) < 0:
-            raise SyscallError("bpf(2)", ctypes.get_errno(), f"BPF_PROG_ATTACH {group}")
+        result, err = libc.bpf(BPF_PROG_ATTACH, attach_attr)
+        if result < 0:
+            raise SyscallError("bpf(2)", err, f"BPF_PROG_ATTACH {group}")
     finally:
         os.close(cgroup)
         os.close(prog)  # the attachment holds the program; it goes with the group
