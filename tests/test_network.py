@@ -427,7 +427,7 @@ def test_kernel_errors_keep_their_message() -> None:
     """An NLMSG_ERROR with extended ack: errno and the kernel's own text."""
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with network._open_iproute() as ipr, pytest.raises(NetlinkError) as caught:
+    with network._open_rtnl() as ipr, pytest.raises(NetlinkError) as caught:
         ipr.link("add", ifname="pft-x0", kind="pft-no-such-kind")
     assert caught.value.args == (errno.EOPNOTSUPP, "Unknown device type")
     assert "pft-x0" not in host_links()

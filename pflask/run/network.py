@@ -288,18 +288,6 @@ class _Rtnl:
                     raise NetlinkError(error, _ext_ack_message(chunk, flags))
                 return answers
 
-    def link_lookup(self, ifname: str) -> list[int]:
-        """[index] of link `ifname`, or [] when there is none."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            found = self.request("link", "get", ifname=ifname)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return []
-            raise
-        return [int(found[0]["index"])] if found else []
-
     def link(self, command: str, **query: Any) -> list[Any]:
         return self.request("link", command, **query)
 
@@ -428,17 +416,20 @@ def _message_class(mode: str) -> Any:
     return rtmsg
 
 
-def _open_iproute(fileno: int | None = None) -> _Rtnl:
+def _open_rtnl(fileno: int | None = None) -> _Rtnl:
     _pyroute2_package()
     return _Rtnl(fileno)
 
 
 def _lookup(ipr: _Rtnl, name: str) -> int | None:
+    """The index of link `name`, or None when there is no such link."""
     try:
-        found: list[int] = list(ipr.link_lookup(ifname=name))
+        found = ipr.link("get", ifname=name)
     except _netlink_errors() as exc:
+        if getattr(exc, "code", None) == errno.ENODEV:
+            return None
         raise _netlink_error(exc, _GETLINK, name) from None
-    return found[0] if found else None
+    return int(found[0]["index"]) if found else None
 
 
 def _link_name(ipr: _Rtnl, index: int) -> str | None:
@@ -529,7 +520,7 @@ class _Netns:
     def iproute(self) -> _Rtnl:
         if self.ipr is None:
             what = f"network namespace of container pid {self.pid}"
-            self.ipr = _open_iproute(_socket_in_netns(self.fd, what))
+            self.ipr = _open_rtnl(_socket_in_netns(self.fd, what))
         return self.ipr
 
     def close_socket(self) -> None:
@@ -586,7 +577,7 @@ class HostLinks:
 
     def _host_ipr(self) -> _Rtnl:
         if self._host is None:
-            self._host = _open_iproute()
+            self._host = _open_rtnl()
         return self._host
 
     def _ns(self, pid: int) -> _Netns:
@@ -939,7 +930,7 @@ def configure(
     parsed = [_cidr(a) for a in addresses]
     routes = [(_family(g), g) for g in gateways]
 
-    with _open_iproute() as ipr:
+    with _open_rtnl() as ipr:
         index = _lookup(ipr, name)
         if index is None:
             raise NetworkError(_GETLINK, errno.ENODEV, name, f"no link {name} in the container")
