@@ -8,6 +8,7 @@ whatever pflask inherited.  `seclude` closes, wipes and hides it.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pflask.kernel import libc
@@ -55,7 +56,7 @@ def forget_invoker(name: bytes) -> None:
     fields = stat.rpartition(b")")[2].split()  # the name may hold spaces: fields from 3 on
     arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
     if not 0 < arg_start <= arg_end <= env_start <= env_end:
-        raise libc.SyscallError("read(2)", 22, "/proc/self/stat: arg_start..env_end")
+        raise libc.SyscallError("read(2)", errno.EINVAL, "/proc/self/stat: arg_start..env_end")
     libc.memset(env_start, 0, env_end - env_start)
     libc.memset(arg_start, 0, arg_end - arg_start)
     if arg_end - arg_start > len(name) + 1:

@@ -9,6 +9,7 @@ way (and denied setgroups where writing gid_map ourselves requires it).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pflask.kernel import libc
@@ -48,7 +49,7 @@ def write_map(pid: int, kind: str, ranges: tuple[tuple[int, int, int], ...], hel
         os.close(read_end)
         os.close(write_end)
         raise libc.SyscallError(
-            "execve(2)", 2, f"{tool}: not installed (Debian package uidmap)"
+            "execve(2)", errno.ENOENT, f"{tool}: not installed (Debian package uidmap)"
         ) from None
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
@@ -56,4 +57,4 @@ def write_map(pid: int, kind: str, ranges: tuple[tuple[int, int, int], ...], hel
     _, status = os.waitpid(child, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         detail = output.splitlines()[-1] if output else f"exit status {status}"
-        raise libc.SyscallError(tool, 1, f"{' '.join(argv[2:])}: {detail}")
+        raise libc.SyscallError(tool, errno.EPERM, f"{' '.join(argv[2:])}: {detail}")
