@@ -40,6 +40,17 @@ def compile_data(data: LocDict, origin: str, ctx: Context) -> Plan:
     return _compile(data, origin, ctx)
 
 
+def compile_bundle(
+    bundle: str, ctx: Context, name: str | None = None, start_fifo: str | None = None
+) -> Plan:
+    """The plan for an OCI bundle (pflask.load.oci), as `pflask-oci create`
+    runs it: a container called `name`, waiting on `start_fifo` if given."""
+    from pflask.compile import compiler
+    from pflask.load import oci
+
+    return compiler.compile_plan(oci.load(bundle, name, start_fifo), ctx)
+
+
 def _compile(data: dict[str, Any], source: str, ctx: Context) -> Plan:
     from pflask.compile import compiler
     from pflask.load import manifest

@@ -81,7 +81,19 @@ def _plan(ns: argparse.Namespace) -> int:
     from pflask.pipeline import compile_file
 
     command = tuple(ns.command) or None
-    plan, _ = compile_file(ns.file, tuple(ns.set), context.read(command))
+    if ns.oci is not None:
+        from pflask.errors import UsageError
+        from pflask.pipeline import compile_bundle
+
+        if ns.file is not None or ns.set or command:
+            raise UsageError("plan --oci BUNDLE takes no manifest, --set or command")
+        plan = compile_bundle(ns.oci, context.read(None))
+    elif ns.file is None:
+        from pflask.errors import UsageError
+
+        raise UsageError("plan: a manifest FILE or --oci BUNDLE is required")
+    else:
+        plan, _ = compile_file(ns.file, tuple(ns.set), context.read(command))
     if ns.json:
         import json
 

@@ -53,7 +53,9 @@ PROCESS_STEPS = (
     "seccomp",
     "session_keyring",
     "switch_user",
+    "set_ids",
     "capabilities",
+    "capability_sets",
     "no_new_privs",
     "environment",
 )

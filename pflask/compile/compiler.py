@@ -30,12 +30,19 @@ import posixpath
 
 from pflask.compile import plan as p
 from pflask.errors import ManifestError
-from pflask.load.manifest import AufsMount, BindMount, LoopMount, OverlayMount, TmpMount
+from pflask.load.manifest import (
+    AufsMount,
+    BindMount,
+    FsMount,
+    LoopMount,
+    OverlayMount,
+    TmpMount,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pflask.compile.context import Context
-    from pflask.load.manifest import IdRange, Manifest, Mount
+    from pflask.load.manifest import IdRange, Manifest, Mount, Oci
 
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_PATHS = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd", "/init")
@@ -157,10 +164,11 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # builds its mounts, and only the command waits for it.
     makes: list[p.Step] = [cgroup] if cgroup is not None else []
     makes.extend(_host_links(m, ctx))
-    claim = p.ClaimName(name=m.name)
+    # An OCI runtime keeps its own records (pflask.oci.state): no claim here.
+    claim = p.ClaimName(name=m.name) if m.oci is None else None
     host_first: list[p.Step] = _id_maps(m, ctx) if userns else []
     if makes:
-        host_first += [claim, *makes]
+        host_first += [*([claim] if claim is not None else []), *makes]
     steps.extend(host_first)
     if host_first:
         steps.append(p.AwaitHost(after=p.AFTER_HOST_STEPS))
@@ -174,16 +182,18 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # machined wants its PID 1, and the command does not wait for busctl:
     # after the Fork and after the last go.
     register = None
-    if m.root.path is not None and ctx.uid == 0:
+    if m.root.path is not None and ctx.uid == 0 and m.oci is None:
         register = p.RegisterMachine(name=m.name, root=m.root.path)
     if makes and register is not None:
         steps.append(register)
-    if not makes:
+    if not makes and claim is not None:
         steps.append(claim)
 
     root = m.root.path
+    if m.oci is not None and m.oci.start_fifo is not None:
+        steps.append(p.StartFifo(path=m.oci.start_fifo))
     if m.namespaces.mount:
-        steps.append(p.Propagation(mode="slave"))
+        steps.append(p.Propagation(mode="slave" if m.oci is None else m.oci.propagation))
         if root is not None:
             steps.append(_root_step(m, root))
         over_root = _root_overlays(m)
@@ -202,12 +212,18 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             steps.append(
                 p.MountFs(fstype="tmpfs", target="/root", flags=("nosuid", "nodev"), data=data)
             )
-        steps.extend(_system_mounts(m, userns, net, boot, delegated=boot and defer_cgroupns))
+        if m.oci is None:
+            steps.extend(_system_mounts(m, userns, net, boot, delegated=boot and defer_cgroupns))
         replacing = _replacing_system_tmpfs(m)
         for index, mount in enumerate(m.mounts):
             if index not in replacing and index not in over_root:
                 steps.append(_user_mount(m, index, mount, userns))
-        if root is not None:
+        if m.oci is not None:
+            steps.extend(_oci_dev(m))
+        if root is not None and m.oci is not None:
+            masked = m.security.masked_paths or ()
+            readonly = m.security.readonly_paths or ()
+        elif root is not None:
             masked = MASKED_PATHS if m.security.masked_paths is None else m.security.masked_paths
             readonly = (
                 READONLY_PATHS if m.security.readonly_paths is None else m.security.readonly_paths
@@ -253,14 +269,16 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # Loading a filter takes no_new_privs or CAP_SYS_ADMIN (seccomp(2)):
     # without the first it goes before the steps that drop the second.
     early = seccomp is not None and not m.security.no_new_privileges
-    early = early and (m.user is not None or "sys_admin" not in keep)
+    early = early and (m.user is not None or "sys_admin" not in keep or m.oci is not None)
     # Keys in the session keyring pflask was started from are readable by
     # whoever inherits it: the container gets an empty one of its own (before
     # the filter, which refuses keyctl(2)).
     steps.append(p.SessionKeyring())
     if seccomp is not None and early:
         steps.append(seccomp)
-    if m.user is not None and m.capabilities is None:
+    if m.oci is not None:
+        steps.extend(_oci_identity(m.oci))
+    elif m.user is not None and m.capabilities is None:
         # The profile bounds what a user can regain (setuid binaries), but a
         # user other than root holds nothing after the switch, as anywhere.
         steps.append(p.Capabilities(keep=keep, ambient=False))
@@ -278,7 +296,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     steps.append(_environment(m))
     if m.workdir is not None:
         steps.append(p.Chdir(path=container_path(m.workdir)))
-    if not makes:
+    if not makes and claim is not None:
         # The command must not start before the name is the container's.
         steps.append(p.AwaitHost(after=p.AFTER_NAME))
         if register is not None:
@@ -287,6 +305,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(seccomp)  # the last thing before the command (and PID 1's own rule)
     if m.namespaces.pid and not pid1_is_command:
         steps.append(p.Reaper())
+    if m.oci is not None and m.oci.start_fifo is not None:
+        steps.append(p.AwaitStart())
     steps.append(p.Exec(argv=command))
 
     init = pid1_is_command and is_init(command)
@@ -305,6 +325,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
 def _hostname(m: Manifest) -> str | None:
     """The container's hostname: the manifest's, or with a root and a UTS
     namespace of its own, the container's name."""
+    if m.oci is not None:
+        return m.hostname  # a bundle's container has the hostname it names, if any
     return m.hostname or (m.name if m.root.path is not None and m.namespaces.uts else None)
 
 
@@ -317,7 +339,8 @@ def boots(m: Manifest, command: tuple[str, ...], pid1_is_command: bool) -> bool:
     `_system_mounts` and `_capabilities`).
     """
     return (
-        pid1_is_command
+        m.oci is None  # an OCI bundle lists what its init gets itself
+        and pid1_is_command
         and is_init(command)
         and m.namespaces.pid
         and m.namespaces.mount
@@ -353,6 +376,7 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> 
             cpu=m.cgroup.cpu,
             default_pids=DEFAULT_PIDS if pids is None else None,
             devices=devices,
+            group=None if m.oci is None else f"pflask_oci-{m.name}",  # never parse_owner's
         )
     if (boot and ctx.uid == 0 and m.namespaces.cgroup) or devices:
         return p.Cgroup(name=m.name, default_pids=DEFAULT_PIDS, devices=devices)
@@ -371,6 +395,8 @@ def _devices(m: Manifest, ctx: Context, userns: bool, keep: tuple[str, ...]) -> 
     nodev); without a root of its own the container shares the host's /dev
     anyway, which no policy here pretends to fix.
     """
+    if m.oci is not None:
+        return m.oci.devices
     if ctx.uid != 0 or userns or m.root.path is None or not m.namespaces.mount:
         return ()
     return DEVICE_RULES if "sys_admin" in keep else ()
@@ -388,6 +414,8 @@ def _capabilities(m: Manifest, boot: bool, net: bool) -> tuple[str, ...]:
     """
     from pflask.kernel import capabilities
 
+    if m.oci is not None:
+        return capabilities.ordered(m.oci.capability_sets[0])  # the bounding set
     base = capabilities.DEFAULT
     if boot:
         base = capabilities.BOOT | ({"net_admin"} if net else set())
@@ -402,6 +430,13 @@ def _seccomp(m: Manifest, keep: tuple[str, ...] | None) -> p.Seccomp | None:
     Built here, once per compiled plan (libseccomp is not loaded by a cached
     `pflask run`): see pflask.compile.seccomp.
     """
+    if m.oci is not None:
+        if m.oci.seccomp is None:
+            return None
+        from pflask.compile import seccomp
+        from pflask.kernel import capabilities
+
+        return seccomp.step_from_json(m.oci.seccomp, frozenset(keep or ()), m.source)
     if m.security.seccomp == "unconfined":
         return None
     from pflask.compile import seccomp
@@ -766,6 +801,14 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             flags=flags,
             optional=mount.optional,
         )
+    if isinstance(mount, FsMount):
+        return p.MountFs(
+            fstype=mount.fstype,
+            target=target,
+            flags=mount.flags,
+            data=mount.data,
+            source=mount.source,
+        )
     if isinstance(mount, TmpMount):
         data = _tmpfs_data(
             TMP_TMPFS, size=mount.size, mode=mount.mode, uid=mount.uid, gid=mount.gid
@@ -815,7 +858,46 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
     )
 
 
+def _oci_dev(m: Manifest) -> list[p.Step]:
+    """What runc adds to a bundle's mounts: with /dev a tmpfs of its own, the
+    standard nodes and links (and the console, when the process has a
+    terminal); the kernel parameters next, while /proc/sys is still writable."""
+    assert m.oci is not None
+    steps: list[p.Step] = []
+    if m.oci.dev_defaults:
+        steps += [
+            p.DevNodes(target="/dev", nodes=DEV_NODES),
+            p.Symlink(value="pts/ptmx", path="/dev/ptmx"),
+            p.Symlink(value="/proc/self/fd", path="/dev/fd"),
+            p.Symlink(value="/proc/self/fd/0", path="/dev/stdin"),
+            p.Symlink(value="/proc/self/fd/1", path="/dev/stdout"),
+            p.Symlink(value="/proc/self/fd/2", path="/dev/stderr"),
+        ]
+        if m.terminal == "true":
+            steps.append(p.Console())
+    if m.oci.sysctl:
+        steps.append(p.Sysctl(settings=m.oci.sysctl))
+    return steps
+
+
+def _oci_identity(oci: Oci) -> list[p.Step]:
+    """An OCI process's ids and its five capability sets, as given."""
+    bounding, effective, permitted, inheritable, ambient = oci.capability_sets
+    return [
+        p.SetIds(uid=oci.uid, gid=oci.gid, groups=oci.groups, umask=oci.umask, keep_caps=True),
+        p.CapabilitySets(
+            bounding=bounding,
+            effective=effective,
+            permitted=permitted,
+            inheritable=inheritable,
+            ambient=ambient,
+        ),
+    ]
+
+
 def _environment(m: Manifest) -> p.Environment:
+    if m.oci is not None:  # exactly the bundle's process.env
+        return p.Environment(clear=True, set=m.env_set)
     clear = m.env_clear if m.env_clear is not None else m.root.path is not None
     values: dict[str, str] = {"container": "pflask"}
     if clear:

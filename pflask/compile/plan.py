@@ -125,6 +125,7 @@ class Cgroup(Step):
     # to this group (skipped, not an error, where it does not).
     default_pids: int | None = None
     devices: tuple[str, ...] = ()  # devices cgroup rules to allow; none: no device policy
+    group: str | None = None  # a fixed group name (OCI: pflask_oci-ID); else group_name()
 
     def describe(self) -> str:
         limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
@@ -348,10 +349,12 @@ class MountFs(Step):
     flags: tuple[str, ...] = ()
     data: str = ""
     fallback_bind: str | None = None
+    source: str = ""  # what mountinfo shows as the source; "": the fstype (an OCI bundle names one)
 
     def describe(self) -> str:
         data = f" [{self.data}]" if self.data else ""
-        return f"mount {self.fstype} on {self.target}{_flags(self.flags)}{data}"
+        source = f" ({self.source})" if self.source and self.source != self.fstype else ""
+        return f"mount {self.fstype}{source} on {self.target}{_flags(self.flags)}{data}"
 
 
 class Bind(Step):
@@ -658,6 +661,84 @@ class Environment(Step):
         return "environment: " + ", ".join(parts)
 
 
+class SetIds(Step):
+    """Become `uid`/`gid` with exactly `groups` as supplementary groups, numbers
+    as an OCI bundle gives them (no passwd lookup); `keep_caps` keeps the
+    permitted set across the switch for the CapabilitySets step that follows."""
+
+    kind = "set_ids"
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    umask: int | None = None
+    keep_caps: bool = False
+
+    def describe(self) -> str:
+        groups = ",".join(map(str, self.groups)) or "none"
+        umask = "" if self.umask is None else f", umask {self.umask:04o}"
+        keep = ", keeping capabilities for the next step" if self.keep_caps else ""
+        return f"uid {self.uid}, gid {self.gid}, groups {groups}{umask}{keep}"
+
+
+class CapabilitySets(Step):
+    """Each of the five capability sets as given (an OCI bundle's
+    process.capabilities), instead of one profile in all of them."""
+
+    kind = "capability_sets"
+    bounding: tuple[str, ...] = ()
+    effective: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = ()
+    inheritable: tuple[str, ...] = ()
+    ambient: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        sets = (
+            ("bounding", self.bounding),
+            ("effective", self.effective),
+            ("permitted", self.permitted),
+            ("inheritable", self.inheritable),
+            ("ambient", self.ambient),
+        )
+        return "capability sets: " + "; ".join(
+            f"{name} {' '.join(caps) or 'none'}" for name, caps in sets
+        )
+
+
+class Sysctl(Step):
+    """Write kernel parameters of the container's own namespaces under its /proc/sys."""
+
+    kind = "sysctl"
+    settings: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        return "sysctl " + ", ".join(f"{k}={v}" for k, v in self.settings)
+
+
+class StartFifo(Step):
+    """Open the FIFO `start` writes to (while the host's paths are reachable):
+    an OCI runtime's create leaves the container waiting on it (AwaitStart)."""
+
+    kind = "start_fifo"
+    path: str
+
+    def describe(self) -> str:
+        return f"open {self.path} for the start signal"
+
+
+class AwaitStart(Step):
+    """Tell the supervisor the container is created (the status pipe's EOF),
+    let it go, and wait for `start` to write to the FIFO before the command.
+
+    The supervisor of an OCI create exits here: PID 1 drops PDEATHSIG and is
+    inherited by the engine's subreaper, as runc's init is.  The command is
+    looked up first, so a missing one fails create (127), as with runc."""
+
+    kind = "await_start"
+
+    def describe(self) -> str:
+        return "created: wait for start (the FIFO), then run the command"
+
+
 class Chdir(Step):
     kind = "chdir"
     path: str
@@ -713,8 +794,13 @@ STEPS: dict[str, type[Step]] = {
         NoNewPrivs,
         Seccomp,
         SwitchUser,
+        SetIds,
         SessionKeyring,
         Capabilities,
+        CapabilitySets,
+        Sysctl,
+        StartFifo,
+        AwaitStart,
         Environment,
         Chdir,
         Exec,

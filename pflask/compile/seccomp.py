@@ -176,6 +176,21 @@ def step(setting: str, keep: Iterable[str], source: str) -> p.Seccomp | None:
     )
 
 
+def step_from_json(text: str, keep: frozenset[str], source: str) -> p.Seccomp:
+    """The Seccomp step for an OCI bundle's linux.seccomp object (JSON text):
+    the Docker profile format it shares, with `flags` and a notify listener
+    refused by the front end (pflask.load.oci), not here."""
+    import json
+
+    main = from_data(json.loads(text), keep, native(), source, "linux.seccomp")
+    program = build(main, "")
+    summary = (
+        f"{' '.join(a.lower() for a in main.arches)}: {len(main.rules)} rules, "
+        f"others {action_name(main.default)}; {len(program) // 8} BPF instructions"
+    )
+    return p.Seccomp(profile="config.json", summary=summary, programs=(program.hex(),))
+
+
 def _left_out(machine: str, f: Filter) -> tuple[str, ...]:
     return tuple(a for a in COMPAT.get(machine, ()) if a not in f.arches)
 
@@ -301,11 +316,13 @@ _ARG_FIELDS = ("index", "value", "valueTwo", "op")
 class _Profile:
     """Reading one profile file: every error names the file and the field."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, prefix: str = "") -> None:
         self.path = path
+        self.prefix = prefix  # where the profile sits in its file (linux.seccomp)
 
     def error(self, field: str, message: str) -> ManifestError:
-        return ManifestError(message, self.path, field=field or None)
+        where = ".".join(part for part in (self.prefix, field) if part)
+        return ManifestError(message, self.path, field=where or None)
 
     def mapping(self, value: Any, field: str, known: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -419,7 +436,13 @@ def from_profile(path: str, caps: frozenset[str], machine: str, source: str) -> 
         raise ManifestError(
             f"seccomp profile {shown_path(path)}: {e.message}", source, field="security.seccomp"
         ) from None
-    reader = _Profile(path)
+    return from_data(raw, caps, machine, path)
+
+
+def from_data(raw: Any, caps: frozenset[str], machine: str, path: str, prefix: str = "") -> Filter:
+    """The Filter a parsed profile describes; errors name `path` (the file it
+    came from) and the field, under `prefix` when the profile is part of it."""
+    reader = _Profile(path, prefix)
     data = reader.mapping(raw, "", _PROFILE_FIELDS)
     if "defaultAction" not in data:
         raise reader.error("defaultAction", "required field is missing")

@@ -56,7 +56,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check manifests; exit 2 with every error found")
     p.add_argument("files", nargs="+", metavar="FILE", help="manifests, or directories of them")
     p = sub.add_parser("plan", help="print the steps `run` would take")
-    p.add_argument("file", metavar="FILE", help="the manifest")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the manifest")
+    p.add_argument(
+        "--oci",
+        metavar="BUNDLE",
+        help="plan an OCI bundle's config.json instead of a manifest (as pflask-oci runs it)",
+    )
     p.add_argument("--json", action="store_true", help="stable JSON instead of text")
     p.add_argument(
         "--set",

@@ -359,20 +359,8 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
         raise SyscallError("capset(2)", errno.EPERM, f"not in the permitted set: {missing}{hint}")
 
     # The bounding set first: the drops need CAP_SETPCAP, which the capset
-    # below may remove.  Capabilities already outside it need no drop, so a
-    # process that is already confined enough does not need CAP_SETPCAP.
-    # (Messages are built only on failure: this runs at every start.)
-    drops = bounding & ~wanted
-    if drops and not permitted >> NUMBERS["setpcap"] & 1:
-        first = (drops & -drops).bit_length() - 1
-        raise SyscallError(
-            "prctl(2)", errno.EPERM, f"PR_CAPBSET_DROP {_name(first)} without CAP_SETPCAP{hint}"
-        )
-    for number in range(top + 1):
-        if drops >> number & 1:
-            result, err = libc.prctl_errno(libc.PR_CAPBSET_DROP, number)
-            if result < 0:
-                raise SyscallError("prctl(2)", err, f"PR_CAPBSET_DROP {_name(number)}")
+    # below may remove.
+    _drop_bounding(bounding & ~wanted, permitted, top, hint)
 
     # Inheritable too: ambient capabilities must be both permitted and
     # inheritable, and a kept inheritable bit lets file-inheritable binaries
@@ -398,6 +386,69 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
 
     # Undo prepare_keep so a later setuid in this process drops privileges
     # as usual; execve clears the flag anyway.
+    if _prctl("PR_GET_KEEPCAPS", PR_GET_KEEPCAPS):
+        _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 0)
+
+
+def _drop_bounding(drops: int, permitted: int, top: int, hint: str) -> None:
+    """Drop `drops` (a mask) from the bounding set.  Capabilities already
+    outside it need no drop, so a process that is already confined enough
+    does not need CAP_SETPCAP.  (Messages are built only on failure: this
+    runs at every start.)"""
+    if drops and not permitted >> NUMBERS["setpcap"] & 1:
+        first = (drops & -drops).bit_length() - 1
+        raise SyscallError(
+            "prctl(2)", errno.EPERM, f"PR_CAPBSET_DROP {_name(first)} without CAP_SETPCAP{hint}"
+        )
+    for number in range(top + 1):
+        if drops >> number & 1:
+            result, err = libc.prctl_errno(libc.PR_CAPBSET_DROP, number)
+            if result < 0:
+                raise SyscallError("prctl(2)", err, f"PR_CAPBSET_DROP {_name(number)}")
+
+
+def apply_sets(
+    bounding: Iterable[str],
+    effective: Iterable[str],
+    permitted: Iterable[str],
+    inheritable: Iterable[str],
+    ambient: Iterable[str],
+) -> None:
+    """Leave this process with each capability set as given: an OCI bundle's
+    process.capabilities, which, unlike a manifest's profile, name the five
+    sets one by one (runc applies them the same way, so /proc/PID/status
+    reads alike).  Called last before execve(2), after the id switch
+    (SetIds with keep_caps); capabilities the kernel lacks are skipped."""
+    sets = [tuple(names) for names in (bounding, effective, permitted, inheritable, ambient)]
+    for names in sets:
+        _check_names(names)
+    top = last_cap()
+    known = (1 << (top + 1)) - 1
+    b, e, p, i, a = (_mask(names) & known for names in sets)
+    current_e, current_p, current_i = libc.capget()
+    if current_e != current_p:
+        libc.capset(current_p, current_p, current_i, "raise effective to permitted")
+    bounding_now = _bounding()
+    _drop_bounding(bounding_now & ~b, current_p, top, "")
+    if p & ~current_p:
+        missing = " ".join(ordered(_names(p & ~current_p)))
+        raise SyscallError("capset(2)", errno.EPERM, f"not in the permitted set: {missing}")
+    try:
+        libc.capset(e & p, p, i)
+    except SyscallError as error:
+        raise SyscallError("capset(2)", error.errno or errno.EPERM, "the OCI sets") from None
+    _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    # The kernel takes an ambient capability only if it is permitted and
+    # inheritable; runc skips the others (its spec template lists ambient
+    # capabilities with no inheritable set), and so does pflask.
+    for number in range(top + 1):
+        if (a & p & i) >> number & 1:
+            _prctl(
+                f"PR_CAP_AMBIENT_RAISE {_name(number)}",
+                libc.PR_CAP_AMBIENT,
+                libc.PR_CAP_AMBIENT_RAISE,
+                number,
+            )
     if _prctl("PR_GET_KEEPCAPS", PR_GET_KEEPCAPS):
         _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 0)
 

@@ -90,7 +90,19 @@ class LoopMount(Record):
     flags: tuple[str, ...] = ()
 
 
-Mount = BindMount | TmpMount | OverlayMount | AufsMount | LoopMount
+class FsMount(Record):
+    """A filesystem mounted exactly as given: an OCI bundle's mounts (proc,
+    sysfs, tmpfs, devpts, mqueue, cgroup2...), which a manifest gets from
+    pflask's system mounts instead (no manifest field makes one)."""
+
+    fstype: str
+    target: str
+    source: str = ""
+    data: str = ""
+    flags: tuple[str, ...] = ()
+
+
+Mount = BindMount | TmpMount | OverlayMount | AufsMount | LoopMount | FsMount
 
 LINK_MODES = {"macvlan": "bridge", "ipvlan": "l2"}
 """The default `mode` of the interface types that have one."""
@@ -130,6 +142,31 @@ class Security(Record):
     seccomp: str = "default"  # or "unconfined", or a profile file (absolute path)
 
 
+class Oci(Record):
+    """What an OCI bundle's config.json says that a manifest cannot
+    (pflask.load.oci builds it; the compiler reads it where runc's behaviour
+    differs from a manifest's defaults).
+
+    With it the container gets exactly the mounts, environment, capability
+    sets and ids the bundle lists: no system mounts, no `container=`
+    variable, no name claimed under pflask's state (the OCI runtime keeps
+    its own), PID 1 the process itself.
+    """
+
+    # bounding, effective, permitted, inheritable, ambient (lowercase, no cap_)
+    capability_sets: tuple[tuple[str, ...], ...] = ((), (), (), (), ())
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    umask: int | None = None
+    propagation: str = "slave"
+    sysctl: tuple[tuple[str, str], ...] = ()
+    seccomp: str | None = None  # the linux.seccomp object, as JSON text (None: no filter)
+    devices: tuple[str, ...] = ()  # devices cgroup rules allowed (none: no device policy)
+    dev_defaults: bool = False  # /dev is a tmpfs: runc's standard nodes and links in it
+    start_fifo: str | None = None  # create/start: PID 1 waits here before the command
+
+
 class Manifest(Record):
     name: str
     source: str = "<manifest>"
@@ -154,6 +191,7 @@ class Manifest(Record):
     pid1: str = "auto"
     stop_signal: str | None = None
     stop_timeout: float = 10.0
+    oci: Oci | None = None
 
 
 def parse_size(value: int | str) -> int:

@@ -231,6 +231,11 @@ class Group:
         self.devices = devices  # whether a device policy is enforced (see create)
 
     @property
+    def dirs(self) -> tuple[tuple[str, int], ...]:
+        """(path, cgroup version) of each directory, for a record to rebuild the group."""
+        return self._dirs
+
+    @property
     def paths(self) -> tuple[str, ...]:
         return tuple(path for path, _ in self._dirs)
 
@@ -278,6 +283,7 @@ def create(
     layout: Layout | None = None,
     default_pids: int | None = None,
     devices: tuple[str, ...] = (),
+    group: str | None = None,
 ) -> Group:
     """Make the group `pflask-<name>-<pid>-<start>` wherever the controllers and limits need it.
 
@@ -299,7 +305,9 @@ def create(
     `devices` says whether either was possible; a v1 host without the
     controller has neither, and the caller warns.
     """
-    dirname = group_name(name)
+    # `group`: a fixed name (an OCI container's, which outlives the process
+    # that made it; clean_stale never takes it for a dead pflask's).
+    dirname = group if group is not None else group_name(name)
     if layout is None:
         layout = detect()
     if pids is None and default_pids is not None and _offers(layout, "pids"):

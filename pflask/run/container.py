@@ -98,6 +98,7 @@ class Container:
         self.reap = False  # set by the Reaper step: PID 1 stays, the command is PID 2
         self.pending = b""  # what S said before we asked (see exit_unless_supervised)
         self.dumpable = False  # PID 1 dumpable for its owner's `pflask exec` (see seclude)
+        self.start_fifo = -1  # an OCI create: where `start` says go (StartFifo)
 
     # -- talking to the supervisor -----------------------------------------------------------
 
@@ -209,6 +210,39 @@ class Container:
             if step.where == plan.CONTAINER:
                 self.run_step(number, step)
         os._exit(EXIT_SETUP)  # not reached: the Exec step execs or exits
+
+    # -- an OCI runtime's create and start ------------------------------------------------
+
+    def open_start_fifo(self, path: str) -> None:
+        """Open the FIFO read-write: it never blocks, and, holding a writer
+        ourselves, a read waits for `start`'s byte instead of seeing EOF."""
+        self.start_fifo = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+    def await_start(self) -> None:
+        """Created: check the command exists (a missing one fails create, 127),
+        let the supervisor go (EOF on the status pipe) and wait for `start`.
+
+        The supervisor of a `create` exits now, so PDEATHSIG must go: PID 1
+        is inherited by the engine's subreaper, as runc's init is."""
+        env = self.env if self.env is not None else os.environ
+        try:
+            which(self.plan.command[0], env.get("PATH", DEFAULT_PATH))
+        except OSError as e:
+            self._cannot_start(self.plan.command[0], e)
+        self.report_made()
+        libc.prctl(libc.PR_SET_PDEATHSIG, 0)
+        os.close(self.status)
+        self.status = -1
+        while True:
+            try:
+                said = os.read(self.start_fifo, 1)
+            except InterruptedError:
+                continue
+            break
+        os.close(self.start_fifo)
+        self.start_fifo = -1
+        if said != b"s":
+            os._exit(EXIT_SETUP)
 
     # -- PID 1 ----------------------------------------------------------------------------
 

@@ -343,15 +343,17 @@ def mount_fs(
     flags: tuple[str, ...],
     data: str,
     fallback_bind: str | None,
+    source: str = "",
 ) -> None:
     """A kernel filesystem on a target; when the kernel refuses it in a user
     namespace (proc without a PID namespace, sysfs without a network one),
-    bind the host's instance instead, read-only as asked."""
+    bind the host's instance instead, read-only as asked.  `source` is only
+    a name (mountinfo's source field); the fstype's by default."""
     fd = root.make(target)
     try:
         try:
             libc.mount(
-                fstype,
+                source or fstype,
                 fd_path(fd),
                 fstype,
                 ms_flags(flags),

@@ -112,7 +112,13 @@ def mount(step: plan.MountFs, c: Container) -> None:
     from pflask.run import mounts
 
     mounts.mount_fs(
-        c.the_root(), step.fstype, step.target, step.flags, step.data, step.fallback_bind
+        c.the_root(),
+        step.fstype,
+        step.target,
+        step.flags,
+        step.data,
+        step.fallback_bind,
+        source=step.source,
     )
 
 
@@ -301,6 +307,48 @@ def switch_user(step: plan.SwitchUser, c: Container) -> None:
     c.user = user
 
 
+def set_ids(step: plan.SetIds, c: Container) -> None:
+    """The OCI process's ids, numbers as given: no lookup in the container's files."""
+    if step.keep_caps:
+        from pflask.kernel import capabilities
+
+        capabilities.prepare_keep()
+    os.setgroups(list(step.groups))
+    os.setresgid(step.gid, step.gid, step.gid)
+    os.setresuid(step.uid, step.uid, step.uid)
+    if step.umask is not None:
+        os.umask(step.umask)
+
+
+def capability_sets(step: plan.CapabilitySets, c: Container) -> None:
+    from pflask.kernel import capabilities
+
+    capabilities.apply_sets(
+        step.bounding, step.effective, step.permitted, step.inheritable, step.ambient
+    )
+
+
+def sysctl(step: plan.Sysctl, c: Container) -> None:
+    """Each key under the root's /proc/sys (resolved in the root, no symlink followed out)."""
+    root = c.the_root()
+    for key, value in step.settings:
+        fd = root.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        except OSError as e:
+            raise libc.SyscallError("write(2)", e.errno or 0, f"/proc/sys for {key}") from None
+        finally:
+            os.close(fd)
+
+
+def start_fifo(step: plan.StartFifo, c: Container) -> None:
+    c.open_start_fifo(step.path)
+
+
+def await_start(step: plan.AwaitStart, c: Container) -> None:
+    c.await_start()
+
+
 def session_keyring(step: plan.SessionKeyring, c: Container) -> None:
     libc.join_session_keyring()
 
@@ -361,6 +409,11 @@ HANDLERS: dict[str, Handler] = {
     "no_new_privs": Handler(no_new_privs, ("run.rlimits",)),
     "seccomp": Handler(seccomp),
     "switch_user": Handler(switch_user, ("run.users", "kernel.capabilities")),
+    "set_ids": Handler(set_ids, ("kernel.capabilities",)),
+    "capability_sets": Handler(capability_sets, ("kernel.capabilities",)),
+    "sysctl": Handler(sysctl, ("run.mounts",)),
+    "start_fifo": Handler(start_fifo),
+    "await_start": Handler(await_start),
     "session_keyring": Handler(session_keyring),
     "capabilities": Handler(capabilities, ("kernel.capabilities",)),
     "environment": Handler(environment, ("run.users",)),

@@ -166,7 +166,13 @@ def _container_status(status: int, pid_namespace: bool) -> int:
 class Supervisor:
     """S: forks the container, runs the host steps, forwards signals, cleans up."""
 
-    def __init__(self, the_plan: plan.Plan, verbose: bool, verdict: int = -1) -> None:
+    def __init__(
+        self,
+        the_plan: plan.Plan,
+        verbose: bool,
+        verdict: int = -1,
+        hand_off: Callable[[Supervisor], bool] | None = None,
+    ) -> None:
         self.plan = the_plan
         self.verbose = verbose
         self.cleanups: list[Callable[[], None]] = []
@@ -185,6 +191,13 @@ class Supervisor:
         self.made: list[str] = []  # mount points the container made in a root that stays
         self.channel = -1  # the container sends its pty master here
         self.io: Proxy | Server | None = None
+        # An OCI runtime's create (pflask.oci): called once the container waits
+        # for `start` (AwaitStart); False: S leaves, the container and what
+        # the host steps made (its cgroup) now belong to the OCI state record.
+        self.hand_off = hand_off
+        # With hand_off: where the pty master goes instead of this terminal
+        # (an OCI engine's console socket).
+        self.on_master: Callable[[int], None] | None = None
 
     def report(self, status: int) -> None:
         """Detached: tell the foreground pflask how setup went (once)."""
@@ -305,10 +318,13 @@ class Supervisor:
                 self.pid = self.pid1 = message.pid
                 os.waitpid(self.child, 0)  # C1 exits once it has forked PID 1
                 self._say(protocol.ADOPTED)  # it may arm PDEATHSIG now
-        message = self._receive()  # End: the command was executed
+        message = self._receive()  # End: the command was executed (or awaits start)
         if message != protocol.END:
             return self._failed(message)
         container = self.pid
+        if self.hand_off is not None and not self.hand_off(self):
+            self.cleanups.clear()
+            return 0
         self._started(container)
         status = self._wait(container)
         code = _container_status(status, pid_namespace)
@@ -430,6 +446,9 @@ class Supervisor:
 
     def _use_master(self, master: int) -> None:
         """The pty master has arrived: copy it to our terminal, or serve it to attach."""
+        if self.on_master is not None:
+            self.on_master(master)
+            return
         from pflask.run import terminal
 
         # systemd as PID 1 opens /dev/console only while it writes: unless a
@@ -493,7 +512,8 @@ class Supervisor:
         if self.channel >= 0 and select.select([self.channel], [], [], 0)[0]:
             self._receive_master()  # sent before exec; not yet picked up
         io = self.io
-        assert self.claim is not None
+        if self.claim is None:  # an OCI runtime's run: its own record
+            return
         if self.detached and io is not None:
             from pflask.run.attach import Server
 
@@ -595,6 +615,7 @@ def _cgroup(step: plan.Cgroup, s: Supervisor) -> None:
         step.cpu,
         default_pids=step.default_pids,
         devices=step.devices,
+        group=step.group,
     )
     s.cleanups.append(group.remove)
     group.attach(s.pid)

@@ -1,0 +1,568 @@
+"""An OCI bundle's config.json (runtime-spec 1.0 to 1.2) -> the same Manifest a file gives.
+
+The third front end, beside the manifest loader and the original flags: the
+engines (podman, containerd, CRI-O) hand a runtime a bundle, a directory
+holding config.json and usually the root filesystem.  Each field is either
+translated into the Manifest (and so compiled by the same compiler into the
+same kind of Plan) or refused with an error that names it:
+`pflask: BUNDLE/config.json: linux.intelRdt: not supported`, exit 2.  A
+field that asks for nothing (an empty list, string or object, false, 0) is
+accepted whatever it is: engines write many such defaults.
+
+What a manifest cannot say lives in `manifest.Oci` (exact capability sets,
+numeric ids and groups, runc's /dev, sysctl, the seccomp object, the device
+rules, the start FIFO); the compiler reads it where runc's behaviour is not
+a manifest's default (no system mounts, the bundle's environment only).
+
+config.json is read as a seccomp profile is: a regular file of at most
+1 MiB, nested at most 32 levels, at most 10,000 values (loader.read_json).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pflask.errors import ManifestError, shown
+from pflask.load.manifest import (
+    BindMount,
+    CgroupSpec,
+    FsMount,
+    IdRange,
+    Manifest,
+    Mount,
+    Namespaces,
+    Oci,
+    Root,
+    Security,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+VERSIONS = ("1.0.", "1.1.", "1.2.")
+"""The runtime-spec releases whose config.json this front end reads."""
+
+NAMESPACES = {
+    "pid": "pid",
+    "network": "net",
+    "mount": "mount",
+    "ipc": "ipc",
+    "uts": "uts",
+    "user": "user",
+    "cgroup": "cgroup",
+}
+CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+# The resources setrlimit(2) knows (pflask.run.rlimits has their numbers).
+RLIMITS = (
+    "cpu fsize data stack core rss nproc nofile memlock as locks sigpending msgqueue nice rtprio"
+    " rttime"
+).split()
+
+# Mount options: those that are mount flags, those that say what already holds
+# (read-write, the flags' defaults), and the propagation a mount may ask for
+# that the container's recursive slave or private root already gives (nothing
+# mounted in the container reaches the host).
+MOUNT_FLAGS = ("ro", "nosuid", "nodev", "noexec", "relatime", "strictatime", "noatime")
+DEFAULT_OPTIONS = ("rw", "suid", "dev", "exec", "async", "atime", "diratime")
+HELD_PROPAGATION = ("private", "rprivate", "slave", "rslave")
+REFUSED_OPTIONS = ("shared", "rshared", "unbindable", "runbindable", "idmap", "ridmap", "remount")
+
+# Devices runc allows every container, whatever its resources.devices say
+# (the same list the compiler gives a manifest's container: compiler.DEVICE_RULES).
+DEFAULT_DEVICE_RULES = (
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    *(f"c {major}:* rwm" for major in range(136, 144)),
+)
+
+UINT64_MAX = 2**64 - 1
+MAX_ID = 2**32 - 2
+
+
+def config_path(bundle: str) -> str:
+    return os.path.join(bundle, "config.json")
+
+
+def load(bundle: str, name: str | None = None, start_fifo: str | None = None) -> Manifest:
+    """The Manifest of the bundle at `bundle` (a directory), for a container
+    called `name` (default: the bundle directory's name); `start_fifo`: the
+    FIFO a create leaves the container waiting on."""
+    from pflask.load import loader
+
+    path = config_path(bundle)
+    try:
+        raw = loader.read_json(path)
+    except loader.Unreadable as e:
+        raise ManifestError(e.message, path) from None
+    return from_data(raw, path, bundle, name, start_fifo)
+
+
+def from_data(
+    raw: Any, path: str, bundle: str, name: str | None = None, start_fifo: str | None = None
+) -> Manifest:
+    """The Manifest of a parsed config.json (`path`: where it came from, for errors)."""
+    bundle = os.path.abspath(bundle)
+    container = name or os.path.basename(bundle.rstrip("/")) or "oci"
+    return Translator(path, bundle).manifest(raw, container, start_fifo)
+
+
+def _empty(value: Any) -> bool:
+    """Whether a value asks for nothing: absent, empty, false or zero."""
+    return value is None or value is False or value == 0 or value in ("", [], {})
+
+
+class Translator:
+    """Reading one config.json: every error names the file and the field."""
+
+    def __init__(self, path: str, bundle: str) -> None:
+        self.path = path
+        self.bundle = bundle
+
+    # -- checking shapes -------------------------------------------------------------
+
+    def error(self, field: str, message: str) -> ManifestError:
+        return ManifestError(message, self.path, field=field)
+
+    def unsupported(self, field: str, why: str = "") -> ManifestError:
+        return self.error(field, "not supported" + (f" ({why})" if why else ""))
+
+    def fields(
+        self, value: Any, field: str, known: tuple[str, ...], accepted: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """`value` as an object whose keys are `known` (translated) or
+        `accepted` (metadata with no effect on the container); any other key
+        is refused unless it asks for nothing."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(field, f"must be an object, not {type(value).__name__}")
+        for key, item in value.items():
+            if key not in known and key not in accepted and not _empty(item):
+                raise self.unsupported(f"{field}.{key}" if field else key)
+        return value
+
+    def string(self, value: Any, field: str, absolute: bool = False) -> str:
+        if not isinstance(value, str) or "\0" in value:
+            raise self.error(field, f"must be a string, not {shown(value)}")
+        if absolute and not value.startswith("/"):
+            raise self.error(field, f"must be an absolute path, not {shown(value)}")
+        if len(value) > 4096:
+            raise self.error(field, "longer than 4096 characters")
+        return value
+
+    def strings(self, value: Any, field: str) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(field, "must be a list of strings")
+        return [self.string(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+    def integer(self, value: Any, field: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(field, f"must be an integer from {low} to {high}, not {shown(value)}")
+        return value
+
+    def items(self, value: Any, field: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(field, "must be a list")
+        return value
+
+    # -- the translation ---------------------------------------------------------------
+
+    def manifest(self, raw: Any, name: str, start_fifo: str | None) -> Manifest:
+        top = self.fields(
+            raw,
+            "",
+            ("ociVersion", "root", "mounts", "process", "hostname", "linux", "hooks"),
+            accepted=("annotations",),
+        )
+        version = top.get("ociVersion")
+        if not isinstance(version, str) or not version.startswith(VERSIONS):
+            raise self.error(
+                "ociVersion", f"{shown(version)}: pflask reads runtime-spec 1.0, 1.1 and 1.2"
+            )
+        hooks = self.fields(top.get("hooks"), "hooks", ())  # any hook asked for: refused
+        del hooks
+        process = self.fields(
+            top.get("process"),
+            "process",
+            (
+                "terminal",
+                "consoleSize",
+                "user",
+                "args",
+                "env",
+                "cwd",
+                "capabilities",
+                "rlimits",
+                "noNewPrivileges",
+            ),
+        )
+        if not process:
+            raise self.error("process", "required: pflask-oci runs a process")
+        linux = self.fields(
+            top.get("linux"),
+            "linux",
+            (
+                "namespaces",
+                "uidMappings",
+                "gidMappings",
+                "resources",
+                "cgroupsPath",
+                "maskedPaths",
+                "readonlyPaths",
+                "seccomp",
+                "sysctl",
+                "rootfsPropagation",
+                "devices",
+            ),
+        )
+        namespaces, wanted_user = self.namespaces(linux.get("namespaces"))
+        mounts, dev_tmpfs = self.mounts(top.get("mounts"))
+        args = self.strings(process.get("args"), "process.args")
+        if not args:
+            raise self.error("process.args", "required: at least the program")
+        cwd = self.string(process.get("cwd", "/"), "process.cwd", absolute=True)
+        terminal = process.get("terminal", False)
+        if not isinstance(terminal, bool):
+            raise self.error("process.terminal", "must be true or false")
+        if process.get("consoleSize") is not None and not terminal:
+            raise self.error("process.consoleSize", "only with process.terminal: true")
+        hostname = top.get("hostname")
+        if hostname is not None and hostname != "":
+            hostname = self.string(hostname, "hostname")
+            if len(hostname) > 64:
+                raise self.error("hostname", "longer than 64 characters")
+            if "uts" not in namespaces:
+                raise self.error("hostname", "needs a uts namespace of its own (linux.namespaces)")
+        else:
+            hostname = None
+        root = self.fields(top.get("root"), "root", ("path", "readonly"))
+        if "path" not in root:
+            raise self.error("root.path", "required: the container's root directory")
+        root_path = os.path.join(self.bundle, self.string(root["path"], "root.path"))
+        nnp = process.get("noNewPrivileges", False)
+        if not isinstance(nnp, bool):
+            raise self.error("process.noNewPrivileges", "must be true or false")
+        uid_map = self.id_map(linux.get("uidMappings"), "linux.uidMappings")
+        gid_map = self.id_map(linux.get("gidMappings"), "linux.gidMappings")
+        if (uid_map or gid_map) and not wanted_user:
+            raise self.error("linux.uidMappings", "needs a user namespace (linux.namespaces)")
+        if "cgroupsPath" in linux and linux["cgroupsPath"] is not None:
+            # Accepted, recorded in the state; the group itself is pflask's
+            # own (cgroups.group_name), removed by delete.
+            self.string(linux["cgroupsPath"], "linux.cgroupsPath")
+        return Manifest(
+            name=name,
+            source=self.path,
+            root=Root(path=os.path.normpath(root_path), readonly=self.flag(root, "readonly")),
+            hostname=hostname,
+            command=tuple(args),
+            workdir=cwd,
+            env_clear=True,
+            env_set=self.env(process.get("env")),
+            namespaces=Namespaces(
+                mount="mount" in namespaces,
+                pid="pid" in namespaces,
+                ipc="ipc" in namespaces,
+                uts="uts" in namespaces,
+                cgroup="cgroup" in namespaces,
+                net="net" in namespaces,
+                user=wanted_user,
+            ),
+            uid_map=uid_map,
+            gid_map=gid_map,
+            mounts=mounts,
+            cgroup=self.resources(linux.get("resources")),
+            security=Security(
+                no_new_privileges=nnp,
+                rlimits=self.rlimits(process.get("rlimits")),
+                masked_paths=tuple(self.paths(linux.get("maskedPaths"), "linux.maskedPaths")),
+                readonly_paths=tuple(self.paths(linux.get("readonlyPaths"), "linux.readonlyPaths")),
+            ),
+            terminal="true" if terminal else "false",
+            pid1="command",
+            oci=Oci(
+                capability_sets=self.capabilities(process.get("capabilities")),
+                **self.user(process.get("user")),
+                propagation=self.propagation(linux.get("rootfsPropagation")),
+                sysctl=self.sysctl(linux.get("sysctl"), namespaces),
+                seccomp=self.seccomp(linux.get("seccomp")),
+                devices=self.devices(linux.get("resources"), linux.get("devices")),
+                dev_defaults=dev_tmpfs,
+                start_fifo=start_fifo,
+            ),
+        )
+
+    def flag(self, data: dict[str, Any], key: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, "must be true or false")
+        return value
+
+    def namespaces(self, value: Any) -> tuple[set[str], bool]:
+        names: set[str] = set()
+        for index, item in enumerate(self.items(value, "linux.namespaces")):
+            where = f"linux.namespaces[{index}]"
+            data = self.fields(item, where, ("type", "path"))
+            kind = data.get("type")
+            if kind not in NAMESPACES:
+                if kind == "time":
+                    raise self.unsupported(f"{where}.type", "time namespaces")
+                raise self.error(f"{where}.type", f"unknown namespace {shown(kind)}")
+            if data.get("path"):
+                raise self.unsupported(
+                    f"{where}.path", "joining an existing namespace; pflask makes new ones"
+                )
+            names.add(NAMESPACES[kind])
+        return names, "user" in names
+
+    def id_map(self, value: Any, field: str) -> tuple[IdRange, ...]:
+        ranges = []
+        for index, item in enumerate(self.items(value, field)):
+            where = f"{field}[{index}]"
+            data = self.fields(item, where, ("containerID", "hostID", "size"))
+            ranges.append(
+                IdRange(
+                    inside=self.integer(data.get("containerID"), f"{where}.containerID", 0, MAX_ID),
+                    outside=self.integer(data.get("hostID"), f"{where}.hostID", 0, MAX_ID),
+                    count=self.integer(data.get("size"), f"{where}.size", 1, MAX_ID + 1),
+                )
+            )
+        return tuple(ranges)
+
+    def mounts(self, value: Any) -> tuple[tuple[Mount, ...], bool]:
+        """The bundle's mounts, in order; and whether /dev is a tmpfs of its own
+        (runc then puts the standard nodes and links in it)."""
+        result: list[Mount] = []
+        dev_tmpfs = False
+        for index, item in enumerate(self.items(value, "mounts")):
+            where = f"mounts[{index}]"
+            data = self.fields(item, where, ("destination", "type", "source", "options"))
+            target = self.string(data.get("destination"), f"{where}.destination")
+            target = target if target.startswith("/") else "/" + target
+            kind = self.string(data.get("type", ""), f"{where}.type")
+            source = self.string(data.get("source", ""), f"{where}.source")
+            options = self.strings(data.get("options"), f"{where}.options")
+            flags: list[str] = []
+            extra: list[str] = []
+            bind = kind == "bind" or "bind" in options or "rbind" in options
+            for position, option in enumerate(options):
+                if option in MOUNT_FLAGS:
+                    flags.append(option)
+                elif option in (*DEFAULT_OPTIONS, *HELD_PROPAGATION, "bind", "rbind"):
+                    continue
+                elif option in REFUSED_OPTIONS or bind:
+                    raise self.unsupported(f"{where}.options[{position}]", option)
+                else:
+                    extra.append(option)
+            if bind:
+                if not source:
+                    raise self.error(f"{where}.source", "required for a bind mount")
+                result.append(
+                    BindMount(
+                        source=os.path.normpath(os.path.join(self.bundle, source)),
+                        target=target,
+                        readonly="ro" in flags,
+                        recursive="rbind" in options,
+                        flags=tuple(f for f in flags if f in ("nosuid", "nodev", "noexec")),
+                    )
+                )
+                continue
+            if not kind:
+                raise self.error(f"{where}.type", "required (proc, tmpfs, sysfs, ... or bind)")
+            if kind == "cgroup":
+                # cgroup v1 hierarchies are the host's to share; the container
+                # gets the cgroup2 tree (its own, with a cgroup namespace).
+                kind = "cgroup2"
+            if kind == "tmpfs" and os.path.normpath(target) == "/dev":
+                dev_tmpfs = True
+            result.append(
+                FsMount(
+                    fstype=kind,
+                    target=target,
+                    source=source,
+                    data=",".join(extra),
+                    flags=tuple(dict.fromkeys(flags)),
+                )
+            )
+        return tuple(result), dev_tmpfs
+
+    def env(self, value: Any) -> tuple[tuple[str, str], ...]:
+        pairs: dict[str, str] = {}
+        for index, item in enumerate(self.strings(value, "process.env")):
+            key, equals, text = item.partition("=")
+            if not equals or not key:
+                raise self.error(f"process.env[{index}]", f"{shown(item)} is not NAME=VALUE")
+            pairs[key] = text
+        return tuple(pairs.items())
+
+    def user(self, value: Any) -> dict[str, Any]:
+        data = self.fields(value, "process.user", ("uid", "gid", "additionalGids", "umask"))
+        groups = self.items(data.get("additionalGids"), "process.user.additionalGids")
+        umask = data.get("umask")
+        return {
+            "uid": self.integer(data.get("uid", 0), "process.user.uid", 0, MAX_ID),
+            "gid": self.integer(data.get("gid", 0), "process.user.gid", 0, MAX_ID),
+            "groups": tuple(
+                self.integer(g, f"process.user.additionalGids[{i}]", 0, MAX_ID)
+                for i, g in enumerate(groups)
+            ),
+            "umask": None if umask is None else self.integer(umask, "process.user.umask", 0, 0o777),
+        }
+
+    def capabilities(self, value: Any) -> tuple[tuple[str, ...], ...]:
+        from pflask.kernel import capabilities
+
+        data = self.fields(value, "process.capabilities", CAPABILITY_SETS)
+        sets = []
+        for name in CAPABILITY_SETS:
+            field = f"process.capabilities.{name}"
+            kept = []
+            for index, cap in enumerate(self.strings(data.get(name), field)):
+                short = cap.lower().removeprefix("cap_")
+                if short not in capabilities.ALL:
+                    raise self.error(f"{field}[{index}]", f"unknown capability {shown(cap)}")
+                kept.append(short)
+            sets.append(capabilities.ordered(kept))
+        return tuple(sets)
+
+    def rlimits(self, value: Any) -> tuple[tuple[str, int, int], ...]:
+        limits = []
+        for index, item in enumerate(self.items(value, "process.rlimits")):
+            where = f"process.rlimits[{index}]"
+            data = self.fields(item, where, ("type", "soft", "hard"))
+            kind = data.get("type")
+            name = kind.lower().removeprefix("rlimit_") if isinstance(kind, str) else ""
+            if name not in RLIMITS:
+                raise self.error(f"{where}.type", f"unknown resource {shown(kind)}")
+            soft, hard = (
+                self.integer(data.get(key), f"{where}.{key}", 0, UINT64_MAX)
+                for key in ("soft", "hard")
+            )
+            limits.append((name, -1 if soft >= 2**63 else soft, -1 if hard >= 2**63 else hard))
+        return tuple(limits)
+
+    def paths(self, value: Any, field: str) -> list[str]:
+        return [
+            self.string(item, f"{field}[{i}]", absolute=True)
+            for i, item in enumerate(self.strings(value, field))
+        ]
+
+    def propagation(self, value: Any) -> str:
+        if value in (None, "", "slave", "rslave"):
+            return "slave"
+        if value in ("private", "rprivate"):
+            return "private"
+        raise self.unsupported("linux.rootfsPropagation", shown(value))
+
+    def sysctl(self, value: Any, namespaces: set[str]) -> tuple[tuple[str, str], ...]:
+        data = self.fields(value, "linux.sysctl", tuple(value or ()))
+        settings = []
+        for key, item in data.items():
+            field = f"linux.sysctl.{key}"
+            text = self.string(item, field)
+            parts = key.replace("/", ".").split(".")
+            if not all(parts) or ".." in key:
+                raise self.error(field, "not a kernel parameter's name")
+            # Only the parameters of namespaces the container owns: any other
+            # would change the host's kernel.
+            owned = (
+                (key.startswith("net.") and "net" in namespaces)
+                or (key in ("kernel.hostname", "kernel.domainname") and "uts" in namespaces)
+                or (
+                    (
+                        key.startswith("fs.mqueue.")
+                        or key.startswith("kernel.msg")
+                        or key.startswith("kernel.sem")
+                        or key.startswith("kernel.shm")
+                    )
+                    and "ipc" in namespaces
+                )
+            )
+            if not owned:
+                raise self.error(field, "not a parameter of a namespace the container owns")
+            settings.append((".".join(parts), text))
+        return tuple(settings)
+
+    def seccomp(self, value: Any) -> str | None:
+        import json
+
+        if value is None:
+            return None
+        data = self.fields(
+            value,
+            "linux.seccomp",
+            ("defaultAction", "defaultErrnoRet", "architectures", "syscalls"),
+        )
+        profile = {key: data[key] for key in data if not _empty(data[key]) or key == "syscalls"}
+        if "defaultAction" not in profile:
+            raise self.error("linux.seccomp.defaultAction", "required")
+        return json.dumps(profile, sort_keys=True)
+
+    def resources(self, value: Any) -> CgroupSpec:
+        """The container's cgroup: runc makes one for every container."""
+        data = self.fields(value, "linux.resources", ("memory", "cpu", "pids", "devices"))
+        memory = self.fields(data.get("memory"), "linux.resources.memory", ("limit",))
+        cpu = self.fields(data.get("cpu"), "linux.resources.cpu", ("quota", "period"))
+        pids = self.fields(data.get("pids"), "linux.resources.pids", ("limit",))
+        limit = memory.get("limit")
+        memory_bytes = None
+        if limit is not None and limit != -1:
+            memory_bytes = self.integer(limit, "linux.resources.memory.limit", 1, 2**63 - 1)
+        cpus = None
+        quota = cpu.get("quota")
+        if quota is not None and quota > 0:
+            quota = self.integer(quota, "linux.resources.cpu.quota", 1, 2**63 - 1)
+            period = self.integer(
+                cpu.get("period", 100000), "linux.resources.cpu.period", 1000, 1000000
+            )
+            cpus = quota / period
+        pid_limit: int | str = "max"
+        if pids.get("limit") is not None and pids["limit"] > 0:
+            pid_limit = self.integer(pids["limit"], "linux.resources.pids.limit", 1, 4194304)
+        return CgroupSpec(memory=memory_bytes, cpu=cpus, pids=pid_limit)
+
+    def devices(self, resources: Any, nodes: Any) -> tuple[str, ...]:
+        """The devices cgroup rules: runc's defaults and what resources.devices
+        allows after denying all (the form the engines write)."""
+        if self.items(nodes, "linux.devices"):
+            raise self.unsupported("linux.devices", "device nodes in the container")
+        data = resources if isinstance(resources, dict) else {}
+        rules = list(DEFAULT_DEVICE_RULES)
+        for index, item in enumerate(self.items(data.get("devices"), "linux.resources.devices")):
+            where = f"linux.resources.devices[{index}]"
+            rule = self.fields(item, where, ("allow", "type", "major", "minor", "access"))
+            allow = rule.get("allow")
+            kind = rule.get("type") or "a"
+            access = rule.get("access") or "rwm"
+            if (
+                not isinstance(allow, bool)
+                or kind not in ("a", "b", "c")
+                or set(access) - set("rwm")
+            ):
+                raise self.error(where, "allow (true/false), type a|b|c, access of r, w, m")
+            whole = kind == "a" and rule.get("major") is None and rule.get("minor") is None
+            if not allow:
+                if index == 0 and whole and set(access) == set("rwm"):
+                    continue  # deny all: the policy's own start
+                raise self.unsupported(where, "a deny rule other than the first, deny-all one")
+            major, minor = (
+                "*"
+                if rule.get(key) in (None, -1)
+                else str(self.integer(rule[key], f"{where}.{key}", 0, 2**32))
+                for key in ("major", "minor")
+            )
+            rules.append(f"{kind} {major}:{minor} {access}")
+        return tuple(dict.fromkeys(rules))
