@@ -55,9 +55,9 @@ NAMESPACES = {
 CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 # The resources setrlimit(2) knows (pflask.run.rlimits has their numbers).
 RLIMITS = (
-    "cpu fsize data stack core rss nproc nofile memlock as locks sigpending msgqueue nice rtprio"
-    " rttime"
-).split()
+    *("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as"),
+    *("locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"),
+)
 
 # Mount options: those that are mount flags, those that say what already holds
 # (read-write, the flags' defaults), and the propagation a mount may ask for
