@@ -60,7 +60,7 @@ _pflask_options() {
     pflask) echo -r --chroot --root -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach --detach-keys -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
     run) echo --set --name -d --detach --no-cache -v --verbose ;;
     validate) echo  ;;
-    plan) echo --json --set ;;
+    plan) echo --oci --json --set ;;
     schema) echo --markdown ;;
     convert) echo --to -o --output ;;
     ps) echo --json -q --quiet --owner ;;

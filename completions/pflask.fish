@@ -91,6 +91,7 @@ complete -c pflask -n '__pflask_sub run' -s v -l verbose -d 'trace each plan ste
 complete -c pflask -n '__pflask_sub run; and __pflask_dashdash' -a '(__fish_complete_command)' -d 'run COMMAND instead of the manifest\'s'
 complete -c pflask -n '__pflask_sub validate; and not __pflask_dashdash' -a '(__pflask_manifests)' -d 'manifests, or directories of them'
 complete -c pflask -n '__pflask_sub plan; and not __pflask_dashdash' -a '(__pflask_manifests)' -d 'the manifest'
+complete -c pflask -n '__pflask_sub plan' -l oci -r -d 'plan an OCI bundle\'s config.json instead of a manifest (as pflask-oci runs it)'
 complete -c pflask -n '__pflask_sub plan' -l json -d 'stable JSON instead of text'
 complete -c pflask -n '__pflask_sub plan' -l set -r -d 'override a field; list indexes count the merged lists (bases\' items first)'
 complete -c pflask -n '__pflask_sub plan; and __pflask_dashdash' -a '(__fish_complete_command)' -d 'plan COMMAND instead'

@@ -50,6 +50,7 @@ STAGE = {
     "semantics": "load",
     "classic": "load",
     "manifest": "load",
+    "oci": "load",  # an OCI bundle's config.json -> Manifest
     # compile: Manifest -> Plan, and the plan cache
     "compiler": "compile",
     "plan": "compile",
@@ -77,6 +78,7 @@ STAGE = {
     "state": "run",
     "attach": "run",  # its server is the detached supervisor's; `pflask attach` is its client
     "eventloop": "run",  # the one select loop of the supervisor, exec and attach
+    "ocistate": "run",  # pflask-oci's records under --root
     # the pipeline: load -> compile, once
     "pipeline": "pipeline",
     # doc: the command line and the manifest described (argparse parsers, reference,
@@ -89,6 +91,8 @@ STAGE = {
     "commands": "commands",
     "nsenter": "commands",
     "stop": "commands",
+    "runtime": "commands",  # pflask-oci: runc's command line
+    "ociexec": "commands",  # pflask-oci exec
     # the entry point
     "cli": "cli",
     "__main__": "cli",

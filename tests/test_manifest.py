@@ -25,8 +25,9 @@ DEFS: dict[str, Any] = SCHEMA["$defs"]
 LOADER_ONLY = {"$schema", "version", "extends"}
 """Top-level properties the loader consumes; no record holds them."""
 
-RECORD_ONLY = {manifest.Manifest: {"source"}}
-"""Record fields no schema property fills (where the manifest came from)."""
+RECORD_ONLY = {manifest.Manifest: {"source", "oci"}}
+"""Record fields no schema property fills (where the manifest came from; what
+only an OCI bundle's config.json says, pflask.load.oci)."""
 
 FLATTENED = {
     "env": {"clear": "env_clear", "keep": "env_keep", "set": "env_set"},
