@@ -85,6 +85,7 @@ DEFAULT_DEVICE_RULES = (
 )
 
 UINT64_MAX = 2**64 - 1
+DEFAULT_CPU_SHARES = 1024  # cpu.shares of a new v1 group (containerd writes it down)
 MAX_ID = 2**32 - 2
 
 
@@ -515,7 +516,11 @@ class Translator:
         """The container's cgroup: runc makes one for every container."""
         data = self.fields(value, "linux.resources", ("memory", "cpu", "pids", "devices"))
         memory = self.fields(data.get("memory"), "linux.resources.memory", ("limit",))
-        cpu = self.fields(data.get("cpu"), "linux.resources.cpu", ("quota", "period"))
+        cpu = self.fields(data.get("cpu"), "linux.resources.cpu", ("quota", "period", "shares"))
+        if cpu.get("shares") not in (None, 0, DEFAULT_CPU_SHARES):
+            raise self.unsupported(
+                "linux.resources.cpu.shares", f"only the kernel's default, {DEFAULT_CPU_SHARES}"
+            )
         pids = self.fields(data.get("pids"), "linux.resources.pids", ("limit",))
         limit = memory.get("limit")
         memory_bytes = None
