@@ -193,9 +193,7 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
         (lambda c: c["process"].update(env=["NOEQUALS"]), "process.env[0]: 'NOEQUALS' is not"),
     ],
 )
-def test_unsupported_or_wrong_fields_are_named(
-    tmp_path: Path, change: Any, expected: str
-) -> None:
+def test_unsupported_or_wrong_fields_are_named(tmp_path: Path, change: Any, expected: str) -> None:
     config = runc_template()
     change(config)
     line = error(bundle(tmp_path, config))

@@ -225,10 +225,14 @@ class Container:
         The supervisor of a `create` exits now, so PDEATHSIG must go: PID 1
         is inherited by the engine's subreaper, as runc's init is."""
         env = self.env if self.env is not None else os.environ
+        name = self.plan.command[0]
         try:
-            which(self.plan.command[0], env.get("PATH", DEFAULT_PATH))
+            program = which(name, env.get("PATH", DEFAULT_PATH))
+            if not os.access(program, os.X_OK) or os.path.isdir(program):
+                os.stat(program)  # FileNotFoundError if missing
+                raise PermissionError(EACCES, "Permission denied")
         except OSError as e:
-            self._cannot_start(self.plan.command[0], e)
+            self._cannot_start(name, e)
         self.report_made()
         libc.prctl(libc.PR_SET_PDEATHSIG, 0)
         os.close(self.status)

@@ -1,0 +1,338 @@
+"""pflask-oci, runc's command line, with real containers (pflask.commands.runtime).
+
+What an engine (and its operator) notices: the same bundle run by runc and by
+pflask-oci shows the same ids, capability, seccomp and no_new_privs lines,
+environment, mount points and exit status; `create` leaves PID 1 waiting
+and returns, `start` runs the process, `state` says created, running,
+paused, stopped; `kill`, `exec`, `ps`, `pause`/`resume`, `delete` work as
+runc's; state records another user could have written are refused; errors
+reach the --log file as JSON lines.  The engine's shim is played by a
+forked child subreaper (in_child), the parent that reaps PID 1 once
+`create` has gone, as conmon and containerd-shim are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import describe, in_child, ok, read_mounts
+
+pytestmark = pytest.mark.usefixtures("host_clean")
+
+PFLASK_OCI = str(Path(sys.executable).with_name("pflask-oci"))
+RUNC = shutil.which("runc")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def template() -> dict[str, Any]:
+    """runc's spec template, without a terminal and with HOME set (runc adds
+    HOME when the environment lacks it; pflask-oci passes the environment as
+    it is)."""
+    if RUNC is None:
+        pytest.skip("runc is not installed (apt-get install runc)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([RUNC, "spec"], cwd=tmp, check=True)
+        config: dict[str, Any] = json.loads((Path(tmp) / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["env"].append("HOME=/root")
+    config["root"]["path"] = "root"
+    return config
+
+
+class Bundle:
+    """A bundle around a private busybox root, and pflask-oci with its own --root."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        self.dir = directory
+        self.state = directory / "state"
+        self.log = directory / "log.json"
+        self.config = config
+        self.write()
+
+    def write(self) -> None:
+        (self.dir / "config.json").write_text(json.dumps(self.config))
+
+    def command(self, script: str) -> None:
+        self.config["process"]["args"] = ["sh", "-c", script]
+        self.write()
+
+    def oci(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        argv = [PFLASK_OCI, "--root", str(self.state), "--log", str(self.log)]
+        argv += ["--log-format", "json", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+    def status(self, container_id: str) -> str:
+        result = self.oci("state", container_id)
+        assert result.returncode == 0, describe(result)
+        state = json.loads(result.stdout)
+        assert state["id"] == container_id and state["bundle"] == str(self.dir)
+        return str(state["status"])
+
+
+@pytest.fixture
+def bundle(writable_busybox_root: Path) -> Bundle:
+    return Bundle(writable_busybox_root.parent, template())
+
+
+def subreaper() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def create(b: Bundle, container_id: str, out: Path) -> int:
+    """`create`, its stdio a file as an engine's would be (PID 1 keeps it);
+    the pid from --pid-file."""
+    pid_file = b.dir / f"{container_id}.pid"
+    with open(out, "w") as f:
+        argv = [PFLASK_OCI, "--root", str(b.state), "create", "--bundle", str(b.dir)]
+        argv += ["--pid-file", str(pid_file), container_id]
+        result = subprocess.run(argv, stdout=f, stderr=f, timeout=30)
+    assert result.returncode == 0, out.read_text()
+    return int(pid_file.read_text())
+
+
+# -- runc as the reference -------------------------------------------------------------
+
+PROBE = (
+    "id; hostname; grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status; env | sort; "
+    "cut -d' ' -f5 /proc/self/mountinfo | sort; echo done; exit 3"
+)
+
+
+def _mount_points(text: str) -> set[str]:
+    """Mount points a process sees, but for what runc and pflask make differently:
+    runc mknods the standard /dev nodes where pflask binds the host's (a
+    mount each), and on a v1/hybrid host runc mounts the v1 hierarchies under
+    a tmpfs where pflask mounts the cgroup2 tree."""
+    nodes = {f"/dev/{n}" for n in ("null", "zero", "full", "random", "urandom", "tty")}
+    return {
+        line
+        for line in text.splitlines()
+        if line.startswith("/") and line not in nodes and not line.startswith("/sys/fs/cgroup/")
+    }
+
+
+@pytest.mark.parametrize("seccomp", [False, True])
+def test_same_bundle_same_container_as_runc(bundle: Bundle, seccomp: bool) -> None:
+    if seccomp:
+        bundle.config["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        }
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [50]}
+    bundle.config["process"]["capabilities"]["ambient"] = []
+    bundle.command(PROBE)
+    assert RUNC is not None
+    argv = [RUNC, "--root", str(bundle.dir / "runc"), "run", "--bundle", str(bundle.dir), "r1"]
+    theirs = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    ours = bundle.oci("run", "--bundle", str(bundle.dir), "p1")
+    assert ours.returncode == theirs.returncode == 3, describe(ours) + describe(theirs)
+    assert ours.stderr == theirs.stderr == ""
+    mine, runcs = ours.stdout, theirs.stdout
+    assert "uid=1000(alice) gid=1000(alice) groups=50(staff)" in mine
+
+    def lines(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("/")]
+
+    assert lines(mine) == lines(runcs)
+    assert ("Seccomp:\t2" in mine) is seccomp
+    assert _mount_points(mine) == _mount_points(runcs)
+    assert not (bundle.state / "p1").exists()  # run removes its record
+
+
+# -- create and start ------------------------------------------------------------------
+
+
+def test_create_waits_and_start_runs(bundle: Bundle) -> None:
+    bundle.command("echo started; exit 7")
+
+    def engine(w: int) -> None:
+        subreaper()
+        out = bundle.dir / "out.txt"
+        began = time.monotonic()
+        pid = create(bundle, "c1", out)
+        created_in = time.monotonic() - began
+        seen = {"created": bundle.status("c1"), "created_in": created_in}
+        seen["before_start"] = out.read_text()
+        seen["ps"] = json.loads(bundle.oci("ps", "--format", "json", "c1").stdout)
+        seen["pid"] = pid
+        began = time.monotonic()
+        started = bundle.oci("start", "c1")
+        seen["start"] = [started.returncode, started.stderr, time.monotonic() - began]
+        again = bundle.oci("start", "c1")
+        seen["start_again"] = [again.returncode, again.stderr]
+        _, status = os.waitpid(pid, 0)  # ours to reap, as a shim's
+        seen["exit"] = os.waitstatus_to_exitcode(status)
+        seen["after"] = out.read_text()
+        seen["stopped"] = bundle.status("c1")
+        deleted = bundle.oci("delete", "c1")
+        seen["delete"] = [deleted.returncode, deleted.stderr]
+        gone = bundle.oci("state", "c1")
+        seen["gone"] = [gone.returncode, gone.stderr]
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert seen["created"] == "created" and seen["before_start"] == ""
+    assert seen["ps"] == [seen["pid"]]
+    assert seen["start"][:2] == [0, ""]
+    assert seen["start_again"][0] != 0 and "not created" not in seen["start_again"][1]
+    assert "cannot start a container that is" in seen["start_again"][1]
+    assert seen["exit"] == 7 and seen["after"] == "started\n"
+    assert seen["stopped"] == "stopped"
+    assert seen["delete"] == [0, ""]
+    assert seen["gone"][0] != 0 and "container c1 does not exist" in seen["gone"][1]
+    print(f"create {seen['created_in'] * 1000:.0f} ms, start {seen['start'][2] * 1000:.0f} ms")
+
+
+def test_kill_pause_resume_exec_and_forced_delete(bundle: Bundle) -> None:
+    bundle.command("trap 'exit 0' TERM; while true; do sleep 0.1; done")
+
+    def engine(w: int) -> None:
+        subreaper()
+        pid = create(bundle, "k1", bundle.dir / "out.txt")
+        seen: dict[str, Any] = {}
+        refused = bundle.oci("delete", "k1")  # created, not stopped: a plain delete is fine
+        seen["delete_created"] = refused.returncode
+        pid = create(bundle, "k1", bundle.dir / "out.txt")
+        assert bundle.oci("start", "k1").returncode == 0
+        seen["running"] = bundle.status("k1")
+        seen["pause"] = bundle.oci("pause", "k1").returncode
+        seen["paused"] = bundle.status("k1")
+        seen["resume"] = bundle.oci("resume", "k1").returncode
+        seen["resumed"] = bundle.status("k1")
+        done = bundle.oci("exec", "k1", "sh", "-c", "grep ^Cap /proc/self/status; exit 4")
+        seen["exec"] = [done.returncode, done.stdout, done.stderr]
+        seen["pid1_caps"] = bundle.oci("exec", "k1", "sh", "-c", "grep ^Cap /proc/1/status").stdout
+        process = dict(bundle.config["process"], args=["sh", "-c", "echo $GREETING"])
+        process["env"] = [*process["env"], "GREETING=hello"]
+        (bundle.dir / "process.json").write_text(json.dumps(process))
+        done = bundle.oci("exec", "--process", str(bundle.dir / "process.json"), "k1")
+        seen["exec_process"] = [done.returncode, done.stdout]
+        refused = bundle.oci("delete", "k1")
+        seen["delete_running"] = [refused.returncode, refused.stderr]
+        seen["kill"] = bundle.oci("kill", "k1", "TERM").returncode
+        _, status = os.waitpid(pid, 0)
+        seen["exit"] = os.waitstatus_to_exitcode(status)
+        pid = create(bundle, "k2", bundle.dir / "out2.txt")
+        assert bundle.oci("start", "k2").returncode == 0
+        forced = bundle.oci("delete", "--force", "k2")
+        seen["forced"] = [forced.returncode, forced.stderr]
+        _, status = os.waitpid(pid, 0)
+        seen["forced_exit"] = os.waitstatus_to_exitcode(status)
+        seen["delete_k1"] = bundle.oci("delete", "k1").returncode
+        seen["list"] = bundle.oci("list").stdout
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert seen["delete_created"] == 0
+    assert (seen["running"], seen["paused"], seen["resumed"]) == ("running", "paused", "running")
+    assert seen["pause"] == seen["resume"] == 0
+    code, out, err = seen["exec"]
+    assert code == 4 and err == "", err
+    # The exec'd process gets PID 1's capability sets (the recorded plan's rules).
+    assert out == seen["pid1_caps"] and "CapBnd:\t00000000a80425fb" not in out
+    assert seen["exec_process"] == [0, "hello\n"]
+    assert seen["delete_running"][0] != 0
+    assert "cannot delete container k1 that is not stopped: running" in seen["delete_running"][1]
+    assert seen["kill"] == 0 and seen["exit"] == 0
+    assert seen["forced"] == [0, ""] and seen["forced_exit"] == -signal.SIGKILL
+    assert seen["delete_k1"] == 0 and seen["list"] == "ID PID STATUS BUNDLE\n"
+
+
+def test_missing_command_fails_create(bundle: Bundle) -> None:
+    bundle.config["process"]["args"] = ["/no/such/program"]
+    bundle.write()
+    result = bundle.oci("create", "--bundle", str(bundle.dir), "m1")
+    assert result.returncode == 127, describe(result)
+    assert "/no/such/program: command not found" in result.stderr
+    assert not (bundle.state / "m1").exists()
+
+
+# -- errors, records, the rest of the command line -------------------------------------
+
+
+def test_errors_reach_the_log_as_json_lines(bundle: Bundle) -> None:
+    bundle.config["linux"]["intelRdt"] = {"closID": "x"}
+    bundle.write()
+    result = bundle.oci("create", "--bundle", str(bundle.dir), "e1")
+    assert result.returncode == 2
+    assert result.stderr == f"pflask-oci: {bundle.dir}/config.json: linux.intelRdt: not supported\n"
+    [line] = bundle.log.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "error" and entry["msg"].endswith("linux.intelRdt: not supported")
+    assert entry["time"].endswith("Z")
+
+
+def test_records_others_could_write_are_refused(bundle: Bundle) -> None:
+    bundle.command("sleep 10")
+
+    def engine(w: int) -> None:
+        subreaper()
+        pid = create(bundle, "t1", bundle.dir / "out.txt")
+        record = bundle.state / "t1" / "state.json"
+        data = json.loads(record.read_text())
+        data["pid"] = 1  # a forged record: signal the host's init instead
+        record.write_text(json.dumps(data))
+        record.chmod(0o666)
+        seen = {"writable": bundle.oci("kill", "t1", "KILL").stderr}
+        record.chmod(0o600)
+        seen["forged_pid"] = bundle.oci("kill", "t1", "KILL").stderr
+        bundle.state.chmod(0o777)
+        seen["open_root"] = bundle.oci("state", "t1").stderr
+        bundle.state.chmod(0o700)
+        data["pid"] = pid
+        record.write_text(json.dumps(data))
+        seen["delete"] = bundle.oci("delete", "--force", "t1").returncode
+        os.waitpid(pid, 0)
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert "state.json: owned by uid 0, mode 0666: not trusted" in seen["writable"]
+    # pid 1 does not have the recorded start time: not the container's PID 1.
+    assert "container t1 is not running" in seen["forged_pid"]
+    assert "mode 0777: not trusted" in seen["open_root"]
+    assert seen["delete"] == 0
+
+
+def test_features_version_and_usage(bundle: Bundle) -> None:
+    features = json.loads(bundle.oci("features").stdout)
+    assert features["ociVersionMax"] == "1.2.0" and "network" in features["linux"]["namespaces"]
+    version = bundle.oci("--version")
+    assert version.returncode == 0 and version.stdout.startswith("pflask-oci version ")
+    assert "spec: 1.2.0" in version.stdout
+    result = bundle.oci("start", "nosuch")
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert bundle.oci("state", "../etc").returncode != 0
+
+
+def test_start_is_quick_to_import() -> None:
+    """Engines start the runtime for each command: `state` loads no compiler,
+    loader, YAML, jsonschema or seccomp library."""
+    code = (
+        "import sys; from pflask.commands import runtime\n"
+        "try: runtime.main(['--root', '/nonexistent-pflask-oci', 'state', 'x'])\n"
+        "except SystemExit: pass\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('yaml', 'jsonschema', 'pyseccomp')"
+        " or m in ('pflask.compile.compiler', 'pflask.load.loader')]\n"
+        "print(bad)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", describe(result)
+
+
+def test_host_mounts_untouched(bundle: Bundle) -> None:
+    before = read_mounts()
+    bundle.command("exit 0")
+    assert bundle.oci("run", "--bundle", str(bundle.dir), "u1").returncode == 0
+    assert read_mounts() == before
