@@ -1,0 +1,287 @@
+"""pflask-oci driven by the real engines: podman and containerd (Debian's packages).
+
+Each engine runs with state of its own under the test's directory (podman's
+storage and run roots, a test-local containerd with its own root, state and
+socket, the CRI plugin disabled), so nothing of the host's is used or left.
+What their users notice: the command's output and exit status; a detached
+container that `exec` reaches and `stop` ends; a terminal (-t, through the
+console socket); containerd's run, exec, pause, kill and delete on an image
+imported from a locally built OCI archive.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import describe
+
+pytestmark = pytest.mark.usefixtures("host_clean")
+
+PFLASK_OCI = str(Path(sys.executable).with_name("pflask-oci"))
+ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (scripts/setup installs it with apt-get)")
+    return path
+
+
+# -- podman ------------------------------------------------------------------------------
+
+
+class Podman:
+    def __init__(self, directory: Path) -> None:
+        self.argv = [
+            _need("podman"),
+            "--root",
+            str(directory / "storage"),
+            "--runroot",
+            str(directory / "run"),
+            "--tmpdir",
+            str(directory / "tmp"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+            "--runtime",
+            PFLASK_OCI,
+        ]
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.argv, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+@pytest.fixture
+def podman() -> Iterator[Podman]:
+    """podman with storage and state of its own, under a short path (podman
+    refuses a run root longer than 50 characters)."""
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="pfo-"))
+    try:
+        yield Podman(directory)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=False)
+
+
+def test_podman_run_rm(podman: Podman, busybox_root: Path) -> None:
+    result = podman(
+        "run",
+        "--rm",
+        "--network=none",
+        *ULIMITS,
+        "--rootfs",
+        str(busybox_root),
+        "sh",
+        "-c",
+        "echo hello from $(hostname); id -u; exit 5",
+    )
+    assert result.returncode == 5, describe(result)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("hello from ") and lines[1] == "0"
+
+
+def test_podman_detach_exec_stop_rm(podman: Podman, writable_busybox_root: Path) -> None:
+    started = podman(
+        "run",
+        "-d",
+        "--network=none",
+        *ULIMITS,
+        "--rootfs",
+        str(writable_busybox_root),
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    )
+    assert started.returncode == 0, describe(started)
+    container = started.stdout.strip()
+    try:
+        listed = podman("ps", "--format", "{{.ID}} {{.Status}}")
+        assert container[:12] in listed.stdout and "Up" in listed.stdout, describe(listed)
+        done = podman("exec", container, "sh", "-c", "echo in it; exit 9")
+        assert (done.returncode, done.stdout) == (9, "in it\n"), describe(done)
+        began = time.monotonic()
+        stopped = podman("stop", "-t", "5", container)
+        assert stopped.returncode == 0, describe(stopped)
+        assert time.monotonic() - began < 4  # SIGTERM ended it; no wait for SIGKILL
+        inspected = podman("inspect", "--format", "{{.State.ExitCode}}", container)
+        assert inspected.stdout.strip() == "0", describe(inspected)
+    finally:
+        removed = podman("rm", "-f", container)
+    assert removed.returncode == 0, describe(removed)
+
+
+def test_podman_terminal(podman: Podman, busybox_root: Path) -> None:
+    _need("script")
+    command = [
+        *podman.argv,
+        "run",
+        "--rm",
+        "-t",
+        "--network=none",
+        *ULIMITS,
+        "--rootfs",
+        str(busybox_root),
+        "sh",
+        "-c",
+        "tty; test -t 0 && echo stdin-is-a-tty",
+    ]
+    line = " ".join(f"'{a}'" for a in command)
+    result = subprocess.run(
+        ["script", "-qec", line, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, describe(result)
+    assert "/dev/pts/0" in result.stdout and "stdin-is-a-tty" in result.stdout
+
+
+# -- containerd ----------------------------------------------------------------------------
+
+
+def oci_archive(rootfs: Path, dest: Path, ref: str) -> None:
+    """An OCI image layout in a tar (what `ctr image import` reads): one gzipped
+    layer holding `rootfs`, its config and manifest, an index naming `ref`."""
+    blobs: list[tuple[str, bytes]] = []
+
+    def blob(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        blobs.append((f"blobs/sha256/{digest}", data))
+        return f"sha256:{digest}", len(data)
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        for name in sorted(os.listdir(rootfs)):
+            tar.add(rootfs / name, arcname=name)
+    diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
+    layer_digest, layer_size = blob(gzip.compress(layer.getvalue(), mtime=0))
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "amd64"),
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    config_digest, config_size = blob(json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    manifest_digest, manifest_size = blob(json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": {"io.containerd.image.name": ref},
+            }
+        ],
+    }
+    blobs += [("index.json", json.dumps(index).encode())]
+    blobs += [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')]
+    with tarfile.open(dest, "w") as tar:
+        for name, data in blobs:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def containerd(shared_tmp: Path) -> Iterator[list[str]]:
+    """A containerd of the test's own; yields the `ctr` argv that talks to it."""
+    daemon = _need("containerd")
+    ctr = _need("ctr")
+    sock = shared_tmp / "c.sock"
+    config = shared_tmp / "containerd.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{shared_tmp}/root"\n'
+        f'state = "{shared_tmp}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n'
+        f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
+    )
+    log = open(shared_tmp / "containerd.log", "w")
+    proc = subprocess.Popen([daemon, "--config", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None, (shared_tmp / "containerd.log").read_text()
+            assert time.monotonic() < deadline, "containerd did not start in 20 s"
+            time.sleep(0.05)
+        yield [ctr, "--address", str(sock)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+        # Snapshots are overlay directories: unmounted already, removed with the tree.
+        subprocess.run(["rm", "-rf", str(shared_tmp / "root"), str(shared_tmp / "state")])
+
+
+def test_containerd_run_exec_pause_kill_delete(
+    containerd: list[str], busybox_root: Path, shared_tmp: Path
+) -> None:
+    def ctr(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*containerd, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    ref = "localhost/pflask-test:latest"
+    oci_archive(busybox_root, shared_tmp / "image.tar", ref)
+    imported = ctr("image", "import", str(shared_tmp / "image.tar"))
+    assert imported.returncode == 0, describe(imported)
+    runtime = ["--runc-binary", PFLASK_OCI]
+    done = ctr("run", "--rm", *runtime, ref, "once", "sh", "-c", "echo from containerd; exit 6")
+    assert (done.returncode, done.stdout) == (6, "from containerd\n"), describe(done)
+
+    script = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+    started = ctr("run", "-d", *runtime, ref, "svc", "sh", "-c", script)
+    assert started.returncode == 0, describe(started)
+    try:
+        exec_ = ctr("task", "exec", "--exec-id", "e1", "svc", "sh", "-c", "echo exec; exit 3")
+        assert (exec_.returncode, exec_.stdout) == (3, "exec\n"), describe(exec_)
+        assert ctr("task", "pause", "svc").returncode == 0
+        assert "PAUSED" in ctr("task", "ls").stdout
+        assert ctr("task", "resume", "svc").returncode == 0
+        assert "RUNNING" in ctr("task", "ls").stdout
+        assert ctr("task", "kill", "svc").returncode == 0
+        deadline = time.monotonic() + 10
+        while "STOPPED" not in ctr("task", "ls").stdout:
+            assert time.monotonic() < deadline, ctr("task", "ls").stdout
+            time.sleep(0.05)
+    finally:
+        deleted = ctr("task", "delete", "--force", "svc")
+        ctr("container", "delete", "svc")
+    assert deleted.returncode == 0, describe(deleted)
+    assert ctr("container", "ls", "-q").stdout == ""
