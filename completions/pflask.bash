@@ -63,6 +63,7 @@ _pflask_options() {
     plan) echo --oci --json --set ;;
     schema) echo --markdown ;;
     convert) echo --to -o --output ;;
+    export) echo --oci ;;
     ps) echo --json -q --quiet --owner ;;
     stop) echo --owner -t --timeout ;;
     exec) echo --owner ;;
@@ -134,6 +135,7 @@ _pflask_positional() {
     'plan 0') echo manifest ;;
     'plan 1' | 'plan '*) echo command ;;
     'convert 0') echo manifest ;;
+    'export 0') echo file ;;
     'stop 0') echo container ;;
     'exec 0') echo container ;;
     'exec 1' | 'exec '*) echo command ;;
@@ -161,11 +163,11 @@ _pflask() {
         unset 'words[-1]'
     fi
     local sub="" first=1
-    if ((${#words[@]} >= 2)) && [[ " run validate plan schema convert ps stop exec attach completion " == *" ${words[1]} "* ]]; then
+    if ((${#words[@]} >= 2)) && [[ " run validate plan schema convert export ps stop exec attach completion " == *" ${words[1]} "* ]]; then
         sub=${words[1]}
         first=2
     elif ((${#words[@]} == 1)) && [[ $cur != -* ]]; then
-        _pflask_offer "$cur" run validate plan schema convert ps stop exec attach completion
+        _pflask_offer "$cur" run validate plan schema convert export ps stop exec attach completion
         return
     fi
     # Walk the complete words: options, their values, positionals, `--`.

@@ -5,7 +5,7 @@
 function __pflask_sub
     set -l words (commandline -opc)
     if test (count $argv) -eq 0
-        test (count $words) -lt 2; or not contains -- $words[2] run validate plan schema convert ps stop exec attach completion
+        test (count $words) -lt 2; or not contains -- $words[2] run validate plan schema convert export ps stop exec attach completion
         return
     end
     test (count $words) -ge 2; and contains -- $words[2] $argv
@@ -49,6 +49,7 @@ complete -c pflask -n __pflask_first -a validate -d 'check manifests; exit 2 wit
 complete -c pflask -n __pflask_first -a plan -d 'print the steps `run` would take'
 complete -c pflask -n __pflask_first -a schema -d 'print the manifest\'s JSON Schema'
 complete -c pflask -n __pflask_first -a convert -d 'convert a manifest between YAML and TOML'
+complete -c pflask -n __pflask_first -a export -d 'write a manifest\'s container as an OCI bundle (config.json) for runc or an engine'
 complete -c pflask -n __pflask_first -a ps -d 'list running containers: name, pid, root, uptime, command'
 complete -c pflask -n __pflask_first -a stop -d 'stop a container: its stop signal, SIGKILL after a timeout'
 complete -c pflask -n __pflask_first -a exec -d 'run a command in a running container (default: the user\'s login shell)'
@@ -99,6 +100,8 @@ complete -c pflask -n '__pflask_sub schema' -l markdown -d 'the field reference 
 complete -c pflask -n '__pflask_sub convert; and not __pflask_dashdash' -a '(__pflask_manifests)' -d 'the manifest to convert'
 complete -c pflask -n '__pflask_sub convert' -l to -r -a 'yaml toml' -d 'the output format'
 complete -c pflask -n '__pflask_sub convert' -s o -l output -r -a '(__pflask_manifests)' -d 'write here instead of stdout'
+complete -c pflask -n '__pflask_sub export' -l oci -r -d 'the bundle directory'
+complete -c pflask -n '__pflask_sub export; and not __pflask_dashdash' -d 'the manifest'
 complete -c pflask -n '__pflask_sub ps' -l json -d 'a JSON list instead of a table'
 complete -c pflask -n '__pflask_sub ps' -s q -l quiet -d 'names only, one a line'
 complete -c pflask -n '__pflask_sub ps' -l owner -r -d 'another user\'s container (root only; a name or uid): looked for in /run/user/UID/pflask and /tmp/pflask-UID, and acted on only if the processes it names are that user\'s (default: your own containers only, root\'s too)'

@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "plan",
     "schema",
     "convert",
+    "export",
     "ps",
     "stop",
     "exec",

@@ -232,8 +232,8 @@ def containerd(shared_tmp: Path) -> Iterator[list[str]]:
         f'[grpc]\n  address = "{sock}"\n'
         f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
     )
-    log = open(shared_tmp / "containerd.log", "w")
-    proc = subprocess.Popen([daemon, "--config", str(config)], stdout=log, stderr=log)
+    with open(shared_tmp / "containerd.log", "w") as log:
+        proc = subprocess.Popen([daemon, "--config", str(config)], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 20
         while not sock.exists():
@@ -244,9 +244,10 @@ def containerd(shared_tmp: Path) -> Iterator[list[str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-        log.close()
         # Snapshots are overlay directories: unmounted already, removed with the tree.
-        subprocess.run(["rm", "-rf", str(shared_tmp / "root"), str(shared_tmp / "state")])
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", str(shared_tmp / "root"), str(shared_tmp / "state")]
+        )
 
 
 def test_containerd_run_exec_pause_kill_delete(

@@ -93,6 +93,7 @@ STAGE = {
     "stop": "commands",
     "runtime": "commands",  # pflask-oci: runc's command line
     "ociexec": "commands",  # pflask-oci exec
+    "export": "commands",  # pflask export --oci: a manifest as a bundle
     # the entry point
     "cli": "cli",
     "__main__": "cli",

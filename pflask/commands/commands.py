@@ -29,7 +29,7 @@ def _owner(ns: argparse.Namespace) -> int | None:
 
 
 def subcommand(args: list[str]) -> int:
-    """validate, plan, schema, convert, ps, stop, exec, attach."""
+    """validate, plan, schema, convert, export, ps, stop, exec, attach."""
     from pflask.doc import options
 
     main = options.parser()
@@ -42,6 +42,7 @@ def subcommand(args: list[str]) -> int:
         "plan": _plan,
         "schema": _schema,
         "convert": _convert,
+        "export": _export,
         "ps": _ps,
         "stop": _stop,
         "exec": _exec,
@@ -112,6 +113,13 @@ def _schema(ns: argparse.Namespace) -> int:
         sys.stdout.write(reference.markdown(schema.load()))
     else:
         sys.stdout.write(schema.text())
+    return 0
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from pflask.commands.export import export
+
+    print(export(ns.file, ns.oci))
     return 0
 
 

@@ -78,6 +78,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("yaml", "toml"), help="the output format")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p = sub.add_parser(
+        "export",
+        help="write a manifest's container as an OCI bundle (config.json) for runc or an engine",
+        description="DIR/config.json describes the container `pflask run FILE` makes "
+        "(hostname, mounts, environment, user, capabilities, limits), made from its plan; "
+        "root.path is the manifest's root itself.  Ephemeral roots, overlay and loop "
+        "mounts and network links cannot be exported (exit 2).",
+    )
+    p.add_argument("--oci", required=True, metavar="DIR", help="the bundle directory")
+    p.add_argument("file", metavar="FILE", help="the manifest")
+    p = sub.add_parser(
         "ps",
         help="list running containers: name, pid, root, uptime, command",
         description="Running containers are recorded in /run/pflask (root), else in "
