@@ -104,10 +104,12 @@ _pflask_option() {
     ' --save') echo manifest ;;
     'run --set') echo free ;;
     'run --name') echo free ;;
+    'plan --oci') echo directory ;;
     'plan --set') echo free ;;
     'convert --to') echo choices ;;
     'convert -o') echo manifest ;;
     'convert --output') echo manifest ;;
+    'export --oci') echo directory ;;
     'ps --owner') echo free ;;
     'stop --owner') echo free ;;
     'stop -t') echo free ;;
@@ -135,7 +137,7 @@ _pflask_positional() {
     'plan 0') echo manifest ;;
     'plan 1' | 'plan '*) echo command ;;
     'convert 0') echo manifest ;;
-    'export 0') echo file ;;
+    'export 0') echo manifest ;;
     'stop 0') echo container ;;
     'exec 0') echo container ;;
     'exec 1' | 'exec '*) echo command ;;

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import describe, in_child, ok, read_mounts
+from helpers import UserInfo, describe, in_child, ok, read_mounts, run_as
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -336,3 +336,33 @@ def test_host_mounts_untouched(bundle: Bundle) -> None:
     bundle.command("exit 0")
     assert bundle.oci("run", "--bundle", str(bundle.dir), "u1").returncode == 0
     assert read_mounts() == before
+
+
+def test_an_ordinary_user_runs_a_rootless_bundle(
+    bundle: Bundle, test_user: UserInfo, shared_tmp: Path
+) -> None:
+    """`runc spec --rootless`'s template, run by pflask-test: root inside its
+    own user namespace, nobody's cgroup made, its own records."""
+    import tempfile
+
+    assert RUNC is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chown(tmp, test_user.uid, test_user.gid)
+        made = run_as([RUNC, "spec", "--rootless", "--bundle", tmp], user=test_user.name)
+        assert made.returncode == 0, describe(made)
+        config = json.loads((Path(tmp) / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["sh", "-c", "id -u; cat /proc/self/uid_map; exit 6"]
+    config["root"]["path"] = str(bundle.dir / "root")
+    bundle.config = config
+    bundle.write()
+    state = shared_tmp / "user-state"
+    state.mkdir(mode=0o700)
+    os.chown(state, test_user.uid, test_user.gid)
+    argv = [PFLASK_OCI, "--root", str(state), "run", "--bundle", str(bundle.dir), "u1"]
+    result = run_as(argv, user=test_user.name)
+    assert result.returncode == 6, describe(result)
+    inside, outside, count = result.stdout.splitlines()[1].split()
+    assert result.stdout.splitlines()[0] == "0"
+    assert (inside, outside, count) == ("0", str(test_user.uid), "1")
+    assert os.listdir(state) == []

@@ -366,6 +366,10 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> 
     manifest sets `pids` (a number, or "max" for none): without one, a fork
     bomb in the container takes every pid the host has.
     """
+    if m.oci is not None and ctx.uid != 0 and not _limits(m):
+        # A rootless runtime's user has no cgroup to make one in (unless
+        # delegated): as runc does, the container then stays in the user's.
+        return None
     if m.cgroup is not None:
         pids = m.cgroup.pids
         return p.Cgroup(
@@ -383,6 +387,14 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> 
     return None
 
 
+def _limits(m: Manifest) -> bool:
+    """Whether the manifest asks its cgroup for a limit."""
+    spec = m.cgroup
+    return spec is not None and (
+        spec.memory is not None or spec.cpu is not None or isinstance(spec.pids, int)
+    )
+
+
 def _devices(m: Manifest, ctx: Context, userns: bool, keep: tuple[str, ...]) -> tuple[str, ...]:
     """The devices cgroup rules, when the mount flags are not enough.
 
@@ -395,8 +407,8 @@ def _devices(m: Manifest, ctx: Context, userns: bool, keep: tuple[str, ...]) -> 
     nodev); without a root of its own the container shares the host's /dev
     anyway, which no policy here pretends to fix.
     """
-    if m.oci is not None:
-        return m.oci.devices
+    if m.oci is not None:  # a device policy is root's to set
+        return m.oci.devices if ctx.uid == 0 else ()
     if ctx.uid != 0 or userns or m.root.path is None or not m.namespaces.mount:
         return ()
     return DEVICE_RULES if "sys_admin" in keep else ()
@@ -808,6 +820,7 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
             flags=mount.flags,
             data=mount.data,
             source=mount.source,
+            fallback_bind=mount.fallback_bind,
         )
     if isinstance(mount, TmpMount):
         data = _tmpfs_data(

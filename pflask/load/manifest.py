@@ -100,6 +100,7 @@ class FsMount(Record):
     source: str = ""
     data: str = ""
     flags: tuple[str, ...] = ()
+    fallback_bind: str | None = None  # the host's instance, where the kernel refuses a new one
 
 
 Mount = BindMount | TmpMount | OverlayMount | AufsMount | LoopMount | FsMount

@@ -84,6 +84,8 @@ DEFAULT_DEVICE_RULES = (
     *(f"c {major}:* rwm" for major in range(136, 144)),
 )
 
+FALLBACK_BINDS = {"sysfs": "/sys", "cgroup2": "/sys/fs/cgroup"}
+
 UINT64_MAX = 2**64 - 1
 DEFAULT_CPU_SHARES = 1024  # cpu.shares of a new v1 group (containerd writes it down)
 MAX_ID = 2**32 - 2
@@ -396,6 +398,11 @@ class Translator:
                     source=source,
                     data=",".join(extra),
                     flags=tuple(dict.fromkeys(flags)),
+                    # In a user namespace the kernel refuses sysfs without a
+                    # network namespace and cgroup2 without a cgroup one of
+                    # the container's own; runc then binds the host's, and so
+                    # does pflask (read-only when asked).
+                    fallback_bind=FALLBACK_BINDS.get(kind),
                 )
             )
         return tuple(result), dev_tmpfs
