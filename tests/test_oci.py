@@ -143,6 +143,18 @@ def test_seccomp_object_is_compiled(tmp_path: Path) -> None:
     assert seccomp["profile"] == "config.json" and "1 rules, others allow" in seccomp["summary"]
 
 
+def test_create_runtime_hooks_are_a_host_step(tmp_path: Path) -> None:
+    config = runc_template()
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "cat"], "timeout": 5}
+    config["hooks"] = {"createRuntime": [hook], "poststop": [{"path": "/bin/true"}]}
+    plan = plan_json(bundle(tmp_path, config))
+    [step] = steps(plan, "hooks")
+    assert step["where"] == "host" and step["bundle"] == str(tmp_path)
+    assert step["hooks"] == [["/bin/sh", ["sh", "-c", "cat"], [], 5]]
+    kinds = [s["step"] for s in plan["steps"]]
+    assert kinds.index("hooks") < kinds.index("await_host") < kinds.index("pivot_root")
+
+
 def test_sysctl_of_the_containers_namespaces(tmp_path: Path) -> None:
     config = runc_template()
     config["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
@@ -168,8 +180,12 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
     [
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt: not supported"),
         (
-            lambda c: c.update(hooks={"prestart": [{"path": "/bin/true"}]}),
-            "hooks.prestart: not supported",
+            lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}),
+            "hooks.createContainer: not supported",
+        ),
+        (
+            lambda c: c.update(hooks={"prestart": [{"path": "true"}]}),
+            "hooks.prestart[0].path: must be an absolute path",
         ),
         (
             lambda c: c["linux"]["namespaces"][1].update(path="/proc/1/ns/net"),

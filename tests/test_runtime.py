@@ -250,6 +250,38 @@ def test_kill_pause_resume_exec_and_forced_delete(bundle: Bundle) -> None:
     assert seen["delete_k1"] == 0 and seen["list"] == "ID PID STATUS BUNDLE\n"
 
 
+def test_hooks_see_the_state_at_each_stage(bundle: Bundle) -> None:
+    def hook(stage: str) -> dict[str, Any]:
+        out = f"{bundle.dir}/{stage}.json"
+        script = f"cat > {out}; echo >> {out}; echo $HOOK_ENV >> {out}"
+        return {"path": "/bin/sh", "args": ["sh", "-c", script], "env": ["HOOK_ENV=set"]}
+
+    stages = ("createRuntime", "prestart", "poststart", "poststop")
+    bundle.config["hooks"] = {stage: [hook(stage)] for stage in stages}
+    bundle.command("exit 0")
+    result = bundle.oci("run", "--bundle", str(bundle.dir), "h1")
+    assert result.returncode == 0, describe(result)
+    for stage in stages:
+        text, env = (bundle.dir / f"{stage}.json").read_text().rsplit("\n", 2)[:2]
+        state = json.loads(text)
+        assert env == "set" and state["id"] == "h1" and state["bundle"] == str(bundle.dir)
+        expected = {"createRuntime": "creating", "prestart": "creating"}
+        assert state["status"] == expected.get(
+            stage, "running" if stage == "poststart" else "stopped"
+        )
+        assert (state["pid"] > 0) is (stage != "poststop")
+
+
+def test_a_failing_create_runtime_hook_fails_create(bundle: Bundle) -> None:
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}
+    bundle.config["hooks"] = {"createRuntime": [hook]}
+    bundle.write()
+    result = bundle.oci("create", "--bundle", str(bundle.dir), "h2")
+    assert result.returncode == 125, describe(result)
+    assert "createRuntime hook /bin/sh: exit status 3: no network for you" in result.stderr
+    assert not (bundle.state / "h2").exists()
+
+
 def test_missing_command_fails_create(bundle: Bundle) -> None:
     bundle.config["process"]["args"] = ["/no/such/program"]
     bundle.write()

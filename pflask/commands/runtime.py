@@ -225,8 +225,8 @@ def run(ns: argparse.Namespace) -> int:
 def _create(ns: argparse.Namespace, keep: bool) -> int:
     """Set the bundle's container up and leave it waiting for `start`; with
     `keep` (run), start it at once and supervise it here until it ends."""
-    from pflask.compile import context
-    from pflask.pipeline import compile_bundle
+    from pflask.compile import compiler, context
+    from pflask.load import oci
     from pflask.run.ocistate import PLAN, valid_id
 
     valid_id(ns.id)
@@ -236,19 +236,49 @@ def _create(ns: argparse.Namespace, keep: bool) -> int:
     record = store.make(ns.id)
     try:
         fifo = record.make_fifo()
-        the_plan = compile_bundle(ns.bundle, context.read(None), name=ns.id, start_fifo=fifo)
+        manifest = oci.load(ns.bundle, ns.id, fifo)
+        the_plan = compiler.compile_plan(manifest, context.read(None))
+        assert manifest.oci is not None
+        late = [
+            {"stage": h.stage, "path": h.path, "args": h.args, "env": h.env, "timeout": h.timeout}
+            for h in manifest.oci.hooks
+            if h.stage in ("poststart", "poststop")
+        ]
         if the_plan.terminal == "true" and not keep and not ns.console_socket:
             raise PflaskError("process.terminal needs --console-socket")
         import marshal
 
         record.write(PLAN, marshal.dumps(the_plan.to_wire()))
-        status = _supervise(the_plan, record, ns, keep)
+        status = _supervise(the_plan, record, ns, keep, late)
     except BaseException:
         _forget(record)
         raise
+    if keep:
+        _hooks(late, "poststop", ns.id, 0, os.path.abspath(ns.bundle), "stopped")
     if status != 0 or keep:
         _forget(record)
     return status
+
+
+def _hooks(
+    hooks: list[dict[str, Any]], stage: str, container: str, pid: int, bundle: str, status: str
+) -> None:
+    """Run the poststart or poststop hooks: a failure is a warning, as the spec says."""
+    state = {"id": container, "pid": pid, "bundle": bundle, "status": status}
+    for hook in hooks:
+        if hook.get("stage") != stage:
+            continue
+        try:
+            ocistate.run_hook(
+                str(hook["path"]),
+                [str(a) for a in hook["args"]],
+                [str(e) for e in hook["env"]],
+                hook.get("timeout"),
+                state,
+                stage,
+            )
+        except PflaskError as e:
+            print(f"pflask-oci: warning: {e}", file=sys.stderr)
 
 
 def _forget(record: Record) -> None:
@@ -258,7 +288,13 @@ def _forget(record: Record) -> None:
         pass
 
 
-def _supervise(the_plan: Plan, record: Record, ns: argparse.Namespace, keep: bool) -> int:
+def _supervise(
+    the_plan: Plan,
+    record: Record,
+    ns: argparse.Namespace,
+    keep: bool,
+    hooks: list[dict[str, Any]],
+) -> int:
     from pflask.run import mounts, supervisor
     from pflask.run import state as pflask_state
 
@@ -280,6 +316,7 @@ def _supervise(the_plan: Plan, record: Record, ns: argparse.Namespace, keep: boo
                 "cgroup": [list(d) for d in group.dirs] if group is not None else [],
                 "cgroup_name": group.name if group is not None else None,
                 "annotations": _annotations(bundle),
+                "hooks": hooks,
             }
         )
         if ns.pid_file:
@@ -287,6 +324,7 @@ def _supervise(the_plan: Plan, record: Record, ns: argparse.Namespace, keep: boo
         s.made = []  # mount points in the rootfs: the running container's now
         if keep:
             record.release()
+            _hooks(hooks, "poststart", ns.id, s.pid, bundle, "running")
         return keep
 
     s = supervisor.Supervisor(the_plan, verbose=False, hand_off=hand_off)
@@ -336,6 +374,8 @@ def start(ns: argparse.Namespace) -> int:
         raise PflaskError(f"cannot start a container that is {status}")
     if not record.release():
         raise PflaskError(f"container {ns.id} is not waiting to start (its PID 1 is gone)")
+    data = record.state()
+    _hooks(data.get("hooks", []), "poststart", ns.id, data["pid"], data["bundle"], "running")
     return 0
 
 
@@ -429,6 +469,7 @@ def delete(ns: argparse.Namespace) -> int:
         dirs = tuple((str(path), int(version)) for path, version in data["cgroup"])
         cgroups.Group(str(data.get("cgroup_name")), dirs, None).remove()
     record.remove()
+    _hooks(data.get("hooks", []), "poststop", ns.id, 0, data["bundle"], "stopped")
     return 0
 
 
@@ -533,7 +574,7 @@ def features(ns: argparse.Namespace) -> int:
             {
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": SPEC_VERSION,
-                "hooks": [],
+                "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
                 "mountOptions": sorted(
                     {*oci.MOUNT_FLAGS, *oci.DEFAULT_OPTIONS, *oci.HELD_PROPAGATION, "bind", "rbind"}
                 ),

@@ -164,6 +164,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # builds its mounts, and only the command waits for it.
     makes: list[p.Step] = [cgroup] if cgroup is not None else []
     makes.extend(_host_links(m, ctx))
+    makes.extend(_oci_hooks(m))
     # An OCI runtime keeps its own records (pflask.oci.state): no claim here.
     claim = p.ClaimName(name=m.name) if m.oci is None else None
     host_first: list[p.Step] = _id_maps(m, ctx) if userns else []
@@ -869,6 +870,23 @@ def _user_mount(m: Manifest, index: int, mount: Mount, userns: bool) -> p.Step:
         options=mount.options,
         flags=flags,
     )
+
+
+def _oci_hooks(m: Manifest) -> list[p.Step]:
+    """The bundle's prestart and createRuntime hooks, a host step before the
+    container goes on to its root (poststart and poststop are pflask-oci's)."""
+    if m.oci is None:
+        return []
+    early = [h for h in m.oci.hooks if h.stage in ("prestart", "createRuntime")]
+    if not early:
+        return []
+    return [
+        p.Hooks(
+            container=m.name,
+            bundle=posixpath.dirname(m.source),
+            hooks=tuple((h.path, h.args, h.env, h.timeout or 0) for h in early),
+        )
+    ]
 
 
 def _oci_dev(m: Manifest) -> list[p.Step]:

@@ -714,6 +714,23 @@ class Sysctl(Step):
         return "sysctl " + ", ".join(f"{k}={v}" for k, v in self.settings)
 
 
+class Hooks(Step):
+    """OCI createRuntime/prestart hooks: each program run on the host with the
+    container's state JSON (id, pid, bundle, "creating") on its stdin, once
+    the container's namespaces exist and before it enters its root; one that
+    fails or outlasts its timeout fails create.  `hooks` holds (path, args,
+    env, timeout or 0) each."""
+
+    kind = "hooks"
+    where = HOST
+    container: str
+    bundle: str
+    hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], int], ...]
+
+    def describe(self) -> str:
+        return "run the createRuntime hooks: " + ", ".join(h[0] for h in self.hooks)
+
+
 class StartFifo(Step):
     """Open the FIFO `start` writes to (while the host's paths are reachable):
     an OCI runtime's create leaves the container waiting on it (AwaitStart)."""
@@ -799,6 +816,7 @@ STEPS: dict[str, type[Step]] = {
         Capabilities,
         CapabilitySets,
         Sysctl,
+        Hooks,
         StartFifo,
         AwaitStart,
         Environment,

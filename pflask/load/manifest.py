@@ -143,6 +143,18 @@ class Security(Record):
     seccomp: str = "default"  # or "unconfined", or a profile file (absolute path)
 
 
+class Hook(Record):
+    """An OCI hook: a program the runtime runs on the host with the container's
+    state JSON on its stdin, at `stage` (prestart, createRuntime, poststart,
+    poststop)."""
+
+    stage: str
+    path: str
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+
 class Oci(Record):
     """What an OCI bundle's config.json says that a manifest cannot
     (pflask.load.oci builds it; the compiler reads it where runc's behaviour
@@ -166,6 +178,7 @@ class Oci(Record):
     devices: tuple[str, ...] = ()  # devices cgroup rules allowed (none: no device policy)
     dev_defaults: bool = False  # /dev is a tmpfs: runc's standard nodes and links in it
     start_fifo: str | None = None  # create/start: PID 1 waits here before the command
+    hooks: tuple[Hook, ...] = ()
 
 
 class Manifest(Record):

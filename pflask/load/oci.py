@@ -27,6 +27,7 @@ from pflask.load.manifest import (
     BindMount,
     CgroupSpec,
     FsMount,
+    Hook,
     IdRange,
     Manifest,
     Mount,
@@ -52,6 +53,8 @@ NAMESPACES = {
     "user": "user",
     "cgroup": "cgroup",
 }
+HOOK_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
+"""The hooks pflask-oci runs (createContainer and startContainer are refused)."""
 CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 # The resources setrlimit(2) knows (pflask.run.rlimits has their numbers).
 RLIMITS = (
@@ -195,8 +198,7 @@ class Translator:
             raise self.error(
                 "ociVersion", f"{shown(version)}: pflask reads runtime-spec 1.0, 1.1 and 1.2"
             )
-        hooks = self.fields(top.get("hooks"), "hooks", ())  # any hook asked for: refused
-        del hooks
+        hooks = self.hooks(top.get("hooks"))
         process = self.fields(
             top.get("process"),
             "process",
@@ -305,6 +307,7 @@ class Translator:
                 devices=self.devices(linux.get("resources"), linux.get("devices")),
                 dev_defaults=dev_tmpfs,
                 start_fifo=start_fifo,
+                hooks=hooks,
             ),
         )
 
@@ -313,6 +316,28 @@ class Translator:
         if not isinstance(value, bool):
             raise self.error(key, "must be true or false")
         return value
+
+    def hooks(self, value: Any) -> tuple[Hook, ...]:
+        """The hooks the runtime runs on the host: createRuntime and prestart
+        (during create, the container's namespaces made, before its root is
+        entered), poststart (after start), poststop (at delete).  The two
+        that run inside the container's namespaces are refused."""
+        data = self.fields(value, "hooks", HOOK_STAGES)
+        found = []
+        for stage in HOOK_STAGES:
+            for index, item in enumerate(self.items(data.get(stage), f"hooks.{stage}")):
+                where = f"hooks.{stage}[{index}]"
+                hook = self.fields(item, where, ("path", "args", "env", "timeout"))
+                path = self.string(hook.get("path"), f"{where}.path", absolute=True)
+                args = self.strings(hook.get("args"), f"{where}.args") or [path]
+                env = self.strings(hook.get("env"), f"{where}.env")
+                timeout = hook.get("timeout")
+                if timeout is not None:
+                    timeout = self.integer(timeout, f"{where}.timeout", 1, 86400)
+                found.append(
+                    Hook(stage=stage, path=path, args=tuple(args), env=tuple(env), timeout=timeout)
+                )
+        return tuple(found)
 
     def namespaces(self, value: Any) -> tuple[set[str], bool]:
         names: set[str] = set()

@@ -287,3 +287,40 @@ def pids(data: dict[str, Any]) -> list[int]:
         except OSError:
             continue
     return sorted(set(pids))
+
+
+def run_hook(
+    path: str,
+    args: tuple[str, ...] | list[str],
+    env: tuple[str, ...] | list[str],
+    timeout: int | None,
+    state: dict[str, Any],
+    stage: str,
+) -> None:
+    """Run one OCI hook: `path` with `args` (args[0] its name), exactly `env`,
+    the container's state JSON on stdin; its failure or timeout is an error
+    naming it (the caller decides whether that fails the container)."""
+    import json
+    import subprocess
+
+    data = {"ociVersion": "1.2.0", "annotations": {}, **state}
+    environment = dict(item.partition("=")[::2] for item in env)
+    try:
+        result = subprocess.run(
+            list(args) or [path],
+            executable=path,
+            input=json.dumps(data).encode(),
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout or None,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise PflaskError(f"{stage} hook {path}: still running after {timeout} s") from None
+    except OSError as e:
+        raise PflaskError(f"{stage} hook {path}: {e.strerror}") from None
+    if result.returncode != 0:
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        tail = f": {said[-1][:200]}" if said else ""
+        raise PflaskError(f"{stage} hook {path}: exit status {result.returncode}{tail}")

@@ -640,6 +640,14 @@ def _macvlan(step: plan.MacvlanLink, s: Supervisor) -> None:
     s.host_links().macvlan(step.master, step.name, step.mode, s.pid, kind=step.link_kind)
 
 
+def _hooks(step: plan.Hooks, s: Supervisor) -> None:
+    from pflask.run import ocistate
+
+    state = {"id": step.container, "pid": s.pid, "bundle": step.bundle, "status": "creating"}
+    for path, args, env, timeout in step.hooks:
+        ocistate.run_hook(path, args, env, timeout, state, "createRuntime")
+
+
 def _register_machine(step: plan.RegisterMachine, s: Supervisor) -> None:
     from pflask.run import machined
 
@@ -656,6 +664,7 @@ HOST_STEPS: dict[str, Callable[[Any, Supervisor], None]] = {
     "move_link": _move_link,
     "macvlan": _macvlan,
     "register_machine": _register_machine,
+    "hooks": _hooks,
 }
 
 
