@@ -1,6 +1,7 @@
 """pflask-oci driven by the real engines: podman and containerd (Debian's packages).
 
-Each engine runs with state of its own under the test's directory (podman's
+podman writes /etc/hosts and friends into a --rootfs: each test gives it a
+copy of the busybox root.  Each engine runs with state of its own (podman's
 storage and run roots, a test-local containerd with its own root, state and
 socket, the CRI plugin disabled), so nothing of the host's is used or left.
 What their users notice: the command's output and exit status; a detached
@@ -80,14 +81,14 @@ def podman() -> Iterator[Podman]:
         subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=False)
 
 
-def test_podman_run_rm(podman: Podman, busybox_root: Path) -> None:
+def test_podman_run_rm(podman: Podman, writable_busybox_root: Path) -> None:
     result = podman(
         "run",
         "--rm",
         "--network=none",
         *ULIMITS,
         "--rootfs",
-        str(busybox_root),
+        str(writable_busybox_root),
         "sh",
         "-c",
         "echo hello from $(hostname); id -u; exit 5",
@@ -127,7 +128,7 @@ def test_podman_detach_exec_stop_rm(podman: Podman, writable_busybox_root: Path)
     assert removed.returncode == 0, describe(removed)
 
 
-def test_podman_terminal(podman: Podman, busybox_root: Path) -> None:
+def test_podman_terminal(podman: Podman, writable_busybox_root: Path) -> None:
     _need("script")
     command = [
         *podman.argv,
@@ -137,7 +138,7 @@ def test_podman_terminal(podman: Podman, busybox_root: Path) -> None:
         "--network=none",
         *ULIMITS,
         "--rootfs",
-        str(busybox_root),
+        str(writable_busybox_root),
         "sh",
         "-c",
         "tty; test -t 0 && echo stdin-is-a-tty",
