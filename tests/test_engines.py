@@ -287,3 +287,34 @@ def test_containerd_run_exec_pause_kill_delete(
         ctr("container", "delete", "svc")
     assert deleted.returncode == 0, describe(deleted)
     assert ctr("container", "ls", "-q").stdout == ""
+
+
+def test_podman_exec_with_a_terminal(podman: Podman, writable_busybox_root: Path) -> None:
+    """`podman exec -t`: pflask-oci exec --tty sends the pty master to conmon."""
+    _need("script")
+    started = podman(
+        "run",
+        "-d",
+        "--network=none",
+        *ULIMITS,
+        "--rootfs",
+        str(writable_busybox_root),
+        "sleep",
+        "30",
+    )
+    assert started.returncode == 0, describe(started)
+    container = started.stdout.strip()
+    try:
+        command = [*podman.argv, "exec", "-t", container, "sh", "-c", "tty; exit 3"]
+        line = " ".join(f"'{a}'" for a in command)
+        result = subprocess.run(
+            ["script", "-qec", line, "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 3, describe(result)
+        assert "/dev/pts/" in result.stdout
+    finally:
+        podman("rm", "-f", "-t", "0", container)

@@ -41,6 +41,7 @@ from pflask.run.container import Container, exit_status
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Callable
 
     from pflask.run.state import Container as Record
     from pflask.run.terminal import Proxy
@@ -241,6 +242,9 @@ class Session:
         self.terminal = terminal
         self.child = 0
         self.io: Proxy | None = None
+        # pflask-oci exec --tty: the pty master goes to the engine's console
+        # socket (it copies the terminal) instead of being proxied here.
+        self.send_master: Callable[[int], None] | None = None
 
     def _forward(self, signum: int, _frame: object) -> None:
         if self.child:
@@ -275,6 +279,9 @@ class Session:
         os.close(status_w)
         if slave >= 0:
             os.close(slave)
+        if master >= 0 and self.send_master is not None:
+            self.send_master(master)  # closes it
+            master = -1
         loop = eventloop.Loop()
         if master >= 0:
             from pflask.run.terminal import Proxy

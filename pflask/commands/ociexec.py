@@ -80,10 +80,7 @@ def _adjusted(the_plan: plan.Plan, ns: argparse.Namespace) -> plan.Plan:
 
 def run(ns: argparse.Namespace, store: Store) -> int:
     from pflask.commands import nsenter
-    from pflask.run import state
 
-    if ns.tty or ns.console_socket:
-        raise PflaskError("exec --tty: not supported yet (run the process without a terminal)")
     if ns.preserve_fds:
         raise PflaskError("--preserve-fds: not supported")
     record = store.find(ns.id)
@@ -91,29 +88,52 @@ def run(ns: argparse.Namespace, store: Store) -> int:
     if ocistate.status(data, record) != "running":
         raise PflaskError(f"container {ns.id} is not running")
     the_plan = _adjusted(_process_plan(ns, record, data), ns)
+    # --tty, or a --process asking for a terminal (podman's way).
+    tty = bool(ns.tty) or (ns.process is not None and the_plan.terminal == "true")
+    if tty and not ns.console_socket:
+        raise PflaskError("exec --tty needs --console-socket (where the pty master goes)")
     argv = [a for a in ns.argv if a != "--"] if ns.argv[:1] == ["--"] else list(ns.argv)
     if not argv:
         argv = list(the_plan.command)
-    nsenter._preload(False)
-    if ns.detach:
-        child = os.fork()
-        if child:
-            if ns.pid_file:
-                _write_pid(ns.pid_file, child)
-            return 0
+    nsenter._preload(tty)
+    if not ns.detach:
+        if ns.pid_file:
+            _write_pid(ns.pid_file, os.getpid())
+        return _enter_and_run(the_plan, data, ns.id, argv, tty, ns.console_socket, -1)
+    # Detached: a child waits for the command and is left to the engine's
+    # subreaper; with a terminal we return once the master reached the engine.
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        os.close(ready_r)
         os.setsid()
         try:
-            os._exit(_enter_and_run(the_plan, data, ns.id, argv))
+            code = _enter_and_run(the_plan, data, ns.id, argv, tty, ns.console_socket, ready_w)
         except BaseException as e:  # a detached child has no one else to tell
             os.write(2, f"pflask-oci: exec: {e}\n".encode())
-            os._exit(125)
+            code = 125
+        os._exit(code)
+    os.close(ready_w)
+    sent = os.read(ready_r, 1) if tty else b"1"
+    os.close(ready_r)
+    if not sent:
+        raise PflaskError(f"exec in {ns.id}: the process could not be started")
     if ns.pid_file:
-        _write_pid(ns.pid_file, os.getpid())
-    del state
-    return _enter_and_run(the_plan, data, ns.id, argv)
+        _write_pid(ns.pid_file, child)
+    return 0
 
 
-def _enter_and_run(the_plan: plan.Plan, data: dict[str, object], name: str, argv: list[str]) -> int:
+def _enter_and_run(
+    the_plan: plan.Plan,
+    data: dict[str, object],
+    name: str,
+    argv: list[str],
+    tty: bool,
+    console_socket: str | None,
+    ready: int,
+) -> int:
+    """Join PID 1's namespaces and cgroups and run the command (nsenter.Session);
+    with `tty` the pty master goes to `console_socket`, then a byte to `ready`."""
     from pflask.commands import nsenter
     from pflask.run import state
 
@@ -122,6 +142,12 @@ def _enter_and_run(the_plan: plan.Plan, data: dict[str, object], name: str, argv
     if pidfd < 0:
         raise PflaskError(f"container {name} has just stopped")
     groups: list[tuple[int, str]] = []
+    console = None
+    if tty:  # connected here: its path is the host's, out of reach once inside
+        import socket
+
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        console.connect(str(console_socket))
     try:
         try:
             if data.get("cgroup"):
@@ -135,7 +161,19 @@ def _enter_and_run(the_plan: plan.Plan, data: dict[str, object], name: str, argv
             raise SetupError(f"exec in {name}: {e}") from None
     finally:
         os.close(pidfd)
-    session = nsenter.Session(the_plan, _Named(name), argv, False, groups)  # type: ignore[arg-type]
+    session = nsenter.Session(the_plan, _Named(name), argv, tty, groups)  # type: ignore[arg-type]
+    if console is not None:
+        from pflask.run import terminal
+
+        def send(master: int) -> None:
+            terminal.send_fd(console.fileno(), master)
+            os.close(master)
+            console.close()
+            if ready >= 0:
+                os.write(ready, b"1")
+                os.close(ready)
+
+        session.send_master = send
     return session.run()
 
 

@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr = tee.real
         log.error(f"{ns.command}: {e}")
         return EXIT_SETUP
+    except Exception as e:  # a bug: still one line for the engine, never a traceback
+        sys.stderr = tee.real
+        log.error(f"{ns.command}: {type(e).__name__}: {e}")
+        return EXIT_SETUP
     finally:
         sys.stderr = tee.real
     if status != 0 and ns.command in ("create", "run", "exec") and log.path:
@@ -249,7 +253,7 @@ def _create(ns: argparse.Namespace, keep: bool) -> int:
         import marshal
 
         record.write(PLAN, marshal.dumps(the_plan.to_wire()))
-        status = _supervise(the_plan, record, ns, keep, late)
+        status = _supervise(the_plan, record, ns, keep, late, manifest.oci.console_size)
     except BaseException:
         _forget(record)
         raise
@@ -294,12 +298,13 @@ def _supervise(
     ns: argparse.Namespace,
     keep: bool,
     hooks: list[dict[str, Any]],
+    console_size: tuple[int, int] | None = None,
 ) -> int:
-    from pflask.run import mounts, supervisor
+    from pflask.run import mounts, supervisor, terminal
     from pflask.run import state as pflask_state
 
-    terminal = the_plan.terminal == "true"
-    supervisor.preload(the_plan, terminal)
+    with_terminal = the_plan.terminal == "true"
+    supervisor.preload(the_plan, with_terminal)
     mounts.preflight(the_plan.steps)
     bundle = os.path.abspath(ns.bundle)
 
@@ -328,8 +333,9 @@ def _supervise(
         return keep
 
     s = supervisor.Supervisor(the_plan, verbose=False, hand_off=hand_off)
-    if terminal and ns.console_socket:
-        s.on_master = lambda master: _send_console(ns.console_socket, master)
+    if with_terminal and ns.console_socket:
+        size = console_size
+        s.on_master = lambda master: terminal.to_console_socket(ns.console_socket, master, size)
     return s.run()
 
 
@@ -353,18 +359,6 @@ def _write_pid_file(path: str, pid: int) -> None:
     with open(temporary, "w", encoding="utf-8") as f:
         f.write(str(pid))
     os.rename(temporary, path)
-
-
-def _send_console(path: str, master: int) -> None:
-    """The pty master to the engine's console socket (SCM_RIGHTS), as runc sends it."""
-    import socket
-
-    from pflask.run import terminal
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        terminal.send_fd(os.dup(sock.fileno()), master)
-    os.close(master)
 
 
 def start(ns: argparse.Namespace) -> int:

@@ -179,6 +179,7 @@ class Oci(Record):
     dev_defaults: bool = False  # /dev is a tmpfs: runc's standard nodes and links in it
     start_fifo: str | None = None  # create/start: PID 1 waits here before the command
     hooks: tuple[Hook, ...] = ()
+    console_size: tuple[int, int] | None = None  # rows, columns of the pty (console socket)
 
 
 class Manifest(Record):

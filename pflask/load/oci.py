@@ -242,8 +242,15 @@ class Translator:
         terminal = process.get("terminal", False)
         if not isinstance(terminal, bool):
             raise self.error("process.terminal", "must be true or false")
-        if process.get("consoleSize") is not None and not terminal:
-            raise self.error("process.consoleSize", "only with process.terminal: true")
+        console_size = None
+        if process.get("consoleSize") is not None:
+            if not terminal:
+                raise self.error("process.consoleSize", "only with process.terminal: true")
+            size = self.fields(process["consoleSize"], "process.consoleSize", ("height", "width"))
+            console_size = (
+                self.integer(size.get("height", 0), "process.consoleSize.height", 0, 65535),
+                self.integer(size.get("width", 0), "process.consoleSize.width", 0, 65535),
+            )
         hostname = top.get("hostname")
         if hostname is not None and hostname != "":
             hostname = self.string(hostname, "hostname")
@@ -308,6 +315,7 @@ class Translator:
                 dev_defaults=dev_tmpfs,
                 start_fifo=start_fifo,
                 hooks=hooks,
+                console_size=console_size,
             ),
         )
 

@@ -335,3 +335,21 @@ class Proxy:
 def resize(master: int, source: int) -> None:
     """Give the pty the size of the user's terminal (or 24x80 without one)."""
     set_window_size(master, window_size(source) or DEFAULT_SIZE)
+
+
+def to_console_socket(path: str, master: int, size: tuple[int, int] | None = None) -> None:
+    """Send a pty master to an OCI engine's console socket (SCM_RIGHTS), as
+    runc does, and close it: the engine copies the terminal from then on.
+    `size` (rows, columns: process.consoleSize) is set first."""
+    import socket
+
+    if size is not None:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        send_fd(sock.fileno(), master)
+    os.close(master)
