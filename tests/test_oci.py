@@ -155,6 +155,15 @@ def test_create_runtime_hooks_are_a_host_step(tmp_path: Path) -> None:
     assert kinds.index("hooks") < kinds.index("await_host") < kinds.index("pivot_root")
 
 
+def test_namespaces_named_by_path_are_joined(tmp_path: Path) -> None:
+    config = runc_template()
+    config["linux"]["namespaces"][1]["path"] = "/run/netns/pod"
+    plan = plan_json(bundle(tmp_path, config))
+    assert "net" not in steps(plan, "unshare")[0]["namespaces"]
+    assert steps(plan, "join_namespaces")[0]["paths"] == [["net", "/run/netns/pod"]]
+    assert not steps(plan, "loopback")  # the pod's network is the pod's to set up
+
+
 def test_sysctl_of_the_containers_namespaces(tmp_path: Path) -> None:
     config = runc_template()
     config["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
@@ -188,8 +197,8 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
             "hooks.prestart[0].path: must be an absolute path",
         ),
         (
-            lambda c: c["linux"]["namespaces"][1].update(path="/proc/1/ns/net"),
-            "linux.namespaces[1].path: not supported (joining an existing namespace",
+            lambda c: c["linux"]["namespaces"][0].update(path="/proc/1/ns/pid"),
+            "linux.namespaces[0].path: not supported (joining a pid namespace",
         ),
         (
             lambda c: c["process"]["capabilities"]["bounding"].append("CAP_FLY"),

@@ -282,6 +282,25 @@ def test_a_failing_create_runtime_hook_fails_create(bundle: Bundle) -> None:
     assert not (bundle.state / "h2").exists()
 
 
+def test_a_pods_network_namespace_is_joined(bundle: Bundle) -> None:
+    """As a CRI runtime is asked: the sandbox's network namespace, by path;
+    `exec` enters it too."""
+    name = f"pfoci-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        path = f"/run/netns/{name}"
+        inode = os.stat(path).st_ino
+        for entry in bundle.config["linux"]["namespaces"]:
+            if entry["type"] == "network":
+                entry["path"] = path
+        bundle.command("readlink /proc/self/ns/net")
+        result = bundle.oci("run", "--bundle", str(bundle.dir), "n1")
+        assert result.returncode == 0, describe(result)
+        assert result.stdout == f"net:[{inode}]\n"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
 def test_missing_command_fails_create(bundle: Bundle) -> None:
     bundle.config["process"]["args"] = ["/no/such/program"]
     bundle.write()

@@ -63,11 +63,13 @@ PROCESS_STEPS = (
 
 
 def namespaces(the_plan: plan.Plan) -> tuple[str, ...]:
-    """Every namespace the plan's Unshare steps made."""
+    """Every namespace the plan's Unshare steps made or its JoinNamespaces joined."""
     found: list[str] = []
     for step in the_plan.steps:
         if isinstance(step, plan.Unshare):
             found.extend(n for n in step.namespaces if n not in found)
+        elif isinstance(step, plan.JoinNamespaces):  # PID 1's, whoever made them
+            found.extend(n for n, _ in step.paths if n not in found)
     return tuple(found)
 
 

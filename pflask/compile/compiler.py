@@ -156,6 +156,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # namespace owned by a new user namespace has to come after it, hence Fork.
     pid1_first = m.namespaces.pid and not userns
     steps.append(p.Unshare(namespaces=tuple(first), pid1=pid1_first))
+    if m.oci is not None and m.oci.join:
+        steps.append(p.JoinNamespaces(paths=m.oci.join))
 
     # The host steps come in phases, each released by the go its AwaitHost
     # step waits for.  The name is claimed before anything is made on the

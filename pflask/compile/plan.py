@@ -83,6 +83,17 @@ class Unshare(Step):
         return f"unshare namespaces: {names}"
 
 
+class JoinNamespaces(Step):
+    """setns(2) into existing namespaces named by path (an OCI bundle's, e.g. a
+    pod's network namespace), right after the container's own are made."""
+
+    kind = "join_namespaces"
+    paths: tuple[tuple[str, str], ...]  # (namespace, path)
+
+    def describe(self) -> str:
+        return "join namespaces: " + ", ".join(f"{n} {path}" for n, path in self.paths)
+
+
 class UidMap(Step):
     """Write /proc/PID/uid_map; through newuidmap when ranges need privilege."""
 
@@ -776,6 +787,7 @@ STEPS: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
         Unshare,
+        JoinNamespaces,
         UidMap,
         GidMap,
         Cgroup,

@@ -180,6 +180,7 @@ class Oci(Record):
     start_fifo: str | None = None  # create/start: PID 1 waits here before the command
     hooks: tuple[Hook, ...] = ()
     console_size: tuple[int, int] | None = None  # rows, columns of the pty (console socket)
+    join: tuple[tuple[str, str], ...] = ()  # (namespace, path) joined instead of made
 
 
 class Manifest(Record):

@@ -55,6 +55,10 @@ NAMESPACES = {
 }
 HOOK_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
 """The hooks pflask-oci runs (createContainer and startContainer are refused)."""
+JOINABLE = ("net", "ipc", "uts", "cgroup")
+"""Namespaces a bundle may name by path.  Joining a PID namespace affects
+only later children, a mount namespace replaces the root being built, and a
+user namespace changes who may do the rest: those are refused."""
 CAPABILITY_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 # The resources setrlimit(2) knows (pflask.run.rlimits has their numbers).
 RLIMITS = (
@@ -233,7 +237,7 @@ class Translator:
                 "devices",
             ),
         )
-        namespaces, wanted_user = self.namespaces(linux.get("namespaces"))
+        namespaces, wanted_user, joined = self.namespaces(linux.get("namespaces"))
         mounts, dev_tmpfs = self.mounts(top.get("mounts"))
         args = self.strings(process.get("args"), "process.args")
         if not args:
@@ -256,7 +260,7 @@ class Translator:
             hostname = self.string(hostname, "hostname")
             if len(hostname) > 64:
                 raise self.error("hostname", "longer than 64 characters")
-            if "uts" not in namespaces:
+            if "uts" not in namespaces and "uts" not in dict(joined):
                 raise self.error("hostname", "needs a uts namespace of its own (linux.namespaces)")
         else:
             hostname = None
@@ -309,7 +313,8 @@ class Translator:
                 capability_sets=self.capabilities(process.get("capabilities")),
                 **self.user(process.get("user")),
                 propagation=self.propagation(linux.get("rootfsPropagation")),
-                sysctl=self.sysctl(linux.get("sysctl"), namespaces),
+                sysctl=self.sysctl(linux.get("sysctl"), namespaces | set(dict(joined))),
+                join=joined,
                 seccomp=self.seccomp(linux.get("seccomp")),
                 devices=self.devices(linux.get("resources"), linux.get("devices")),
                 dev_defaults=dev_tmpfs,
@@ -347,8 +352,12 @@ class Translator:
                 )
         return tuple(found)
 
-    def namespaces(self, value: Any) -> tuple[set[str], bool]:
+    def namespaces(self, value: Any) -> tuple[set[str], bool, tuple[tuple[str, str], ...]]:
+        """The namespaces the container gets: new ones (their names), whether a
+        user namespace is among them, and those it joins by path (a pod's
+        network, IPC and UTS namespaces, as a CRI runtime is asked)."""
         names: set[str] = set()
+        joined: list[tuple[str, str]] = []
         for index, item in enumerate(self.items(value, "linux.namespaces")):
             where = f"linux.namespaces[{index}]"
             data = self.fields(item, where, ("type", "path"))
@@ -358,11 +367,17 @@ class Translator:
                     raise self.unsupported(f"{where}.type", "time namespaces")
                 raise self.error(f"{where}.type", f"unknown namespace {shown(kind)}")
             if data.get("path"):
-                raise self.unsupported(
-                    f"{where}.path", "joining an existing namespace; pflask makes new ones"
-                )
+                path = self.string(data["path"], f"{where}.path", absolute=True)
+                if NAMESPACES[kind] not in JOINABLE:
+                    raise self.unsupported(
+                        f"{where}.path",
+                        f"joining a {kind} namespace; pflask joins "
+                        + ", ".join(k for k, v in NAMESPACES.items() if v in JOINABLE),
+                    )
+                joined.append((NAMESPACES[kind], path))
+                continue
             names.add(NAMESPACES[kind])
-        return names, "user" in names
+        return names, "user" in names, tuple(joined)
 
     def id_map(self, value: Any, field: str) -> tuple[IdRange, ...]:
         ranges = []

@@ -60,6 +60,17 @@ def unshare(step: plan.Unshare, c: Container) -> None:
     libc.unshare(libc.namespace_flags(step.namespaces))
 
 
+def join_namespaces(step: plan.JoinNamespaces, c: Container) -> None:
+    for name, path in step.paths:
+        # O_NONBLOCK, O_NOCTTY: a FIFO or a terminal named there does nothing;
+        # setns(2) then refuses what is not a namespace of that type (EINVAL).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, libc.namespace_flags((name,)), path)
+        finally:
+            os.close(fd)
+
+
 def await_host(step: plan.AwaitHost, c: Container) -> None:
     c.await_go()
 
@@ -387,6 +398,7 @@ def chdir(step: plan.Chdir, c: Container) -> None:
 
 HANDLERS: dict[str, Handler] = {
     "unshare": Handler(unshare),
+    "join_namespaces": Handler(join_namespaces),
     "await_host": Handler(await_host),
     "become_root": Handler(become_root),
     "fork": Handler(fork),
