@@ -44,6 +44,20 @@ def _need(tool: str) -> str:
 # -- podman ------------------------------------------------------------------------------
 
 
+def _remove_groups(top: Path) -> None:
+    """rmdir a cgroup tree, deepest first, allowing conmon a moment to leave."""
+    deadline = time.monotonic() + 5
+    for group in sorted(top.glob("**/"), key=lambda g: -len(g.parts)):
+        while True:
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
 class Podman:
     def __init__(self, directory: Path) -> None:
         self.argv = [
@@ -75,10 +89,15 @@ def podman() -> Iterator[Podman]:
     import tempfile
 
     directory = Path(tempfile.mkdtemp(prefix="pfo-"))
+    groups = sorted(Path("/sys/fs/cgroup").glob("*/libpod_parent"))
     try:
         yield Podman(directory)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=False)
+        # podman's cgroupfs manager leaves its (empty) parent group for conmon.
+        for made in sorted(Path("/sys/fs/cgroup").glob("*/libpod_parent")):
+            if made not in groups:
+                _remove_groups(made)
 
 
 def test_podman_run_rm(podman: Podman, writable_busybox_root: Path) -> None:
