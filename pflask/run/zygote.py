@@ -23,6 +23,13 @@ The caller talks to Z over one SOCK_SEQPACKET socket, in one direction:
   turns into the container's stop, then SIGKILL).  Z is S's parent and reaps
   it, so the pid it signals is always S's own.
 
+After each run Z forks the next run's S ahead (the spare): it renames the
+plan for its pid and waits on a socket of its own, holding none of Z's fds,
+until Z hands it a job of the same plan (a run of another plan dismisses it
+and forks anew).  In a loop of runs, the fork and the spare's first steps
+happen while the previous container runs, off the path from `run` to the
+command.
+
 The socket's end (the caller exited or closed it) ends Z: every S still
 running is sent SIGTERM, so it stops its container and cleans up, as
 `pflask stop` would have it.  Z ignores the terminal's SIGINT and SIGQUIT
@@ -75,28 +82,30 @@ def main(fd: int) -> NoReturn:
 
 
 class Zygote:
-    """Z's state: the plans it was given, and the supervisors it forked and has
-    not reaped yet (by pidfd, and by job)."""
+    """Z's state: the plans it was given, the supervisors it forked and has not
+    reaped yet (by pidfd, and by job), and the spare: a supervisor forked
+    ahead for the plan of the last run, waiting for its job."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.plans: dict[int, Plan] = {}
-        self.running: dict[int, tuple[int, int, int]] = {}  # pidfd -> (job, pid, report fd)
+        # pidfd -> (job, pid, report fd); a spare's job is 0 and report -1
+        self.running: dict[int, tuple[int, int, int]] = {}
         self.jobs: dict[int, int] = {}  # job -> pid, until reaped
+        self.spare: Spare | None = None
+        self.poller = select.poll()
 
     def serve(self) -> None:
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
+        self.poller.register(self.sock.fileno(), select.POLLIN)
         while True:
-            for fd, _ in poller.poll():
+            for fd, _ in self.poller.poll():
                 if fd != self.sock.fileno():
                     self._reap(fd)
-                    poller.unregister(fd)
-                elif not self._receive(poller):
+                elif not self._receive():
                     self._end()
                     return
 
-    def _receive(self, poller: select.poll) -> bool:
+    def _receive(self) -> bool:
         """One message from the caller; False once it is gone."""
         try:
             data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
@@ -112,8 +121,8 @@ class Zygote:
             self._plan(message[1], fds[0])
         elif kind == "run":
             _, job, plan_id, name = message
-            pidfd = self._fork(job, self.plans[plan_id], name, fds)
-            poller.register(pidfd, select.POLLIN)
+            self._run(job, plan_id, name, fds)
+            self._prepare(plan_id)  # the next run's S, while this one starts
         elif kind == "signal":
             _, job, number = message
             pid = self.jobs.get(job)
@@ -136,21 +145,49 @@ class Zygote:
         gc.collect()
         gc.freeze()  # what is here now is shared with every fork, untouched
 
-    def _fork(self, job: int, plan: Plan, name: str | None, fds: list[int]) -> int:
-        pid = os.fork()
-        if pid == 0:
-            supervise(plan, name, fds)
+    def _run(self, job: int, plan_id: int, name: str | None, fds: list[int]) -> None:
+        """Hand the job to the spare, if it is the plan's; else fork its S now."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.plan_id == plan_id and spare.take(job, name, fds):
+            pidfd, pid = spare.pidfd, spare.pid
+        else:
+            if spare is not None:
+                spare.dismiss()
+            pid = os.fork()
+            if pid == 0:
+                _prepare()
+                serve(_named(self.plans[plan_id], name), fds)
+            pidfd = os.pidfd_open(pid)
+            self.poller.register(pidfd, select.POLLIN)
         for fd in fds[:3]:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
         self.running[pidfd] = (job, pid, fds[3])
         self.jobs[job] = pid
-        return pidfd
+
+    def _prepare(self, plan_id: int) -> None:
+        """Fork the spare S for `plan_id`'s next run."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            _prepare()
+            _wait_for_job(self.plans[plan_id], theirs.detach())
+        theirs.close()
+        pidfd = os.pidfd_open(pid)
+        self.poller.register(pidfd, select.POLLIN)
+        self.running[pidfd] = (0, pid, -1)
+        self.spare = Spare(plan_id, pid, pidfd, ours)
 
     def _reap(self, pidfd: int) -> None:
+        self.poller.unregister(pidfd)
         job, pid, report = self.running.pop(pidfd)
-        del self.jobs[job]
         _, wait_status = os.waitpid(pid, 0)
+        os.close(pidfd)
+        if self.spare is not None and self.spare.pid == pid:
+            self.spare.sock.close()  # it died waiting: the next run forks anew
+            self.spare = None
+        if not job:
+            return
+        del self.jobs[job]
         status = os.waitstatus_to_exitcode(wait_status)
         if status < 0:  # S itself died of a signal
             status = 128 - status
@@ -159,34 +196,81 @@ class Zygote:
         except OSError:
             pass  # the caller stopped listening (a cancelled run)
         os.close(report)
-        os.close(pidfd)
 
     def _end(self) -> None:
         """The caller is gone: stop every container still running."""
+        if self.spare is not None:
+            self.spare.dismiss()
         for pid in self.jobs.values():
             os.kill(pid, _signal.SIGTERM)
 
 
-def supervise(plan: Plan, name: str | None, fds: list[int]) -> NoReturn:
-    """S, forked by Z: take fds 0-2 and the report pipe, run the container,
-    report why it could not start the command, if it could not; exit with
-    its status.  `name`: the container's; default the plan's with S's pid."""
+class Spare:
+    """Z's end of a spare S: its pid, pidfd and socket."""
+
+    def __init__(self, plan_id: int, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.plan_id = plan_id
+        self.pid = pid
+        self.pidfd = pidfd
+        self.sock = sock
+
+    def take(self, job: int, name: str | None, fds: list[int]) -> bool:
+        """Give it the job and its fds; False if it is gone."""
+        try:
+            socket.send_fds(self.sock, [marshal.dumps((job, name))], fds)
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+        return True
+
+    def dismiss(self) -> None:
+        """Not needed: its socket's end makes it exit (Z reaps it)."""
+        self.sock.close()
+
+
+def _prepare() -> None:
+    """In a fresh fork of Z, before it becomes S."""
     gc.disable()  # as `pflask run` (cli.run_command); Supervisor._started turns it back on
+    for number in (_signal.SIGINT, _signal.SIGQUIT):
+        _signal.signal(number, _signal.default_int_handler)  # S forwards them
+
+
+def _named(plan: Plan, name: str | None) -> Plan:
+    """The plan for a container called `name`, by default the plan's with S's pid."""
+    return plan.renamed(plan.name, name or f"{plan.name}-{os.getpid()}", hostname=False)
+
+
+def _wait_for_job(plan: Plan, sock: int) -> NoReturn:
+    """A spare S: hold nothing of Z's but `sock`, wait there for a job, serve it."""
+    os.dup2(sock, REPORT)  # where the report pipe will be; fds 0-2 stay Z's until then
+    os.closerange(REPORT + 1, os.sysconf("SC_OPEN_MAX"))  # other jobs' report pipes
+    named = _named(plan, None)
+    try:
+        data, fds, _, _ = socket.recv_fds(socket.socket(fileno=REPORT), MAX_MESSAGE, 4)
+    except OSError:
+        os._exit(0)
+    if len(fds) != 4:
+        os._exit(0)  # dismissed
+    _, name = marshal.loads(data)
+    serve(named if name is None else _named(plan, name), fds)
+
+
+def serve(plan: Plan, fds: list[int]) -> NoReturn:
+    """S: take fds 0-2 and the report pipe, run the container, report why it
+    could not start the command, if it could not; exit with its status."""
     status = EXIT_SETUP
     report = fds[3]
     try:
         from pflask.run import mounts
         from pflask.run.supervisor import Supervisor
 
-        for number in (_signal.SIGINT, _signal.SIGQUIT):
-            _signal.signal(number, _signal.default_int_handler)  # S forwards them
         for target, fd in enumerate(fds):
             os.dup2(fd, target, inheritable=target < REPORT)
         os.closerange(REPORT + 1, os.sysconf("SC_OPEN_MAX"))  # the socket, the other jobs'
         report = REPORT
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        plan = plan.renamed(plan.name, name or f"{plan.name}-{os.getpid()}", hostname=False)
         mounts.preflight(plan.steps)
         s = Supervisor(plan, verbose=False)
         s.print_failure = False
