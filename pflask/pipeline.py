@@ -26,22 +26,32 @@ def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[P
 
     loaded = loader.load(file, overrides=overrides)
     try:
-        return _compile(loaded.data, file, ctx), loaded
+        plan, watch = _compile(loaded.data, file, ctx)
+        loaded.stamps.extend(watch)
+        return plan, loaded
     except ManifestError as e:  # its field indexes the merged lists: place it
         raise loaded.place(e) from None
 
 
-def compile_data(data: LocDict, origin: str, ctx: Context) -> Plan:
+def compile_data(data: LocDict, origin: str, ctx: Context) -> tuple[Plan, tuple[str, ...]]:
     """The plan for a manifest mapping that was not read from a file (the original
-    flags'): checked against the schema and the rules first, as a file is."""
+    flags'): checked against the schema and the rules first, as a file is; and
+    the host paths its image came from."""
     from pflask.load import loader
 
     loader.check(data)
     return _compile(data, origin, ctx)
 
 
-def _compile(data: dict[str, Any], source: str, ctx: Context) -> Plan:
+def _compile(data: dict[str, Any], source: str, ctx: Context) -> tuple[Plan, tuple[str, ...]]:
+    """The plan, and the host paths its image came from (see image.prepare)."""
     from pflask.compile import compiler
     from pflask.load import manifest
 
-    return compiler.compile_plan(manifest.from_data(data, source=source), ctx)
+    m = manifest.from_data(data, source=source)
+    watch: tuple[str, ...] = ()
+    if m.root.image is not None:
+        from pflask.image import prepare
+
+        m, watch = prepare.apply(m)
+    return compiler.compile_plan(m, ctx), watch

@@ -272,7 +272,7 @@ def run_manifest_data(
     if "name" not in located:
         located["name"] = UNNAMED if not save else loader.default_name(save)
     try:
-        plan = compile_data(located, origin, context.read(None))
+        plan, watch = compile_data(located, origin, context.read(None))
     except ManifestErrors as e:
         raise ManifestErrors([classic.option_error(error) for error in e.errors]) from None
     except ManifestError as e:
@@ -283,7 +283,7 @@ def run_manifest_data(
         # A seccomp profile file is read by the compiler: its content is part of the plan.
         profiles = {step.profile for step in plan.steps if isinstance(step, Seccomp)}
         files = tuple(sorted(profiles - set(loader.SECCOMP_WORDS)))
-        cache.store(entry, plan, files, {})
+        cache.store(entry, plan, files, {}, watch)
     plan = plan.named(os.getpid())
     if show:
         print(plan.render())

@@ -185,7 +185,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave"))
         if root is not None:
-            steps.append(_root_step(m, root))
+            steps.append(_root_step(m, root, userns))
         over_root = _root_overlays(m)
         for index in over_root:
             over = _user_mount(m, index, m.mounts[index], userns)
@@ -586,7 +586,17 @@ def _host_links(m: Manifest, ctx: Context) -> list[p.Step]:
     return steps
 
 
-def _root_step(m: Manifest, root: str) -> p.Step:
+def _root_step(m: Manifest, root: str, userns: bool) -> p.Step:
+    if m.root.layers:
+        return p.ImageRoot(
+            path=root,
+            layers=m.root.layers,
+            digest=m.root.digest or "",
+            upper=m.root.upper,
+            tmpfs="" if m.root.upper else _tmpfs_data(TMP_TMPFS, size=m.root.size),
+            userxattr=userns,
+            flags=("nodev",),
+        )
     if m.root.size is not None and not m.root.ephemeral:
         raise _error(
             m, "root.size", "bounds the ephemeral root's changes: it needs ephemeral: true"
