@@ -33,6 +33,8 @@ SUBCOMMANDS = (
     "exec",
     "attach",
     "completion",
+    "image",
+    "lock",
 )
 
 

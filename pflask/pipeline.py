@@ -27,7 +27,14 @@ def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[P
     loaded = loader.load(file, overrides=overrides)
     try:
         plan, watch = _compile(loaded.data, file, ctx)
-        loaded.stamps.extend(watch)
+        if watch:
+            import os
+
+            from pflask.image.store import STORE_VARIABLES
+
+            loaded.stamps.extend(watch)
+            for name in STORE_VARIABLES:
+                loaded.env_used[name] = os.environ.get(name)
         return plan, loaded
     except ManifestError as e:  # its field indexes the merged lists: place it
         raise loaded.place(e) from None

@@ -47,10 +47,24 @@ def subcommand(args: list[str]) -> int:
         "exec": _exec,
         "attach": _attach,
         "completion": _completion,
+        "image": _image,
+        "lock": _lock,
     }.get(ns.subcommand)
     if handler is None:
         raise UsageError(f"{ns.subcommand}: not available in this version")
     return handler(ns)
+
+
+def _image(ns: argparse.Namespace) -> int:
+    from pflask.commands import images
+
+    return images.image_command(ns.action, ns.ref, ns.json)
+
+
+def _lock(ns: argparse.Namespace) -> int:
+    from pflask.commands import images
+
+    return images.lock(ns.file)
 
 
 def _validate(ns: argparse.Namespace) -> int:

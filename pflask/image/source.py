@@ -252,16 +252,21 @@ def open_image(ref: Reference) -> tuple[Image, Blobs]:
 
 
 def _oci(ref: Reference, blobs: Blobs) -> Image:
-    index = _object(
-        parse_json(blobs.read("index.json", f"{ref}: index.json"), "index.json"), "index.json"
-    )
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list) or not manifests:
-        raise SetupError(f"{ref}: index.json lists no manifests")
-    descriptor = _choose(ref, [_object(d, "index.json: manifests[]") for d in manifests])
+    """The manifest a pin names (read by its digest: the tag no longer
+    matters, as for a registry), else the one the tag, or the only image, names."""
+    if ref.digest is not None:
+        descriptor: dict[str, Any] = {"digest": ref.digest}
+    else:
+        what = f"{ref}: index.json"
+        index = _object(parse_json(blobs.read("index.json", what), what), what)
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list) or not manifests:
+            raise SetupError(f"{ref}: index.json lists no manifests")
+        descriptor = _choose(ref, [_object(d, "index.json: manifests[]") for d in manifests])
     digest = descriptor.get("digest")
     if not isinstance(digest, str) or not is_digest(digest):
         raise SetupError(f"{ref}: index.json: {digest!r} is no sha256 digest")
+    named = digest  # the image's digest: what a pin or a lock names
     for _ in range(4):  # an index may name an index (a multi-platform image)
         what = f"{ref}: manifest"
         data = blobs.verified(digest, "manifest")
@@ -271,7 +276,7 @@ def _oci(ref: Reference, blobs: Blobs) -> Image:
             descriptor = _platform(ref, manifest)
             digest = descriptor["digest"]
             continue
-        return _from_manifest(ref, blobs, digest, manifest)
+        return _from_manifest(ref, blobs, named, manifest)
     raise SetupError(f"{ref}: indexes nested too deep")
 
 

@@ -39,7 +39,16 @@ RECORD_FORMAT = 1
 CONFIG_KEYS = ("Env", "WorkingDir", "User", "Entrypoint", "Cmd", "StopSignal")
 
 
+STORE_VARIABLES = ("PFLASK_STORE", "XDG_DATA_HOME", "HOME")
+"""The environment that decides where the store is (a cached plan watches it)."""
+
+
 def directory() -> str:
+    """PFLASK_STORE if set (tests and benchmarks keep their own); else root's
+    or the user's default.  The store's checks apply wherever it is."""
+    chosen = os.environ.get("PFLASK_STORE")
+    if chosen:
+        return os.path.abspath(chosen)
     if os.geteuid() == 0:
         return ROOT_STORE
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -307,7 +316,8 @@ def _trusted(path: str, st: os.stat_result, uid: int, own: bool, directory: bool
         )
     if st.st_uid not in owners:
         raise SetupError(f"image store: {path} belongs to uid {st.st_uid}, not {uid}: refused")
-    if st.st_mode & 0o022 and not (st.st_mode & 0o1000 and not own and uid != 0):
+    sticky_root = st.st_mode & 0o1000 and st.st_uid == 0  # /tmp: others cannot replace ours
+    if st.st_mode & 0o022 and not (sticky_root and not own):
         raise SetupError(
             f"image store: {path} is writable by others (mode {st.st_mode & 0o7777:o}): refused"
         )
