@@ -316,7 +316,8 @@ class _Extractor:
         if base == OPAQUE:
             directory = self.directory(parts[:-1])
             for attr in OPAQUE_XATTRS if self.privileged else OPAQUE_XATTRS[1:]:
-                os.setxattr(f"/proc/self/fd/{directory}", attr, b"y", follow_symlinks=False)
+                # The fd's magic link leads to the directory itself (no name is looked up).
+                os.setxattr(f"/proc/self/fd/{directory}", attr, b"y")
             return
         if base.startswith(WHITEOUT):
             hidden = base[len(WHITEOUT) :]
@@ -414,7 +415,9 @@ class _Extractor:
             return
         try:
             data = value.encode("utf-8", "surrogateescape")
-            path = f"/proc/self/fd/{parent}/{name}" if name != "." else f"/proc/self/fd/{parent}"
-            os.setxattr(path, attr, data, follow_symlinks=False)
+            if name == ".":  # the directory the fd is: its magic link leads there
+                os.setxattr(f"/proc/self/fd/{parent}", attr, data)
+            else:  # the name itself, never a symlink's target
+                os.setxattr(f"/proc/self/fd/{parent}/{name}", attr, data, follow_symlinks=False)
         except OSError:
             pass  # the filesystem or the user cannot hold it: not worth failing the layer
