@@ -1,0 +1,156 @@
+"""Containers from images, as root and as an ordinary user: the root is an
+overlay of the image's layers, its config gives defaults the manifest
+overrides, a re-tagged image is not served from a stale cached plan, and a
+tampered layer is refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import TEST_USER, UserInfo, describe, run_pflask
+from imagetools import blob, busybox_layer, directory, entry, layer, manifest, oci
+
+pytestmark = pytest.mark.usefixtures("host_clean")
+
+CONFIG = {
+    "Env": ["GREETING=from-the-image", "PATH=/bin"],
+    "WorkingDir": "/etc",
+    "Entrypoint": ["/bin/sh", "-c"],
+    "Cmd": ['echo "$GREETING in $(pwd) as $(id -u)"; cat /etc/motd'],
+}
+
+
+def top_layer(text: str = "motd of layer 2\n") -> bytes:
+    return layer(
+        directory("etc"),
+        entry("etc/motd", text.encode()),
+        entry("etc/.wh.hostname", b""),
+    )
+
+
+def setup_image(where: Path, busybox_root: Path, **kw: object) -> str:
+    return oci(where / "img", [busybox_layer(busybox_root), top_layer()], config=CONFIG, **kw)
+
+
+def env_for(where: Path, user: UserInfo | None) -> dict[str, str | None]:
+    """A private store (root) or data home (the user) under `where`."""
+    if user is None:
+        return {"PFLASK_STORE": str(where / "store")}
+    return {"XDG_DATA_HOME": str(where / "data"), "XDG_CACHE_HOME": str(where / "cache")}
+
+
+@pytest.fixture(params=["root", "user"])
+def who(request: pytest.FixtureRequest, test_user: UserInfo, shared_tmp: Path) -> UserInfo | None:
+    if request.param == "user":
+        os.chown(shared_tmp, test_user.uid, test_user.gid)
+        return test_user
+    return None
+
+
+def run(path: Path, who: UserInfo | None, where: Path, *args: str) -> tuple[int, str, str]:
+    result = run_pflask(
+        "run", path, *args, user=TEST_USER if who else None, env=env_for(where, who), timeout=60
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_the_image_runs_with_its_configs_defaults(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    setup_image(shared_tmp, busybox_root)
+    path = manifest(shared_tmp, "oci:./img:latest")
+    status, out, err = run(path, who, shared_tmp)
+    assert status == 0, err
+    assert out == "from-the-image in /etc as 0\nmotd of layer 2\n"
+    # The layers unpacked once: the second start unpacks nothing.
+    status, out, err = run(path, who, shared_tmp, "--", "/bin/sh", "-c", "ls /etc; echo x > /x")
+    assert status == 0, err
+    assert "unpacking" not in err
+    assert out.split() == ["group", "motd", "passwd"]  # hostname: whited out by layer 2
+
+
+def test_the_manifest_overrides_the_config(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    setup_image(shared_tmp, busybox_root)
+    path = manifest(
+        shared_tmp,
+        "oci:./img",
+        command=["/bin/sh", "-c", 'echo "$GREETING $OTHER in $(pwd)"'],
+        env={"set": {"GREETING": "from-the-manifest", "OTHER": "too"}},
+        workdir="/tmp",
+    )
+    status, out, err = run(path, who, shared_tmp)
+    assert status == 0, err
+    assert out == "from-the-manifest too in /tmp\n"
+
+
+def test_changes_vanish_with_the_container_and_leave_the_layers_alone(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    setup_image(shared_tmp, busybox_root)
+    path = manifest(shared_tmp, "oci:./img")
+    status, _, err = run(path, who, shared_tmp, "--", "/bin/sh", "-c", "rm /etc/motd; echo > /new")
+    assert status == 0, err
+    status, out, err = run(path, who, shared_tmp, "--", "/bin/sh", "-c", "cat /etc/motd; ls /")
+    assert status == 0, err
+    assert out.startswith("motd of layer 2\n") and "new" not in out.split()
+
+
+def test_root_upper_keeps_changes(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    setup_image(shared_tmp, busybox_root)
+    keep = shared_tmp / "keep"
+    keep.mkdir()
+    if who is not None:
+        os.chown(keep, who.uid, who.gid)
+    path = manifest(shared_tmp, "oci:./img", root={"upper": "keep"})
+    status, _, err = run(path, who, shared_tmp, "--", "/bin/sh", "-c", "echo kept > /etc/motd")
+    assert status == 0, err
+    status, out, err = run(path, who, shared_tmp, "--", "/bin/cat", "/etc/motd")
+    assert (status, out) == (0, "kept\n"), err
+    assert (keep / "upper" / "etc" / "motd").read_text() == "kept\n"
+
+
+def test_a_retagged_image_is_not_served_from_a_stale_plan(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    setup_image(shared_tmp, busybox_root)
+    path = manifest(shared_tmp, "oci:./img:latest", command=["/bin/cat", "/etc/motd"])
+    assert run(path, who, shared_tmp)[1] == "motd of layer 2\n"
+    oci(shared_tmp / "img", [busybox_layer(busybox_root), top_layer("retagged\n")], config=CONFIG)
+    status, out, err = run(path, who, shared_tmp)
+    assert (status, out) == (0, "retagged\n"), err
+
+
+def test_a_tampered_layer_is_refused_naming_the_blob(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    digest = setup_image(shared_tmp, busybox_root)
+    image = json.loads(blob(shared_tmp / "img", digest).read_bytes())
+    layer_digest = image["layers"][1]["digest"]
+    path_of_blob = blob(shared_tmp / "img", layer_digest)
+    data = bytearray(path_of_blob.read_bytes())
+    data[-12] ^= 0xFF  # in gzip's trailer: the stream still inflates
+    path_of_blob.write_bytes(bytes(data))
+    path = manifest(shared_tmp, f"oci:./img@{digest}")
+    status, out, err = run(path, who, shared_tmp)
+    assert status == 125, describe
+    assert f"layer 2/2 {layer_digest}" in err
+    assert out == ""
+    store = shared_tmp / ("data/pflask/images" if who else "store")
+    assert len(os.listdir(store / "layers")) == 1  # only the good layer
+    assert os.listdir(store / "tmp") == []
+
+
+def test_the_classic_image_flag(shared_tmp: Path, busybox_root: Path) -> None:
+    setup_image(shared_tmp, busybox_root)
+    result = run_pflask(
+        "--image", f"oci:{shared_tmp}/img", "--", "/bin/cat", "/etc/motd",
+        env=env_for(shared_tmp, None),
+    )
+    assert (result.returncode, result.stdout) == (0, "motd of layer 2\n"), result.stderr
