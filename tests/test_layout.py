@@ -29,7 +29,18 @@ if TYPE_CHECKING:
 
 PACKAGE = Path(pflask.__file__).parent
 
-STAGES = ("shared", "kernel", "load", "compile", "run", "pipeline", "doc", "commands", "cli")
+STAGES = (
+    "shared",
+    "kernel",
+    "load",
+    "image",
+    "compile",
+    "run",
+    "pipeline",
+    "doc",
+    "commands",
+    "cli",
+)
 """Earlier first: a module may import its own stage and earlier ones only."""
 
 STAGE = {
@@ -50,6 +61,15 @@ STAGE = {
     "semantics": "load",
     "classic": "load",
     "manifest": "load",
+    "imageref": "load",  # image references: parsed where the manifest is checked
+    # image: a manifest's image resolved, verified and unpacked before compiling
+    "image": "image",
+    "source": "image",
+    "unpack": "image",
+    "store": "image",
+    "prepare": "image",
+    "registry": "image",
+    "layout": "image",
     # compile: Manifest -> Plan, and the plan cache
     "compiler": "compile",
     "plan": "compile",
@@ -89,6 +109,7 @@ STAGE = {
     "commands": "commands",
     "nsenter": "commands",
     "stop": "commands",
+    "images": "commands",
     # the entry point
     "cli": "cli",
     "__main__": "cli",

@@ -150,7 +150,11 @@ def test_a_tampered_layer_is_refused_naming_the_blob(
 def test_the_classic_image_flag(shared_tmp: Path, busybox_root: Path) -> None:
     setup_image(shared_tmp, busybox_root)
     result = run_pflask(
-        "--image", f"oci:{shared_tmp}/img", "--", "/bin/cat", "/etc/motd",
+        "--image",
+        f"oci:{shared_tmp}/img",
+        "--",
+        "/bin/cat",
+        "/etc/motd",
         env=env_for(shared_tmp, None),
     )
     assert (result.returncode, result.stdout) == (0, "motd of layer 2\n"), result.stderr

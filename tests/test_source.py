@@ -14,14 +14,14 @@ from imagetools import blob, entry, layer, oci
 
 from pflask.errors import SetupError
 from pflask.image import layout, source
-from pflask.load import reference
+from pflask.load import imageref
 
 LAYER = layer(entry("hello", b"hello\n"))
 OTHER = layer(entry("other", b"other\n"))
 
 
 def open_ref(text: str) -> source.Image:
-    image, blobs = source.open_image(reference.parse(text))
+    image, blobs = source.open_image(imageref.parse(text))
     blobs.close()
     return image
 

@@ -79,7 +79,9 @@ def test_owners_modes_devices_links_and_xattrs_are_kept_as_root(place: tuple[Pat
     assert os.readlink(dest / "usr/bin/sh") == "/bin/busybox"
     assert stat.S_IMODE((dest / "usr/bin").lstat().st_mode) == 0o555
     null = (dest / "null").lstat()
-    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    assert (
+        stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    )
     assert stat.S_ISFIFO((dest / "fifo").lstat().st_mode)
     assert os.getxattr(dest / "attr", "user.note") == b"kept"
 

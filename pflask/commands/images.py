@@ -5,6 +5,8 @@ a lock file beside it: the manifest is then the one file that says what runs
 (a checked-in manifest reproduces the same root anywhere, with no second
 file to keep in step), and a review of the change is one line, the digest.
 Only that value's text is edited, so the file's comments and layout stay.
+Locking again resolves the reference without its old pin: after the tag has
+moved, the diff is the new digest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 
 from pflask.errors import SetupError, UsageError
-from pflask.load import reference
+from pflask.load import imageref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,10 +63,10 @@ def image_command(action: str, text: str | None, as_json: bool) -> int:
     return 0
 
 
-def _parse(text: str) -> reference.Reference:
+def _parse(text: str) -> imageref.Reference:
     try:
-        ref = reference.parse(reference.with_path(text, os.path.abspath))
-    except reference.BadReference as e:
+        ref = imageref.parse(imageref.with_path(text, os.path.abspath))
+    except imageref.BadReference as e:
         raise UsageError(f"{text!r}: {e}") from None
     if ref.transport == "disk":
         raise UsageError(f"{text!r}: disk images are not stored (they are mounted as they are)")
@@ -74,10 +76,10 @@ def _parse(text: str) -> reference.Reference:
 def _lookup_name(text: str) -> str:
     """A name as `image ls` shows it: a reference's path made absolute."""
     try:
-        reference.parse(text)
-    except reference.BadReference:
+        imageref.parse(text)
+    except imageref.BadReference:
         return text
-    return reference.with_path(text, os.path.abspath)
+    return imageref.with_path(text, os.path.abspath)
 
 
 def lock(file: str) -> int:
@@ -90,7 +92,8 @@ def lock(file: str) -> int:
     if not isinstance(root, dict) or "image" not in root:
         raise UsageError(f"lock {file}: the manifest has no root.image to pin")
     ref = _parse(str(root["image"]))
-    resolved = image_store.resolve(ref.replace(digest=None) if ref.transport == "docker" else ref)
+    # Resolved without its pin: locking again takes what the tag names now.
+    resolved = image_store.resolve(ref.replace(digest=None))
     loc = positions.locate(loaded.data, ("root", "image"))
     where = loc[0] if loc is not None and loc[0] not in ("<manifest>", "command line") else file
     raw = _raw_image(where)

@@ -356,8 +356,10 @@ class ImageRoot(Step):
     flags: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        changes = f"in {self.upper}" if self.upper else "on a tmpfs" + (
-            f" ({self.tmpfs})" if self.tmpfs else ""
+        changes = (
+            f"in {self.upper}"
+            if self.upper
+            else "on a tmpfs" + (f" ({self.tmpfs})" if self.tmpfs else "")
         )
         return (
             f"image root {self.digest}: overlay of {len(self.layers)} layers at {self.path}, "

@@ -119,9 +119,7 @@ def parser() -> argparse.ArgumentParser:
         "images, inspect REF prints one as JSON, rm REF forgets it (its layers stay until "
         "prune), prune removes the layers no image uses.",
     )
-    p.add_argument(
-        "action", choices=("import", "ls", "inspect", "rm", "prune"), help="what to do"
-    )
+    p.add_argument("action", choices=("import", "ls", "inspect", "rm", "prune"), help="what to do")
     p.add_argument(
         "ref",
         nargs="?",
@@ -136,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
         help="pin a manifest's root.image to the digest it resolves to",
         description="Resolve FILE's root.image and write its digest into the manifest "
         "(REF becomes REF@sha256:HEX), editing only that value, so comments and layout "
-        "stay and a review shows exactly the digest that changed.",
+        "stay and a review shows exactly the digest that changed. Locking again resolves "
+        "REF without its old pin: the tag's image now.",
     )
     p.add_argument("file", metavar="FILE", help="the manifest")
     p = sub.add_parser(

@@ -13,7 +13,7 @@ carry the image config's defaults where the manifest said nothing:
 from __future__ import annotations
 
 from pflask.errors import ManifestError
-from pflask.load import reference
+from pflask.load import imageref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ def apply(m: Manifest, progress: bool = True) -> tuple[Manifest, tuple[str, ...]
     from pflask.image import store
 
     try:
-        ref = reference.parse(m.root.image)
-    except reference.BadReference as e:
+        ref = imageref.parse(m.root.image)
+    except imageref.BadReference as e:
         raise ManifestError(str(e), file=m.source, field="root.image") from None
     if ref.transport == "disk":
         from pflask.errors import SetupError

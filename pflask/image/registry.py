@@ -12,7 +12,7 @@ import os
 import subprocess
 
 from pflask.errors import SetupError
-from pflask.load.reference import Reference
+from pflask.load.imageref import Reference
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

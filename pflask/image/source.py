@@ -16,7 +16,7 @@ import os
 import tarfile
 
 from pflask.errors import SetupError
-from pflask.load.reference import Reference, is_digest
+from pflask.load.imageref import Reference, is_digest
 from pflask.record import Record
 
 TYPE_CHECKING = False

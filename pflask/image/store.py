@@ -26,7 +26,7 @@ import sys
 from pflask.errors import SetupError
 from pflask.image import source
 from pflask.image.source import Image, Layer
-from pflask.load import reference
+from pflask.load import imageref
 from pflask.record import Record
 
 TYPE_CHECKING = False
@@ -199,7 +199,7 @@ class Store:
     def images(self) -> list[dict[str, Any]]:
         found = []
         for name in sorted(os.listdir(os.path.join(self.path, "images"))):
-            if name.endswith(".json") and reference.is_digest("sha256:" + name[:-5]):
+            if name.endswith(".json") and imageref.is_digest("sha256:" + name[:-5]):
                 record = self.load("sha256:" + name[:-5])
                 if record is not None:
                     found.append(record)
@@ -249,7 +249,7 @@ class Store:
         )
 
 
-def resolve(ref: reference.Reference, progress: bool = True) -> Resolved:
+def resolve(ref: imageref.Reference, progress: bool = True) -> Resolved:
     """The image `ref` names, every layer in the store and verified."""
     if ref.transport == "docker":
         from pflask.image import registry

@@ -380,9 +380,9 @@ def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.image:
         if args.chroot:
             raise UsageError("--image and --chroot: a root is a directory or an image, not both")
-        from pflask.load import reference
+        from pflask.load import imageref
 
-        data["root"] = {"image": reference.with_path(args.image, _host)}
+        data["root"] = {"image": imageref.with_path(args.image, _host)}
     if args.ephemeral:
         if not args.chroot and not args.image:
             raise UsageError("--ephemeral needs --chroot")

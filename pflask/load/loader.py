@@ -549,9 +549,9 @@ def absolutize(data: LocDict, base: str) -> None:
     if isinstance(root, LocDict) and "upper" in root:
         root["upper"] = fix(root["upper"])
     if isinstance(root, LocDict) and isinstance(root.get("image"), str):
-        from pflask.load import reference
+        from pflask.load import imageref
 
-        root["image"] = reference.with_path(root["image"], fix)
+        root["image"] = imageref.with_path(root["image"], fix)
     security = data.get("security")
     if isinstance(security, LocDict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
         security["seccomp"] = fix(security["seccomp"])
@@ -1090,9 +1090,9 @@ def rebase(data: LocDict, old_dir: str, new_dir: str) -> None:
     if isinstance(root, dict) and "upper" in root:
         root["upper"] = move(root["upper"])
     if isinstance(root, dict) and isinstance(root.get("image"), str):
-        from pflask.load import reference
+        from pflask.load import imageref
 
-        root["image"] = reference.with_path(root["image"], move)
+        root["image"] = imageref.with_path(root["image"], move)
     security = data.get("security")
     if isinstance(security, dict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
         security["seccomp"] = move(security["seccomp"])

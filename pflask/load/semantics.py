@@ -191,13 +191,13 @@ def _mounts(data: LocDict) -> list[ManifestError]:
 def _root(data: LocDict) -> list[ManifestError]:
     root = data.get("root", {})
     if "image" in root:
-        from pflask.load import reference
+        from pflask.load import imageref
 
         if "path" in root:
             return [error_at(data, ("root", "image"), "a root is a path or an image, not both")]
         try:
-            reference.parse(root["image"])
-        except reference.BadReference as e:
+            imageref.parse(root["image"])
+        except imageref.BadReference as e:
             return [error_at(data, ("root", "image"), str(e))]
         if "upper" in root and root.get("ephemeral"):
             return [error_at(data, ("root", "upper"), "keeps changes: it cannot go with ephemeral")]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import run_pflask
 
-from pflask.load import reference
-from pflask.load.reference import BadReference, Reference
+from pflask.load import imageref
+from pflask.load.imageref import BadReference, Reference
 
 HEX = "ab" * 32
 
@@ -34,9 +34,9 @@ HEX = "ab" * 32
     ],
 )
 def test_references_parse(text: str, expected: Reference) -> None:
-    ref = reference.parse(text)
+    ref = imageref.parse(text)
     assert ref == expected
-    assert reference.parse(str(ref)) == ref
+    assert imageref.parse(str(ref)) == ref
 
 
 @pytest.mark.parametrize(
@@ -54,16 +54,16 @@ def test_references_parse(text: str, expected: Reference) -> None:
 )
 def test_bad_references_say_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(BadReference, match=says):
-        reference.parse(text)
+        imageref.parse(text)
 
 
 def test_relative_paths_are_made_absolute_and_docker_names_kept() -> None:
     def fix(path: str) -> str:
         return "/base/" + path
 
-    assert reference.with_path("oci:img:v1", fix) == "oci:/base/img:v1"
-    assert reference.with_path("docker://host/img:v1", fix) == "docker://host/img:v1"
-    assert reference.with_path("nonsense", fix) == "nonsense"
+    assert imageref.with_path("oci:img:v1", fix) == "oci:/base/img:v1"
+    assert imageref.with_path("docker://host/img:v1", fix) == "docker://host/img:v1"
+    assert imageref.with_path("nonsense", fix) == "nonsense"
 
 
 def test_a_bad_image_in_a_manifest_is_placed_and_exits_2(shared_tmp: Path) -> None:
