@@ -22,20 +22,26 @@ TIMEOUT = 600.0
 
 
 def fetch(ref: Reference, store: Store, tls_verify: bool | None = None) -> Reference:
-    """Copy `ref` into the store's layout; the `oci:` reference to read it by.
+    """Copy `ref` into a layout under the store's tmp/ (the caller removes it
+    once the layers are unpacked); the `oci:` reference to read it by.
 
     `tls_verify`: None follows the environment (PFLASK_REGISTRY_TLS_VERIFY=0
     for a plain-HTTP registry on localhost, as tests use)."""
-    layout = os.path.join(store.path, "oci")
-    os.makedirs(layout, mode=0o700, exist_ok=True)
-    tag = "d-" + os.urandom(8).hex()
-    source = f"docker://{ref.path}" + (f"@{ref.digest}" if ref.digest else "")
+    layout = os.path.join(store.path, "tmp", f"{os.getpid()}.{os.urandom(6).hex()}")
+    tag = "fetched"
+    # A pin replaces the tag (skopeo takes one or the other, and the digest decides).
+    source = (
+        f"docker://{_repository(ref.path)}@{ref.digest}" if ref.digest else f"docker://{ref.path}"
+    )
     if tls_verify is None:
         tls_verify = os.environ.get("PFLASK_REGISTRY_TLS_VERIFY", "1") != "0"
     argv = [
         "skopeo",
         "copy",
         "--quiet",
+        # Without it skopeo may convert a Docker manifest to OCI form, which
+        # changes the digest a pin names; with it, such a copy is refused.
+        "--preserve-digests",
         f"--src-tls-verify={'true' if tls_verify else 'false'}",
         source,
         f"oci:{layout}:{tag}",
@@ -55,3 +61,9 @@ def fetch(ref: Reference, store: Store, tls_verify: bool | None = None) -> Refer
             f"{ref}: skopeo copy failed: {detail[-1] if detail else result.returncode}"
         )
     return Reference(transport="oci", path=layout, tag=tag, digest=ref.digest)
+
+
+def _repository(name: str) -> str:
+    """HOST/NAME:TAG without its tag (a port's colon is followed by a slash)."""
+    head, colon, tail = name.rpartition(":")
+    return head if colon and "/" not in tail else name

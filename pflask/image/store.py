@@ -235,6 +235,21 @@ class Store:
             removed += 1
         return removed, freed
 
+    def known(self, digest: str) -> Resolved | None:
+        """An image the store holds whole (its record and every layer), or None."""
+        record = self.load(digest)
+        if record is None:
+            return None
+        layers = [str(d) for d in record.get("layers", ())]
+        if not layers or not all(imageref.is_digest(d) and self.has_layer(d) for d in layers):
+            return None
+        config = record.get("config")
+        return Resolved(
+            digest=digest,
+            layers=tuple(os.path.join(self.layer_dir(d), "root") for d in reversed(layers)),
+            config=config if isinstance(config, dict) else {},
+        )
+
     def resolved(self, image: Image) -> Resolved:
         config = image.config.get("config")
         return Resolved(
@@ -250,26 +265,45 @@ class Store:
 
 
 def resolve(ref: imageref.Reference, progress: bool = True) -> Resolved:
-    """The image `ref` names, every layer in the store and verified."""
+    """The image `ref` names, every layer in the store and verified.
+
+    A pinned registry image already in the store resolves without the
+    network: its record and layers were verified when it was fetched."""
+    store = Store()
     if ref.transport == "docker":
+        if ref.digest is not None:
+            known = store.known(ref.digest)
+            if known is not None:
+                return known
         from pflask.image import registry
 
-        ref = registry.fetch(ref, Store())
-    store = Store()
+        if progress:
+            _progress(f"fetching {ref} with skopeo")
+        fetched = registry.fetch(ref, store)
+        try:
+            return _resolve(store, fetched, str(ref.replace(digest=None)), progress, ())
+        finally:
+            _remove(fetched.path)
+    watch = (os.path.join(ref.path, "index.json"),) if ref.transport == "oci" else (ref.path,)
+    return _resolve(store, ref, str(ref.replace(digest=None)), progress, watch)
+
+
+def _resolve(
+    store: Store, ref: imageref.Reference, name: str, progress: bool, watch: tuple[str, ...]
+) -> Resolved:
     image, blobs = source.open_image(ref)
     try:
         total = len(image.layers)
         for number, layer in enumerate(image.layers, 1):
             if store.has_layer(layer.diff_id):
                 continue
-            what = f"{ref}: layer {number}/{total} {layer.digest or layer.diff_id}"
+            what = f"{name}: layer {number}/{total} {layer.digest or layer.diff_id}"
             if progress:
                 _progress(f"unpacking layer {number}/{total} {hex_of(layer.diff_id)[:12]}")
             store.add_layer(blobs, layer, what)
     finally:
         blobs.close()
-    store.save(image, str(ref.replace(digest=None)) if ref.transport != "docker" else str(ref))
-    watch = (os.path.join(ref.path, "index.json"),) if ref.transport == "oci" else (ref.path,)
+    store.save(image, name)
     resolved: Resolved = store.resolved(image).replace(watch=watch)
     return resolved
 
