@@ -18,15 +18,18 @@ if TYPE_CHECKING:
     from pflask.load.positions import LocDict
 
 
-def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
+def compile_file(
+    file: str, overrides: tuple[str, ...], ctx: Context, images: bool = True
+) -> tuple[Plan, Loaded]:
     """The plan for a manifest file with `--set` overrides, and what it was loaded from
-    (the files and variables the cache must watch)."""
+    (the files and variables the cache must watch).  `images`: resolve and
+    unpack the manifest's image; without (validate), its layers are placeholders."""
     from pflask.errors import ManifestError
     from pflask.load import loader
 
     loaded = loader.load(file, overrides=overrides)
     try:
-        plan, watch = _compile(loaded.data, file, ctx)
+        plan, watch = _compile(loaded.data, file, ctx, images)
         if watch:
             import os
 
@@ -50,7 +53,9 @@ def compile_data(data: LocDict, origin: str, ctx: Context) -> tuple[Plan, tuple[
     return _compile(data, origin, ctx)
 
 
-def _compile(data: dict[str, Any], source: str, ctx: Context) -> tuple[Plan, tuple[str, ...]]:
+def _compile(
+    data: dict[str, Any], source: str, ctx: Context, images: bool = True
+) -> tuple[Plan, tuple[str, ...]]:
     """The plan, and the host paths its image came from (see image.prepare)."""
     from pflask.compile import compiler
     from pflask.load import manifest
@@ -60,5 +65,5 @@ def _compile(data: dict[str, Any], source: str, ctx: Context) -> tuple[Plan, tup
     if m.root.image is not None:
         from pflask.image import prepare
 
-        m, watch = prepare.apply(m)
+        m, watch = prepare.apply(m) if images else (prepare.unresolved(m), ())
     return compiler.compile_plan(m, ctx), watch

@@ -158,3 +158,30 @@ def test_the_classic_image_flag(shared_tmp: Path, busybox_root: Path) -> None:
         env=env_for(shared_tmp, None),
     )
     assert (result.returncode, result.stdout) == (0, "motd of layer 2\n"), result.stderr
+
+
+def test_the_example_runs_pinned_as_root_and_as_a_user(
+    shared_tmp: Path, test_user: UserInfo
+) -> None:
+    """examples/image.yaml's pin is what scripts/example-image builds (as
+    scripts/setup does) from this machine's busybox-static."""
+    repo = Path(__file__).resolve().parent.parent
+    import shutil
+    import subprocess
+    import sys
+
+    built = subprocess.run(
+        [sys.executable, repo / "scripts" / "example-image", shared_tmp / "image"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pinned = (repo / "examples" / "image.yaml").read_text()
+    assert f"@{built.stdout.strip()}" in pinned, "re-run scripts/example-image and re-pin"
+    shutil.copy(repo / "examples" / "image.yaml", shared_tmp / "image.yaml")
+    for who in (None, test_user):
+        if who is not None:  # root's store is refused below another user's directory
+            os.chown(shared_tmp, test_user.uid, test_user.gid)
+        status, out, err = run(shared_tmp / "image.yaml", who, shared_tmp)
+        assert status == 0, err
+        assert out.endswith("hello from an image, as root in /root\n"), out

@@ -77,7 +77,7 @@ def _validate(ns: argparse.Namespace) -> int:
     ctx = context.read(None)
     for file in loader.iter_files(ns.files):
         try:
-            compile_file(file, (), ctx)
+            compile_file(file, (), ctx, images=False)
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)

@@ -46,13 +46,15 @@ def compress(data: bytes, how: str) -> bytes:
 
 
 def tar_of_directory(path: str) -> bytes:
-    """A layer tar of a directory's content, names relative to it, sorted
-    (the same directory gives the same bytes, so the same digest)."""
+    """A layer tar of a directory's content, names relative to it, sorted,
+    mtimes 0 and owners by number: the same content gives the same bytes,
+    so the same digest."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
 
         def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
             info.mtime = 0
+            info.uname = info.gname = ""  # owners by number: no host's names in it
             return info
 
         for directory, dirs, files in sorted(os.walk(path)):

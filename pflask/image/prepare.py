@@ -42,6 +42,16 @@ def apply(m: Manifest, progress: bool = True) -> tuple[Manifest, tuple[str, ...]
     return with_image(m, resolved), (*resolved.watch, *resolved.layers)
 
 
+def unresolved(m: Manifest) -> Manifest:
+    """`m` as if its image were resolved, for `pflask validate`: checking a
+    manifest should not fetch or unpack anything (the reference's syntax was
+    checked with the rest)."""
+    result: Manifest = m.replace(
+        root=m.root.replace(path="/", layers=("/",), digest="(not resolved)")
+    )
+    return result
+
+
 def with_image(m: Manifest, image: Resolved) -> Manifest:
     config = image.config
     changes: dict[str, Any] = {
