@@ -33,9 +33,9 @@ STAGES = (
     "shared",
     "kernel",
     "load",
-    "image",
     "compile",
     "run",
+    "image",
     "pipeline",
     "doc",
     "commands",
@@ -62,7 +62,8 @@ STAGE = {
     "classic": "load",
     "manifest": "load",
     "imageref": "load",  # image references: parsed where the manifest is checked
-    # image: a manifest's image resolved, verified and unpacked before compiling
+    # image: a manifest's image resolved, verified and unpacked before compiling (after
+    # run: an ordinary user's layers are unpacked in a user namespace, with run.idmap)
     "image": "image",
     "source": "image",
     "unpack": "image",
@@ -70,6 +71,7 @@ STAGE = {
     "prepare": "image",
     "registry": "image",
     "layout": "image",
+    "userns": "image",
     # compile: Manifest -> Plan, and the plan cache
     "compiler": "compile",
     "plan": "compile",

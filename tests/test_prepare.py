@@ -185,3 +185,40 @@ def test_the_example_runs_pinned_as_root_and_as_a_user(
         status, out, err = run(shared_tmp / "image.yaml", who, shared_tmp)
         assert status == 0, err
         assert out.endswith("hello from an image, as root in /root\n"), out
+
+
+def test_an_ordinary_users_layers_keep_their_owners_inside(
+    shared_tmp: Path, busybox_root: Path, test_user: UserInfo
+) -> None:
+    """Unpacked in a user namespace mapped as the container's (0 -> the user,
+    1.. -> its /etc/subuid range): a file the image gives uid 1000 is 1000's
+    in the container, and `image prune` removes what that left on the host."""
+    os.chown(shared_tmp, test_user.uid, test_user.gid)
+    owned = layer(
+        directory("home/alice", uid=1000, gid=1000),
+        entry("home/alice/notes", b"mine\n", uid=1000, gid=1000, mode=0o600),
+        entry("usr/bin/ping", b"#!/bin/sh\n", mode=0o4755),
+    )
+    oci(shared_tmp / "img", [busybox_layer(busybox_root), owned])
+    path = manifest(
+        shared_tmp,
+        "oci:./img",
+        command=["/bin/sh", "-c", "stat -c '%u:%g %a' /home/alice/notes /usr/bin/ping /etc/passwd"],
+    )
+    status, out, err = run(path, test_user, shared_tmp)
+    assert status == 0, err
+    assert out.split("\n")[:3] == ["1000:1000 600", "0:0 4755", "0:0 644"]
+    assert test_user.subuid is not None
+    store = shared_tmp / "data" / "pflask" / "images"
+    notes = next(store.glob("layers/*/root/home/alice/notes"))
+    assert notes.stat().st_uid == test_user.subuid[0] + 999
+    env = env_for(shared_tmp, test_user)
+    assert run_pflask("image", "rm", digest_of_only(store), user=TEST_USER, env=env).returncode == 0
+    result = run_pflask("image", "prune", user=TEST_USER, env=env)
+    assert result.returncode == 0, result.stderr
+    assert list(store.glob("layers/*")) == []
+
+
+def digest_of_only(store: Path) -> str:
+    (record,) = store.glob("images/*.json")
+    return "sha256:" + record.name.removesuffix(".json")

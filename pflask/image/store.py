@@ -109,20 +109,29 @@ class Store:
         return os.path.isdir(os.path.join(top, "root"))
 
     def add_layer(self, blobs: source.Blobs, layer: Layer, what: str) -> None:
-        """Unpack and verify a layer, then rename it into place."""
-        from pflask.image import unpack
+        """Unpack and verify a layer, then rename it into place: as root with
+        every owner kept; as an ordinary user in a user namespace mapped as
+        its containers are (image.userns), else with owners flattened."""
+        from pflask.image import userns
 
         self.sweep()
+        if self.uid == 0 or not userns.run(
+            lambda: self._unpack(blobs, layer, what, "mapped"), what
+        ):
+            self._unpack(blobs, layer, what, "kept" if self.uid == 0 else "flattened")
+
+    def _unpack(self, blobs: source.Blobs, layer: Layer, what: str, ownership: str) -> None:
+        from pflask.image import unpack
+
         temporary = os.path.join(self.path, "tmp", f"{os.getpid()}.{os.urandom(6).hex()}")
         os.mkdir(temporary, 0o700)
         try:
             os.mkdir(os.path.join(temporary, "root"), 0o755)
-            dest = os.open(
-                os.path.join(temporary, "root"), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-            )
+            flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            dest = os.open(os.path.join(temporary, "root"), flags)
             try:
                 with source.layer_blob(blobs, layer) as blob:
-                    stats = unpack.unpack(blob, layer, dest, what)
+                    stats = unpack.unpack(blob, layer, dest, what, ownership)
             finally:
                 os.close(dest)
             _write(
@@ -133,13 +142,13 @@ class Store:
                     "bytes": stats.bytes,
                     "entries": stats.entries,
                     "skipped_devices": stats.skipped_devices,
-                    "flattened": self.uid != 0,
+                    "ownership": ownership,
                 },
             )
             try:
                 os.rename(temporary, self.layer_dir(layer.diff_id))
             except OSError:  # another pflask was first: its copy is as good
-                if not self.has_layer(layer.diff_id):
+                if not os.path.isdir(os.path.join(self.layer_dir(layer.diff_id), "root")):
                     raise
                 _remove(temporary)
         except BaseException:
@@ -152,13 +161,29 @@ class Store:
                 file=sys.stderr,
             )
 
+    def remove_trees(self, paths: list[str]) -> None:
+        """Remove store directories; an ordinary user's in its user namespace,
+        where the ids of its range are its own."""
+        if not paths:
+            return
+        from pflask.image import userns
+
+        def body() -> None:
+            for path in paths:
+                _remove(path)
+
+        if self.uid == 0 or not userns.run(body, f"removing {len(paths)} store entries"):
+            body()
+
     def sweep(self) -> None:
         """Remove unpacks that a killed pflask left in tmp/."""
         tmp = os.path.join(self.path, "tmp")
+        stale = []
         for name in os.listdir(tmp):
             pid, _, _ = name.partition(".")
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                _remove(os.path.join(tmp, name))
+                stale.append(os.path.join(tmp, name))
+        self.remove_trees(stale)
 
     # --- images ---------------------------------------------------------------------------
 
@@ -224,16 +249,11 @@ class Store:
         """Remove layers no image uses and stale unpacks: (layers removed, bytes)."""
         self.sweep()
         used = {hex_of(str(d)) for r in self.images() for d in r.get("layers", ())}
-        removed = freed = 0
         layers = os.path.join(self.path, "layers")
-        for name in os.listdir(layers):
-            if name in used:
-                continue
-            path = os.path.join(layers, name)
-            freed += _size(os.path.join(path, "layer.json"))
-            _remove(path)
-            removed += 1
-        return removed, freed
+        unused = [os.path.join(layers, name) for name in os.listdir(layers) if name not in used]
+        freed = sum(_size(os.path.join(path, "layer.json")) for path in unused)
+        self.remove_trees(unused)
+        return len(unused), freed
 
     def known(self, digest: str) -> Resolved | None:
         """An image the store holds whole (its record and every layer), or None."""

@@ -163,10 +163,16 @@ def compression(head: bytes) -> str:
     return "tar"
 
 
-def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str) -> Stats:
+def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str, ownership: str = "") -> Stats:
     """Unpack `blob` into the empty directory `dest` (an fd) and verify it:
     its digest (unless it has none of its own: a docker-archive layer) and
-    the diff-id of its tar.  SetupError names the layer and what differs."""
+    the diff-id of its tar.  SetupError names the layer and what differs.
+
+    `ownership`: "kept" (root: owners, devices, trusted.* xattrs), "mapped"
+    (root in an ordinary user's user namespace: owners within its range,
+    no devices, user.* xattrs only), "flattened" (the user's own, as it is);
+    by default, "kept" for root and "flattened" for others."""
+    ownership = ownership or ("kept" if os.geteuid() == 0 else "flattened")
     compressed = _Hashing(blob, MAX_LAYER_BYTES, what)
     peeked = _Peeked(compressed)
     kind = compression(peeked.head)
@@ -179,7 +185,7 @@ def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str) -> Stats:
         else:
             stream = peeked
         tar_stream = _Hashing(stream, MAX_LAYER_BYTES, f"{what} (uncompressed)")  # type: ignore[arg-type]
-        stats = _Extractor(dest, what).run(tar_stream)
+        stats = _Extractor(dest, what, ownership).run(tar_stream)
         tar_stream.drain()
         if zstd is not None:
             zstd.close()
@@ -228,10 +234,11 @@ def member_path(name: str) -> tuple[str, ...]:
 
 
 class _Extractor:
-    def __init__(self, root: int, what: str) -> None:
+    def __init__(self, root: int, what: str, ownership: str) -> None:
         self.root = root
         self.what = what
-        self.privileged = os.geteuid() == 0
+        self.privileged = ownership == "kept"  # devices, trusted.* xattrs
+        self.owners = ownership in ("kept", "mapped")
         self.dirs: dict[tuple[str, ...], int] = {}
         self.modes: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
         self.stats = Stats()
@@ -395,8 +402,14 @@ class _Extractor:
         """Owner, xattrs, mode (after chown, which clears setuid), times; never
         through a symlink."""
         link = member.issym()
-        if self.privileged:
-            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        if self.owners:
+            try:
+                os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                if self.privileged:
+                    raise
+                # An id beyond the user's range: the user's own (root inside).
+                os.chown(name, 0, 0, dir_fd=parent, follow_symlinks=False)
         if not link:
             for key, value in member.pax_headers.items():
                 if key.startswith("SCHILY.xattr."):
