@@ -25,7 +25,7 @@ DEFS: dict[str, Any] = SCHEMA["$defs"]
 LOADER_ONLY = {"$schema", "version", "extends"}
 """Top-level properties the loader consumes; no record holds them."""
 
-RECORD_ONLY = {manifest.Manifest: {"source"}, manifest.Root: {"layers", "digest"}}
+RECORD_ONLY = {manifest.Manifest: {"source"}, manifest.Root: {"layers", "digest", "disk"}}
 """Record fields no schema property fills (where the manifest came from; what
 the pipeline resolved an image to)."""
 

@@ -222,3 +222,35 @@ def test_an_ordinary_users_layers_keep_their_owners_inside(
 def digest_of_only(store: Path) -> str:
     (record,) = store.glob("images/*.json")
     return "sha256:" + record.name.removesuffix(".json")
+
+
+def test_a_disk_image_is_the_root_and_is_never_written(
+    shared_tmp: Path, busybox_root: Path
+) -> None:
+    """`disk:FILE`, like nspawn -i: a raw filesystem image through a loop
+    device (read-only), changes on a tmpfs; the loop device goes with it."""
+    import hashlib
+    import subprocess
+
+    image = shared_tmp / "root.sqfs"
+    subprocess.run(
+        ["mksquashfs", busybox_root, image, "-quiet", "-noappend", "-no-progress"], check=True
+    )
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    path = manifest(
+        shared_tmp,
+        "disk:./root.sqfs",
+        command=["/bin/sh", "-c", "echo changed > /etc/passwd; cat /etc/passwd"],
+    )
+    status, out, err = run(path, None, shared_tmp)
+    assert (status, out) == (0, "changed\n"), err
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+def test_a_disk_image_needs_root(shared_tmp: Path, test_user: UserInfo) -> None:
+    (shared_tmp / "root.img").write_bytes(b"\0" * 4096)
+    os.chown(shared_tmp, test_user.uid, test_user.gid)
+    path = manifest(shared_tmp, "disk:./root.img")
+    status, _, err = run(path, test_user, shared_tmp)
+    assert status == 2
+    assert "root.image: a disk image is mounted through a loop device, which needs root" in err

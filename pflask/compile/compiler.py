@@ -587,6 +587,17 @@ def _host_links(m: Manifest, ctx: Context) -> list[p.Step]:
 
 
 def _root_step(m: Manifest, root: str, userns: bool) -> p.Step:
+    if m.root.disk is not None:
+        if userns:
+            raise _error(m, "root.image", "a disk image needs root and no user namespace")
+        if m.root.upper is not None:
+            raise _error(m, "root.upper", "keeps an OCI image's changes, not a disk image's")
+        return p.DiskRoot(
+            path=root,
+            source=m.root.disk,
+            tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size),
+            flags=("nodev",),
+        )
     if m.root.layers:
         return p.ImageRoot(
             path=root,

@@ -367,6 +367,24 @@ class ImageRoot(Step):
         )
 
 
+class DiskRoot(Step):
+    """A raw filesystem image as the root: attached to a loop device
+    read-only, mounted on `path`, and an overlay with a tmpfs upper above it."""
+
+    kind = "disk_root"
+    path: str
+    source: str
+    tmpfs: str = ""
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        bound = f" ({self.tmpfs})" if self.tmpfs else ""
+        return (
+            f"disk root: loop {self.source} (ro) on {self.path}, changes on a tmpfs{bound}"
+            f"{_flags(self.flags)}"
+        )
+
+
 class MountFs(Step):
     """Mount a kernel filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup)."""
 
@@ -724,6 +742,7 @@ STEPS: dict[str, type[Step]] = {
         BindRoot,
         EphemeralRoot,
         ImageRoot,
+        DiskRoot,
         MountFs,
         Bind,
         Overlay,

@@ -35,11 +35,32 @@ def apply(m: Manifest, progress: bool = True) -> tuple[Manifest, tuple[str, ...]
     except imageref.BadReference as e:
         raise ManifestError(str(e), file=m.source, field="root.image") from None
     if ref.transport == "disk":
-        from pflask.errors import SetupError
-
-        raise SetupError(f"{ref}: disk images are not supported yet")
+        return _disk(m, ref.path), ()
     resolved = store.resolve(ref, progress=progress)
     return with_image(m, resolved), (*resolved.watch, *resolved.layers)
+
+
+def _disk(m: Manifest, path: str) -> Manifest:
+    """A raw filesystem image as the root: mounted (read-only, through a loop
+    device) on the store's empty `mnt` directory in the container's mount
+    namespace, changes on a tmpfs above it (compiler: DiskRoot)."""
+    import os
+
+    from pflask.errors import SetupError
+    from pflask.image import store
+
+    if not os.path.isfile(path):
+        raise SetupError(f"disk:{path}: not a regular file (a raw ext4, squashfs or erofs image)")
+    if os.geteuid() != 0:
+        raise ManifestError(
+            "a disk image is mounted through a loop device, which needs root "
+            "(an ordinary user can use an OCI image)",
+            file=m.source,
+            field="root.image",
+        )
+    mount_point = store.Store().mount_point()
+    result: Manifest = m.replace(root=m.root.replace(path=mount_point, disk=path))
+    return result
 
 
 def unresolved(m: Manifest) -> Manifest:

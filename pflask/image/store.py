@@ -96,6 +96,14 @@ class Store:
                 continue
             _trusted(item, st, self.uid, item in chain[:4])
 
+    def mount_point(self) -> str:
+        """An empty directory for a disk image's root (mounted on only in a
+        container's own mount namespace)."""
+        path = os.path.join(self.path, "mnt")
+        _make_private(path, self.uid)
+        _trusted(path, os.lstat(path), self.uid, True)
+        return path
+
     def layer_dir(self, diff_id: str) -> str:
         return os.path.join(self.path, "layers", hex_of(diff_id))
 

@@ -774,6 +774,8 @@ def preflight(steps: tuple[Step, ...]) -> None:
                     _check(step.work, "overlay work", True)
             elif isinstance(step, plan.LoopMount):
                 _check(step.source, "loop source", False)
+            elif isinstance(step, plan.DiskRoot):
+                _check(step.source, "disk image", False)
             elif isinstance(step, plan.ImageRoot):
                 for layer in step.layers:
                     _check(layer, "image layer", True)

@@ -115,6 +115,13 @@ def image_root(step: plan.ImageRoot, c: Container) -> None:
     c.root = mounts.Root(step.path)
 
 
+def disk_root(step: plan.DiskRoot, c: Container) -> None:
+    from pflask.run import loop, mounts
+
+    loop.disk_root(step.path, step.source, step.tmpfs, step.flags)
+    c.root = mounts.Root(step.path)
+
+
 def mount(step: plan.MountFs, c: Container) -> None:
     from pflask.run import mounts
 
@@ -349,6 +356,7 @@ HANDLERS: dict[str, Handler] = {
     "bind_root": Handler(bind_root, ("run.mounts",)),
     "ephemeral_root": Handler(ephemeral_root, ("run.mounts",)),
     "image_root": Handler(image_root, ("run.mounts",)),
+    "disk_root": Handler(disk_root, ("run.loop", "run.mounts")),
     "mount": Handler(mount, ("run.mounts",)),
     "bind": Handler(bind, ("run.mounts",)),
     "overlay": Handler(overlay, ("run.mounts",)),
