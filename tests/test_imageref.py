@@ -27,6 +27,10 @@ HEX = "ab" * 32
         ("oci-archive:x.tar", Reference(transport="oci-archive", path="x.tar")),
         ("docker-archive:x.tar", Reference(transport="docker-archive", path="x.tar")),
         (
+            "docker-archive:x.tar:example:latest",
+            Reference(transport="docker-archive", path="x.tar", tag="example:latest"),
+        ),
+        (
             f"docker://127.0.0.1:5000/box:1@sha256:{HEX}",
             Reference(transport="docker", path="127.0.0.1:5000/box:1", digest=f"sha256:{HEX}"),
         ),

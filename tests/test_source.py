@@ -84,6 +84,9 @@ def test_oci_and_docker_archives_give_the_same_image(tmp_path: Path) -> None:
     assert [x.diff_id for x in docker.layers] == [x.diff_id for x in image.layers]
     assert docker.config["config"] == {"Env": ["A=1"]}
     assert open_ref(f"docker-archive:{tmp_path}/d.tar@{image_id}").digest == image_id
+    assert open_ref(f"docker-archive:{tmp_path}/d.tar:example:latest").digest == image_id
+    with pytest.raises(SetupError, match="no image tagged 'other:1'"):
+        open_ref(f"docker-archive:{tmp_path}/d.tar:other:1")
     with pytest.raises(SetupError, match="does not match its pin"):
         open_ref(f"docker-archive:{tmp_path}/d.tar@sha256:{'1' * 64}")
 

@@ -31,6 +31,7 @@ from pflask.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 ROOT_STORE = "/var/lib/pflask/images"
@@ -138,10 +139,14 @@ class Store:
             flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
             dest = os.open(os.path.join(temporary, "root"), flags)
             try:
+                meter = _meter(what)
                 with source.layer_blob(blobs, layer) as blob:
-                    stats = unpack.unpack(blob, layer, dest, what, ownership)
+                    stats = unpack.unpack(blob, layer, dest, what, ownership, meter)
             finally:
                 os.close(dest)
+                if meter is not None:
+                    sys.stderr.write("\r\x1b[K")  # the count's line, cleared
+                    sys.stderr.flush()
             _write(
                 os.path.join(temporary, "layer.json"),
                 {
@@ -338,6 +343,20 @@ def _resolve(
 
 def _progress(line: str) -> None:
     print(f"pflask: {line}", file=sys.stderr, flush=True)
+
+
+def _meter(what: str) -> Callable[[int], None] | None:
+    """On a terminal, a line that counts what a layer's unpack has done
+    (rewritten in place); in a pipe nothing beyond the one line per layer."""
+    if not sys.stderr.isatty():
+        return None
+    short = what.rsplit(" ", 1)[0]
+
+    def show(count: int) -> None:
+        sys.stderr.write(f"\r\x1b[Kpflask: {short}: {count / (1 << 20):.0f} MiB unpacked")
+        sys.stderr.flush()
+
+    return show
 
 
 def _size(layer_json: str) -> int:

@@ -39,6 +39,7 @@ from pflask.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO
 
 MAX_LAYER_BYTES = 64 << 30  # uncompressed; a layer beyond this is refused
@@ -63,14 +64,23 @@ class Refused(Exception):
 
 
 class _Hashing:
-    """A reader that hashes what passes through it and bounds its total."""
+    """A reader that hashes what passes through it and bounds its total;
+    `progress(count)` hears of every 4 MiB."""
 
-    def __init__(self, raw: IO[bytes], limit: int, what: str) -> None:
+    def __init__(
+        self,
+        raw: IO[bytes],
+        limit: int,
+        what: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
         self.limit = limit
         self.what = what
+        self.progress = progress
+        self.told = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(CHUNK if n is None or n < 0 else n)
@@ -78,6 +88,9 @@ class _Hashing:
         self.count += len(data)
         if self.count > self.limit:
             raise Refused(f"{self.what} is over {self.limit} bytes")
+        if self.progress is not None and self.count - self.told >= 4 << 20:
+            self.told = self.count
+            self.progress(self.count)
         return data
 
     def drain(self) -> None:
@@ -163,7 +176,14 @@ def compression(head: bytes) -> str:
     return "tar"
 
 
-def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str, ownership: str = "") -> Stats:
+def unpack(
+    blob: IO[bytes],
+    layer: Layer,
+    dest: int,
+    what: str,
+    ownership: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> Stats:
     """Unpack `blob` into the empty directory `dest` (an fd) and verify it:
     its digest (unless it has none of its own: a docker-archive layer) and
     the diff-id of its tar.  SetupError names the layer and what differs.
@@ -171,7 +191,8 @@ def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str, ownership: str =
     `ownership`: "kept" (root: owners, devices, trusted.* xattrs), "mapped"
     (root in an ordinary user's user namespace: owners within its range,
     no devices, user.* xattrs only), "flattened" (the user's own, as it is);
-    by default, "kept" for root and "flattened" for others."""
+    by default, "kept" for root and "flattened" for others.  `progress`
+    hears how many bytes of tar were unpacked, every 4 MiB."""
     ownership = ownership or ("kept" if os.geteuid() == 0 else "flattened")
     compressed = _Hashing(blob, MAX_LAYER_BYTES, what)
     peeked = _Peeked(compressed)
@@ -184,7 +205,7 @@ def unpack(blob: IO[bytes], layer: Layer, dest: int, what: str, ownership: str =
             stream = zstd = _Zstd(peeked)
         else:
             stream = peeked
-        tar_stream = _Hashing(stream, MAX_LAYER_BYTES, f"{what} (uncompressed)")  # type: ignore[arg-type]
+        tar_stream = _Hashing(stream, MAX_LAYER_BYTES, f"{what} (uncompressed)", progress)  # type: ignore[arg-type]
         stats = _Extractor(dest, what, ownership).run(tar_stream)
         tar_stream.drain()
         if zstd is not None:

@@ -2,7 +2,7 @@
 
     oci:DIR[:TAG][@sha256:HEX]            an OCI image layout directory
     oci-archive:FILE[:TAG][@sha256:HEX]   the same, as a tar archive
-    docker-archive:FILE[:NAME][@sha256:HEX]  what `docker save` / `podman save` write
+    docker-archive:FILE[:NAME[:TAG]][@sha256:HEX]  what `docker save` / `podman save` write
     docker://HOST/NAME[:TAG][@sha256:HEX] a registry, fetched with skopeo
     disk:FILE                             a raw filesystem image (ext4, squashfs, erofs)
 
@@ -69,7 +69,11 @@ def parse(text: str) -> Reference:
         if not is_digest(digest):
             raise BadReference(f"{digest!r} is no digest (expected sha256: and 64 hex digits)")
     tag = None
-    if transport != "disk":
+    if transport == "docker-archive":
+        # FILE[:NAME[:TAG]]: the name may hold a colon, so the file ends at the first.
+        rest, colon, name = rest.partition(":")
+        tag = name if colon and name else None
+    elif transport != "disk":
         # The tag follows the last colon, unless that colon is part of the path.
         path, colon, maybe = rest.rpartition(":")
         if colon and path and maybe and "/" not in maybe:
