@@ -118,6 +118,10 @@ def is_init(argv: tuple[str, ...]) -> bool:
 
 
 def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
+    if m.root.image is not None and not m.root.layers and m.root.disk is None:
+        # Never the host's root in an image's place: whoever compiles must
+        # resolve the image first (pipeline._compile, pflask.image.prepare).
+        raise _error(m, "root.image", "not resolved: prepare.apply the manifest before compiling")
     steps: list[p.Step] = []
     command = ctx.command or m.command or (("/bin/sh",) if m.root.path else (ctx.shell,))
     userns = _wants_userns(m, ctx)
