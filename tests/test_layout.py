@@ -37,6 +37,7 @@ STAGES = (
     "run",
     "image",
     "pipeline",
+    "api",
     "doc",
     "commands",
     "cli",
@@ -99,8 +100,11 @@ STAGE = {
     "state": "run",
     "attach": "run",  # its server is the detached supervisor's; `pflask attach` is its client
     "eventloop": "run",  # the one select loop of the supervisor, exec and attach
+    "zygote": "run",  # forks the Python API's supervisors
     # the pipeline: load -> compile, once
     "pipeline": "pipeline",
+    # api: the Python API (many containers from one process)
+    "api": "api",
     # doc: the command line and the manifest described (argparse parsers, reference,
     # man pages, completion)
     "options": "doc",
@@ -117,7 +121,7 @@ STAGE = {
     "__main__": "cli",
 }
 
-TOP = {"pflask", "__main__", "cli", "pipeline", "errors", "record"}
+TOP = {"pflask", "__main__", "cli", "pipeline", "api", "errors", "record"}
 """Modules that stay at the top of the package when it has one folder per stage."""
 
 
@@ -167,9 +171,21 @@ def imports(name: str, path: Path, known: set[str], typing: bool = True) -> set[
     return {module for module in found if module in known and module != name}
 
 
+FACADE = {"pflask": {"pflask.api"}}
+"""Imports that are not part of the order: the package's `__getattr__` hands
+out the Python API (`pflask.load`, `pflask.Container`) on first use.  It runs
+only when a program asks the package for one of those names, never while
+pflask's own modules import each other (they import `pflask` for its
+`__version__` and its folder), so it makes no circle and no stage depends
+on it."""
+
+
 def graph(package: Path, typing: bool = True) -> dict[str, set[str]]:
     found = modules(package)
-    return {name: imports(name, path, set(found), typing) for name, path in found.items()}
+    return {
+        name: imports(name, path, set(found), typing) - FACADE.get(name, set())
+        for name, path in found.items()
+    }
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -805,19 +805,23 @@ class Plan(Record):
         )
         return "\n".join(lines)
 
-    def renamed(self, old: str, new: str) -> Plan:
+    def renamed(self, old: str, new: str, hostname: bool = True) -> Plan:
         """The same plan for a container called `new`: every field that held
         `old` (the plan's name, and the hostname, machine and cgroup names the
-        compiler took from it) holds `new`."""
+        compiler took from it) holds `new`; with `hostname` false, the host
+        name seen inside stays as it was (pflask.api names each run apart,
+        but its containers all look alike inside)."""
         if old == new or self.name != old:
             return self
-        data = self.to_wire()
-        data["name"] = new
-        data["steps"] = tuple(
-            (kind, {k: new if v == old else v for k, v in fields.items()})
-            for kind, fields in data["steps"]
-        )
-        return Plan.from_wire(data)
+        kept = () if hostname else ("hostname", "etc_hostname")
+        steps = []
+        for step in self.steps:
+            changes = {}
+            if step.kind not in kept:
+                changes = {f: new for f in step._fields if getattr(step, f) == old}
+            steps.append(step.replace(**changes) if changes else step)
+        renamed: Plan = self.replace(name=new, steps=tuple(steps))
+        return renamed
 
     def named(self, supervisor: int) -> Plan:
         """This plan for a foreground run whose supervisor is `supervisor`: an
