@@ -97,3 +97,11 @@ def test_image_and_chroot_flags_exclude_each_other() -> None:
     result = run_pflask("--image", "oci:/srv/img", "--chroot", "/srv")
     assert result.returncode == 2
     assert "a root is a directory or an image, not both" in result.stderr
+
+
+def test_validate_checks_a_reference_without_fetching_or_unpacking(shared_tmp: Path) -> None:
+    path = shared_tmp / "box.yaml"
+    path.write_text("version: 1\nname: box\nroot:\n  image: oci:./not-built-yet:v1\n")
+    result = run_pflask("validate", path, env={"PFLASK_STORE": str(shared_tmp / "store")})
+    assert (result.returncode, result.stdout) == (0, f"{path}: ok\n"), result.stderr
+    assert not (shared_tmp / "store").exists()

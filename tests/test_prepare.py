@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TEST_USER, UserInfo, describe, run_pflask
-from imagetools import blob, busybox_layer, directory, entry, layer, manifest, oci
+from imagetools import blob, busybox_layer, directory, entry, layer, manifest, oci, symlink
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -254,3 +254,24 @@ def test_a_disk_image_needs_root(shared_tmp: Path, test_user: UserInfo) -> None:
     status, _, err = run(path, test_user, shared_tmp)
     assert status == 2
     assert "root.image: a disk image is mounted through a loop device, which needs root" in err
+
+
+def test_a_hostile_layer_is_refused_in_every_way_of_unpacking(
+    shared_tmp: Path, busybox_root: Path, who: UserInfo | None
+) -> None:
+    """The same checks hold in an ordinary user's user namespace, where the
+    unpacking process is root over the user's files: a symlink to the user's
+    own directory, then a file through it, writes nothing there."""
+    victim = shared_tmp / "victim"
+    victim.mkdir()
+    if who is not None:
+        os.chown(victim, who.uid, who.gid)
+    hostile = layer(
+        symlink("etc", str(victim)),
+        entry("etc/planted", b"owned\n"),
+    )
+    oci(shared_tmp / "img", [busybox_layer(busybox_root), hostile])
+    status, _, err = run(manifest(shared_tmp, "oci:./img"), who, shared_tmp)
+    assert status == 125, err
+    assert "layer 2/2" in err and "refused" in err
+    assert os.listdir(victim) == []
