@@ -169,7 +169,16 @@ class Container:
         from pflask.load import manifest
 
         self._loaded = loaded
-        self.manifest: Manifest = manifest.from_data(data, source=origin)
+        m = manifest.from_data(data, source=origin)
+        if m.root.image is not None:  # resolved and unpacked once, as `pflask run` does
+            from pflask.errors import ManifestError
+            from pflask.image import prepare
+
+            try:
+                m, _ = prepare.apply(m, progress=False)
+            except ManifestError as e:
+                raise (loaded.place(e) if loaded is not None else e) from None
+        self.manifest: Manifest = m
         self._context: Context = context.read(None)
         self._plans: dict[tuple[str, ...] | None, tuple[Plan, int]] = {}
 

@@ -95,6 +95,20 @@ def test_runs_are_named_apart_and_look_alike_inside(box: pflask.Container) -> No
     assert box.run(["true"], name="chosen").name == "chosen"
 
 
+def test_an_image_root_is_resolved_once_with_its_configs_defaults(
+    busybox_root: Path, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch, clean: HostState
+) -> None:
+    from imagetools import busybox_layer, directory, entry, layer, oci
+
+    monkeypatch.setenv("PFLASK_STORE", str(shared_tmp / "store"))
+    top = layer(directory("etc"), entry("etc/motd", b"from the image\n"))
+    config = {"Env": ["GREETING=hello"], "WorkingDir": "/etc", "Cmd": ["cat", "motd"]}
+    digest = oci(shared_tmp / "img", [busybox_layer(busybox_root), top], config=config)
+    box = pflask.Container({"version": 1, "root": {"image": f"oci:{shared_tmp / 'img'}@{digest}"}})
+    assert box.run().stdout == b"from the image\n"  # the image's Cmd, in its WorkingDir
+    assert box.run(["sh", "-c", "echo $GREETING; pwd"]).stdout == b"hello\n/etc\n"
+
+
 # --- what reaches the container -------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ STAGES = (
     "load",
     "compile",
     "run",
+    "image",
     "pipeline",
     "api",
     "doc",
@@ -61,6 +62,17 @@ STAGE = {
     "semantics": "load",
     "classic": "load",
     "manifest": "load",
+    "imageref": "load",  # image references: parsed where the manifest is checked
+    # image: a manifest's image resolved, verified and unpacked before compiling (after
+    # run: an ordinary user's layers are unpacked in a user namespace, with run.idmap)
+    "image": "image",
+    "source": "image",
+    "unpack": "image",
+    "store": "image",
+    "prepare": "image",
+    "registry": "image",
+    "layout": "image",
+    "userns": "image",
     # compile: Manifest -> Plan, and the plan cache
     "compiler": "compile",
     "plan": "compile",
@@ -103,6 +115,7 @@ STAGE = {
     "commands": "commands",
     "nsenter": "commands",
     "stop": "commands",
+    "images": "commands",
     # the entry point
     "cli": "cli",
     "__main__": "cli",

@@ -339,6 +339,52 @@ class EphemeralRoot(Step):
         )
 
 
+class ImageRoot(Step):
+    """An image's root: an overlay of its layer directories (read-only lowers,
+    top first) mounted over the top layer's directory `path`, the changes on
+    a private tmpfs or, with `upper`, in that directory's upper/ (work/ beside
+    it).  `userxattr`: mounted in a user namespace, where overlayfs reads the
+    user.overlay.* xattrs the store wrote for it."""
+
+    kind = "image_root"
+    path: str
+    layers: tuple[str, ...]
+    digest: str = ""
+    upper: str | None = None
+    tmpfs: str = ""
+    userxattr: bool = False
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        changes = (
+            f"in {self.upper}"
+            if self.upper
+            else "on a tmpfs" + (f" ({self.tmpfs})" if self.tmpfs else "")
+        )
+        return (
+            f"image root {self.digest}: overlay of {len(self.layers)} layers at {self.path}, "
+            f"changes {changes}{' (userxattr)' if self.userxattr else ''}{_flags(self.flags)}"
+        )
+
+
+class DiskRoot(Step):
+    """A raw filesystem image as the root: attached to a loop device
+    read-only, mounted on `path`, and an overlay with a tmpfs upper above it."""
+
+    kind = "disk_root"
+    path: str
+    source: str
+    tmpfs: str = ""
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        bound = f" ({self.tmpfs})" if self.tmpfs else ""
+        return (
+            f"disk root: loop {self.source} (ro) on {self.path}, changes on a tmpfs{bound}"
+            f"{_flags(self.flags)}"
+        )
+
+
 class MountFs(Step):
     """Mount a kernel filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup)."""
 
@@ -695,6 +741,8 @@ STEPS: dict[str, type[Step]] = {
         Propagation,
         BindRoot,
         EphemeralRoot,
+        ImageRoot,
+        DiskRoot,
         MountFs,
         Bind,
         Overlay,
