@@ -16,9 +16,11 @@ root sets both).  A layer's own `trusted.*` and `*.overlay.*` xattrs are
 dropped: they would steer overlayfs (redirects, metacopy) from inside a layer.
 
 As root, owners, device nodes, setuid bits, hard links and xattrs are kept.
-An ordinary user cannot own files as others nor make devices: its layers
-are flattened to itself (the user is root inside its container) and device
-nodes are skipped (counted in the result).
+An ordinary user's layers are unpacked as root of a user namespace mapped
+as its containers are (pflask.image.userns), so owners are kept there too;
+without a subordinate range (or newuidmap) the user cannot own files as
+others: the layers are flattened to the user (root inside its container).
+Device nodes are skipped where they cannot be made (counted in the result).
 
 The digest of the blob and the diff-id of its tar are computed while it
 streams; the caller renames the directory into the store only if both match.
