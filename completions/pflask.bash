@@ -57,7 +57,7 @@ _pflask_value() {
 # The options of a subcommand ('pflask': the original flags).
 _pflask_options() {
     case ${1:-pflask} in
-    pflask) echo -r --chroot --root -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach --detach-keys -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
+    pflask) echo -r --chroot --root --image -c --chdir -t --hostname -m --mount -n --netif -u --user -e --user-map -w --ephemeral -g --cgroup -b --caps --seccomp -d --detach -a --attach --detach-keys -s --setenv -k --keepenv -U --no-userns -M --no-mountns -N --no-netns -I --no-ipcns -H --no-utsns -P --no-pidns --no-cgroupns --name --save --plan --no-cache -v --verbose ;;
     run) echo --set --name -d --detach --no-cache -v --verbose ;;
     validate) echo  ;;
     plan) echo --oci --json --set ;;
@@ -68,6 +68,8 @@ _pflask_options() {
     stop) echo --owner -t --timeout ;;
     exec) echo --owner ;;
     attach) echo --owner --detach-keys ;;
+    image) echo --json ;;
+    lock) echo  ;;
     completion) echo  ;;
     esac
 }
@@ -78,6 +80,7 @@ _pflask_option() {
     ' -r') echo directory ;;
     ' --chroot') echo directory ;;
     ' --root') echo directory ;;
+    ' --image') echo free ;;
     ' -c') echo free ;;
     ' --chdir') echo free ;;
     ' -t') echo free ;;
@@ -142,12 +145,16 @@ _pflask_positional() {
     'exec 0') echo container ;;
     'exec 1' | 'exec '*) echo command ;;
     'attach 0') echo container ;;
+    'image 0') echo choices ;;
+    'image 1') echo free ;;
+    'lock 0') echo manifest ;;
     'completion 0') echo choices ;;
     esac
 }
 
 _pflask_positional_choices() {
     case $1 in
+    image) echo import ls inspect rm prune ;;
     completion) echo bash zsh fish ;;
     esac
 }
@@ -165,11 +172,11 @@ _pflask() {
         unset 'words[-1]'
     fi
     local sub="" first=1
-    if ((${#words[@]} >= 2)) && [[ " run validate plan schema convert export ps stop exec attach completion " == *" ${words[1]} "* ]]; then
+    if ((${#words[@]} >= 2)) && [[ " run validate plan schema convert export ps stop exec attach image lock completion " == *" ${words[1]} "* ]]; then
         sub=${words[1]}
         first=2
     elif ((${#words[@]} == 1)) && [[ $cur != -* ]]; then
-        _pflask_offer "$cur" run validate plan schema convert export ps stop exec attach completion
+        _pflask_offer "$cur" run validate plan schema convert export ps stop exec attach image lock completion
         return
     fi
     # Walk the complete words: options, their values, positionals, `--`.

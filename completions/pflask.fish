@@ -5,7 +5,7 @@
 function __pflask_sub
     set -l words (commandline -opc)
     if test (count $argv) -eq 0
-        test (count $words) -lt 2; or not contains -- $words[2] run validate plan schema convert export ps stop exec attach completion
+        test (count $words) -lt 2; or not contains -- $words[2] run validate plan schema convert export ps stop exec attach image lock completion
         return
     end
     test (count $words) -ge 2; and contains -- $words[2] $argv
@@ -54,8 +54,11 @@ complete -c pflask -n __pflask_first -a ps -d 'list running containers: name, pi
 complete -c pflask -n __pflask_first -a stop -d 'stop a container: its stop signal, SIGKILL after a timeout'
 complete -c pflask -n __pflask_first -a exec -d 'run a command in a running container (default: the user\'s login shell)'
 complete -c pflask -n __pflask_first -a attach -d 'connect this terminal to a detached container; Ctrl-@ detaches'
+complete -c pflask -n __pflask_first -a image -d 'the image store: import, ls, inspect, rm, prune'
+complete -c pflask -n __pflask_first -a lock -d 'pin a manifest\'s root.image to the digest it resolves to'
 complete -c pflask -n __pflask_first -a completion -d 'print a shell\'s completion script'
 complete -c pflask -n __pflask_sub -s r -l chroot -l root -r -a '(__fish_complete_directories)' -d 'use DIR as the container\'s root directory'
+complete -c pflask -n __pflask_sub -l image -r -d 'use an image as the container\'s root: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://NAME[:TAG], each optionally @sha256:HEX'
 complete -c pflask -n __pflask_sub -s c -l chdir -r -d 'change to DIR inside the container'
 complete -c pflask -n __pflask_sub -s t -l hostname -r -d 'set the container\'s hostname'
 complete -c pflask -n __pflask_sub -s m -l mount -r -a 'bind: bind-ro: tmp: overlay: aufs: loop: loop-ro:' -d 'bind:SRC:DST, bind-ro:SRC:DST, tmp:DST, overlay:ROOT_DIR:DST:WORK_DIR, aufs:DIR:DST (DST / or the --chroot DIR: a copy-on-write root), loop:IMAGE:DST[:FSTYPE], loop-ro:IMAGE:DST[:FSTYPE]; \',\' may replace \':\' (the original\'s first syntax)'
@@ -114,4 +117,8 @@ complete -c pflask -n '__pflask_sub exec; and __pflask_dashdash' -a '(__fish_com
 complete -c pflask -n '__pflask_sub attach; and not __pflask_dashdash' -a '(__pflask_containers)' -d 'the container\'s name or pid'
 complete -c pflask -n '__pflask_sub attach' -l owner -r -d 'another user\'s container (root only; a name or uid): looked for in /run/user/UID/pflask and /tmp/pflask-UID, and acted on only if the processes it names are that user\'s (default: your own containers only, root\'s too)'
 complete -c pflask -n '__pflask_sub attach' -l detach-keys -r -d 'the keys that detach, comma separated as in podman: ctrl-p,ctrl-q; \'\' never detaches (default: ctrl-@)'
+complete -c pflask -n '__pflask_sub image; and not __pflask_dashdash' -a 'import ls inspect rm prune' -d 'what to do'
+complete -c pflask -n '__pflask_sub image; and not __pflask_dashdash' -d 'an image reference (oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://NAME, each optionally @sha256:HEX), or for inspect and rm a name `image ls` shows or a digest (12 digits or more)'
+complete -c pflask -n '__pflask_sub image' -l json -d 'ls: a JSON list'
+complete -c pflask -n '__pflask_sub lock; and not __pflask_dashdash' -a '(__pflask_manifests)' -d 'the manifest'
 complete -c pflask -n '__pflask_sub completion; and not __pflask_dashdash' -a 'bash zsh fish' -d 'the shell'

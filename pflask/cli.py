@@ -34,6 +34,8 @@ SUBCOMMANDS = (
     "exec",
     "attach",
     "completion",
+    "image",
+    "lock",
 )
 
 
@@ -138,7 +140,7 @@ def _compile_aside(file: str, overrides: tuple[str, ...], ctx: Context, entry: s
             if entry is not None:
                 from pflask.compile import cache
 
-                cache.store(entry, plan, loaded.files, loaded.env_used)
+                cache.store(entry, plan, loaded.files, loaded.env_used, loaded.stamps)
             with os.fdopen(write_end, "wb") as f:
                 f.write(marshal.dumps(plan.to_wire()))
         except PflaskError as e:

@@ -18,22 +18,35 @@ if TYPE_CHECKING:
     from pflask.load.positions import LocDict
 
 
-def compile_file(file: str, overrides: tuple[str, ...], ctx: Context) -> tuple[Plan, Loaded]:
+def compile_file(
+    file: str, overrides: tuple[str, ...], ctx: Context, images: bool = True
+) -> tuple[Plan, Loaded]:
     """The plan for a manifest file with `--set` overrides, and what it was loaded from
-    (the files and variables the cache must watch)."""
+    (the files and variables the cache must watch).  `images`: resolve and
+    unpack the manifest's image; without (validate), its layers are placeholders."""
     from pflask.errors import ManifestError
     from pflask.load import loader
 
     loaded = loader.load(file, overrides=overrides)
     try:
-        return _compile(loaded.data, file, ctx), loaded
+        plan, watch = _compile(loaded.data, file, ctx, images)
+        if watch:
+            import os
+
+            from pflask.image.store import STORE_VARIABLES
+
+            loaded.stamps.extend(watch)
+            for name in STORE_VARIABLES:
+                loaded.env_used[name] = os.environ.get(name)
+        return plan, loaded
     except ManifestError as e:  # its field indexes the merged lists: place it
         raise loaded.place(e) from None
 
 
-def compile_data(data: LocDict, origin: str, ctx: Context) -> Plan:
+def compile_data(data: LocDict, origin: str, ctx: Context) -> tuple[Plan, tuple[str, ...]]:
     """The plan for a manifest mapping that was not read from a file (the original
-    flags'): checked against the schema and the rules first, as a file is."""
+    flags'): checked against the schema and the rules first, as a file is; and
+    the host paths its image came from."""
     from pflask.load import loader
 
     loader.check(data)
@@ -51,8 +64,17 @@ def compile_bundle(
     return compiler.compile_plan(oci.load(bundle, name, start_fifo), ctx)
 
 
-def _compile(data: dict[str, Any], source: str, ctx: Context) -> Plan:
+def _compile(
+    data: dict[str, Any], source: str, ctx: Context, images: bool = True
+) -> tuple[Plan, tuple[str, ...]]:
+    """The plan, and the host paths its image came from (see image.prepare)."""
     from pflask.compile import compiler
     from pflask.load import manifest
 
-    return compiler.compile_plan(manifest.from_data(data, source=source), ctx)
+    m = manifest.from_data(data, source=source)
+    watch: tuple[str, ...] = ()
+    if m.root.image is not None:
+        from pflask.image import prepare
+
+        m, watch = prepare.apply(m) if images else (prepare.unresolved(m), ())
+    return compiler.compile_plan(m, ctx), watch

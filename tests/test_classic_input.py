@@ -99,6 +99,7 @@ OPTIONS = [o for pair in VALUE_OPTIONS for o in pair if o]
 # A long value shaped as each option expects (the plain "xxx..." case is there too).
 SHAPED = {
     "--chroot": "/" + "d" * BIG,
+    "--image": "oci:/" + "d" * BIG,
     "--chdir": "/" + "d/" * (BIG // 2),
     "--hostname": "h" * BIG,
     "--mount": "tmp:/" + "m" * BIG,

@@ -368,3 +368,24 @@ def test_the_devices_cgroup_comes_with_cap_sys_admin_as_root() -> None:
         if isinstance(s, p.Cgroup)
     ]
     assert not [s for s in compile_data({"capabilities": "all"}).steps if isinstance(s, p.Cgroup)]
+
+
+def test_an_image_root_is_an_overlay_of_its_layers_and_never_the_hosts_root() -> None:
+    from pflask.image import prepare
+    from pflask.image.store import Resolved
+
+    m = manifest.from_data({"name": "t", "root": {"image": "oci:/img"}})
+    with pytest.raises(ManifestError, match=r"root\.image: not resolved"):
+        compiler.compile_plan(m, ROOT)
+    image = Resolved(digest="sha256:" + "a" * 64, layers=("/s/top", "/s/base"), config={})
+    as_root = compiler.compile_plan(prepare.with_image(m, image), ROOT)
+    root_step = step(as_root, p.ImageRoot)
+    assert (root_step.path, root_step.layers, root_step.userxattr) == (
+        "/s/top",
+        ("/s/top", "/s/base"),
+        False,
+    )
+    assert root_step.flags == ("nodev",)
+    assert step(as_root, p.PivotRoot).path == "/s/top"
+    # In a user namespace overlayfs reads the user.overlay.* xattrs the store wrote.
+    assert step(compiler.compile_plan(prepare.with_image(m, image), USER), p.ImageRoot).userxattr

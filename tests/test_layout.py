@@ -29,7 +29,19 @@ if TYPE_CHECKING:
 
 PACKAGE = Path(pflask.__file__).parent
 
-STAGES = ("shared", "kernel", "load", "compile", "run", "pipeline", "doc", "commands", "cli")
+STAGES = (
+    "shared",
+    "kernel",
+    "load",
+    "compile",
+    "run",
+    "image",
+    "pipeline",
+    "api",
+    "doc",
+    "commands",
+    "cli",
+)
 """Earlier first: a module may import its own stage and earlier ones only."""
 
 STAGE = {
@@ -51,6 +63,17 @@ STAGE = {
     "classic": "load",
     "manifest": "load",
     "oci": "load",  # an OCI bundle's config.json -> Manifest
+    "imageref": "load",  # image references: parsed where the manifest is checked
+    # image: a manifest's image resolved, verified and unpacked before compiling (after
+    # run: an ordinary user's layers are unpacked in a user namespace, with run.idmap)
+    "image": "image",
+    "source": "image",
+    "unpack": "image",
+    "store": "image",
+    "prepare": "image",
+    "registry": "image",
+    "layout": "image",
+    "userns": "image",
     # compile: Manifest -> Plan, and the plan cache
     "compiler": "compile",
     "plan": "compile",
@@ -79,8 +102,11 @@ STAGE = {
     "attach": "run",  # its server is the detached supervisor's; `pflask attach` is its client
     "eventloop": "run",  # the one select loop of the supervisor, exec and attach
     "ocistate": "run",  # pflask-oci's records under --root
+    "zygote": "run",  # forks the Python API's supervisors
     # the pipeline: load -> compile, once
     "pipeline": "pipeline",
+    # api: the Python API (many containers from one process)
+    "api": "api",
     # doc: the command line and the manifest described (argparse parsers, reference,
     # man pages, completion)
     "options": "doc",
@@ -94,12 +120,13 @@ STAGE = {
     "runtime": "commands",  # pflask-oci: runc's command line
     "ociexec": "commands",  # pflask-oci exec
     "export": "commands",  # pflask export --oci: a manifest as a bundle
+    "images": "commands",
     # the entry point
     "cli": "cli",
     "__main__": "cli",
 }
 
-TOP = {"pflask", "__main__", "cli", "pipeline", "errors", "record"}
+TOP = {"pflask", "__main__", "cli", "pipeline", "api", "errors", "record"}
 """Modules that stay at the top of the package when it has one folder per stage."""
 
 
@@ -149,9 +176,21 @@ def imports(name: str, path: Path, known: set[str], typing: bool = True) -> set[
     return {module for module in found if module in known and module != name}
 
 
+FACADE = {"pflask": {"pflask.api"}}
+"""Imports that are not part of the order: the package's `__getattr__` hands
+out the Python API (`pflask.load`, `pflask.Container`) on first use.  It runs
+only when a program asks the package for one of those names, never while
+pflask's own modules import each other (they import `pflask` for its
+`__version__` and its folder), so it makes no circle and no stage depends
+on it."""
+
+
 def graph(package: Path, typing: bool = True) -> dict[str, set[str]]:
     found = modules(package)
-    return {name: imports(name, path, set(found), typing) for name, path in found.items()}
+    return {
+        name: imports(name, path, set(found), typing) - FACADE.get(name, set())
+        for name, path in found.items()
+    }
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:

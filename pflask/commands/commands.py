@@ -48,10 +48,24 @@ def subcommand(args: list[str]) -> int:
         "exec": _exec,
         "attach": _attach,
         "completion": _completion,
+        "image": _image,
+        "lock": _lock,
     }.get(ns.subcommand)
     if handler is None:
         raise UsageError(f"{ns.subcommand}: not available in this version")
     return handler(ns)
+
+
+def _image(ns: argparse.Namespace) -> int:
+    from pflask.commands import images
+
+    return images.image_command(ns.action, ns.ref, ns.json)
+
+
+def _lock(ns: argparse.Namespace) -> int:
+    from pflask.commands import images
+
+    return images.lock(ns.file)
 
 
 def _validate(ns: argparse.Namespace) -> int:
@@ -64,7 +78,7 @@ def _validate(ns: argparse.Namespace) -> int:
     ctx = context.read(None)
     for file in loader.iter_files(ns.files):
         try:
-            compile_file(file, (), ctx)
+            compile_file(file, (), ctx, images=False)
         except ManifestErrors as e:
             for error in e.errors:
                 print(f"pflask: {error}", file=sys.stderr)
@@ -292,7 +306,7 @@ def run_manifest_data(
     if "name" not in located:
         located["name"] = UNNAMED if not save else loader.default_name(save)
     try:
-        plan = compile_data(located, origin, context.read(None))
+        plan, watch = compile_data(located, origin, context.read(None))
     except ManifestErrors as e:
         raise ManifestErrors([classic.option_error(error) for error in e.errors]) from None
     except ManifestError as e:
@@ -303,7 +317,7 @@ def run_manifest_data(
         # A seccomp profile file is read by the compiler: its content is part of the plan.
         profiles = {step.profile for step in plan.steps if isinstance(step, Seccomp)}
         files = tuple(sorted(profiles - set(loader.SECCOMP_WORDS)))
-        cache.store(entry, plan, files, {})
+        cache.store(entry, plan, files, {}, watch)
     plan = plan.named(os.getpid())
     if show:
         print(plan.render())

@@ -32,7 +32,7 @@ try:  # the C module behind hashlib.blake2b, without hashlib's OpenSSL start-up
 except ImportError:  # pragma: no cover - CPython always has it
     from hashlib import blake2b
 
-FORMAT = 1
+FORMAT = 2
 
 
 def directory() -> str:
@@ -155,6 +155,9 @@ def load(entry_key: str) -> Plan | None:
         for name, value in entry["env"]:
             if os.environ.get(name) != value:
                 return None
+        for path, expected in entry["stamps"]:
+            if stamp(path) != expected:
+                return None
         from pflask.compile.plan import Plan
 
         return Plan.from_wire(entry["plan"])
@@ -162,14 +165,32 @@ def load(entry_key: str) -> Plan | None:
         return None
 
 
+def stamp(path: str) -> tuple[int, ...] | None:
+    """What tells a changed image file or layer directory from the one a plan
+    was made from without reading it (an archive may be gigabytes): its
+    inode, size, times, owner and mode; None if it is gone.  A re-tagged
+    layout rewrites index.json, a re-saved archive is a new file, a pruned
+    and re-unpacked layer a new directory."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_mode)
+
+
 def store(
-    entry_key: str, plan: Plan, files: Iterable[str], env_used: dict[str, str | None]
+    entry_key: str,
+    plan: Plan,
+    files: Iterable[str],
+    env_used: dict[str, str | None],
+    stamps: Iterable[str] = (),
 ) -> None:
     """Write an entry atomically; a cache that cannot be written is no error."""
     where = directory()
     entry = {
         "format": FORMAT,
         "files": tuple((path, digest(path)) for path in files),
+        "stamps": tuple((path, stamp(path)) for path in stamps),
         "env": tuple(sorted(env_used.items())),
         "plan": plan.to_wire(),
     }

@@ -125,6 +125,10 @@ def is_init(argv: tuple[str, ...]) -> bool:
 
 
 def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
+    if m.root.image is not None and not m.root.layers and m.root.disk is None:
+        # Never the host's root in an image's place: whoever compiles must
+        # resolve the image first (pipeline._compile, pflask.image.prepare).
+        raise _error(m, "root.image", "not resolved: prepare.apply the manifest before compiling")
     steps: list[p.Step] = []
     command = ctx.command or m.command or (("/bin/sh",) if m.root.path else (ctx.shell,))
     userns = _wants_userns(m, ctx)
@@ -198,7 +202,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave" if m.oci is None else m.oci.propagation))
         if root is not None:
-            steps.append(_root_step(m, root))
+            steps.append(_root_step(m, root, userns))
         over_root = _root_overlays(m)
         for index in over_root:
             over = _user_mount(m, index, m.mounts[index], userns)
@@ -636,7 +640,28 @@ def _host_links(m: Manifest, ctx: Context) -> list[p.Step]:
     return steps
 
 
-def _root_step(m: Manifest, root: str) -> p.Step:
+def _root_step(m: Manifest, root: str, userns: bool) -> p.Step:
+    if m.root.disk is not None:
+        if userns:
+            raise _error(m, "root.image", "a disk image needs root and no user namespace")
+        if m.root.upper is not None:
+            raise _error(m, "root.upper", "keeps an OCI image's changes, not a disk image's")
+        return p.DiskRoot(
+            path=root,
+            source=m.root.disk,
+            tmpfs=_tmpfs_data(TMP_TMPFS, size=m.root.size),
+            flags=("nodev",),
+        )
+    if m.root.layers:
+        return p.ImageRoot(
+            path=root,
+            layers=m.root.layers,
+            digest=m.root.digest or "",
+            upper=m.root.upper,
+            tmpfs="" if m.root.upper else _tmpfs_data(TMP_TMPFS, size=m.root.size),
+            userxattr=userns,
+            flags=("nodev",),
+        )
     if m.root.size is not None and not m.root.ephemeral:
         raise _error(
             m, "root.size", "bounds the ephemeral root's changes: it needs ephemeral: true"

@@ -351,6 +351,52 @@ class EphemeralRoot(Step):
         )
 
 
+class ImageRoot(Step):
+    """An image's root: an overlay of its layer directories (read-only lowers,
+    top first) mounted over the top layer's directory `path`, the changes on
+    a private tmpfs or, with `upper`, in that directory's upper/ (work/ beside
+    it).  `userxattr`: mounted in a user namespace, where overlayfs reads the
+    user.overlay.* xattrs the store wrote for it."""
+
+    kind = "image_root"
+    path: str
+    layers: tuple[str, ...]
+    digest: str = ""
+    upper: str | None = None
+    tmpfs: str = ""
+    userxattr: bool = False
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        changes = (
+            f"in {self.upper}"
+            if self.upper
+            else "on a tmpfs" + (f" ({self.tmpfs})" if self.tmpfs else "")
+        )
+        return (
+            f"image root {self.digest}: overlay of {len(self.layers)} layers at {self.path}, "
+            f"changes {changes}{' (userxattr)' if self.userxattr else ''}{_flags(self.flags)}"
+        )
+
+
+class DiskRoot(Step):
+    """A raw filesystem image as the root: attached to a loop device
+    read-only, mounted on `path`, and an overlay with a tmpfs upper above it."""
+
+    kind = "disk_root"
+    path: str
+    source: str
+    tmpfs: str = ""
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        bound = f" ({self.tmpfs})" if self.tmpfs else ""
+        return (
+            f"disk root: loop {self.source} (ro) on {self.path}, changes on a tmpfs{bound}"
+            f"{_flags(self.flags)}"
+        )
+
+
 class MountFs(Step):
     """Mount a kernel filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup)."""
 
@@ -805,6 +851,8 @@ STEPS: dict[str, type[Step]] = {
         Propagation,
         BindRoot,
         EphemeralRoot,
+        ImageRoot,
+        DiskRoot,
         MountFs,
         Bind,
         Overlay,
@@ -873,19 +921,23 @@ class Plan(Record):
         )
         return "\n".join(lines)
 
-    def renamed(self, old: str, new: str) -> Plan:
+    def renamed(self, old: str, new: str, hostname: bool = True) -> Plan:
         """The same plan for a container called `new`: every field that held
         `old` (the plan's name, and the hostname, machine and cgroup names the
-        compiler took from it) holds `new`."""
+        compiler took from it) holds `new`; with `hostname` false, the host
+        name seen inside stays as it was (pflask.api names each run apart,
+        but its containers all look alike inside)."""
         if old == new or self.name != old:
             return self
-        data = self.to_wire()
-        data["name"] = new
-        data["steps"] = tuple(
-            (kind, {k: new if v == old else v for k, v in fields.items()})
-            for kind, fields in data["steps"]
-        )
-        return Plan.from_wire(data)
+        kept = () if hostname else ("hostname", "etc_hostname")
+        steps = []
+        for step in self.steps:
+            changes = {}
+            if step.kind not in kept:
+                changes = {f: new for f in step._fields if getattr(step, f) == old}
+            steps.append(step.replace(**changes) if changes else step)
+        renamed: Plan = self.replace(name=new, steps=tuple(steps))
+        return renamed
 
     def named(self, supervisor: int) -> Plan:
         """This plan for a foreground run whose supervisor is `supervisor`: an

@@ -33,6 +33,7 @@ FREE = "free"  # anything: nothing to offer
 VALUES: dict[tuple[str, str], str] = {
     # the original flags ("" = no subcommand)
     ("", "chroot"): DIRECTORY,
+    ("", "image"): FREE,  # oci:DIR, docker://NAME...: a reference, not a path
     ("", "chdir"): FREE,
     ("", "hostname"): FREE,
     ("", "mount"): MOUNT,
@@ -73,6 +74,9 @@ VALUES: dict[tuple[str, str], str] = {
     ("attach", "owner"): FREE,
     ("attach", "detach_keys"): FREE,
     ("completion", "shell"): CHOICES,
+    ("image", "action"): CHOICES,
+    ("image", "ref"): FREE,
+    ("lock", "file"): MANIFEST,
 }
 
 MOUNT_TYPES = ("bind:", "bind-ro:", "tmp:", "overlay:", "aufs:", "loop:", "loop-ro:")

@@ -126,6 +126,34 @@ def parser() -> argparse.ArgumentParser:
     _owner_argument(p)
     _detach_keys_argument(p)
     p = sub.add_parser(
+        "image",
+        help="the image store: import, ls, inspect, rm, prune",
+        description="Images are unpacked into a content-addressed store (root: "
+        "/var/lib/pflask/images; others: $XDG_DATA_HOME/pflask/images; PFLASK_STORE "
+        "overrides): import REF unpacks an image ahead of its first run, ls lists the "
+        "images, inspect REF prints one as JSON, rm REF forgets it (its layers stay until "
+        "prune), prune removes the layers no image uses.",
+    )
+    p.add_argument("action", choices=("import", "ls", "inspect", "rm", "prune"), help="what to do")
+    p.add_argument(
+        "ref",
+        nargs="?",
+        metavar="REF",
+        help="an image reference (oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, "
+        "docker://NAME, each optionally @sha256:HEX), or for inspect and rm a name "
+        "`image ls` shows or a digest (12 digits or more)",
+    )
+    p.add_argument("--json", action="store_true", help="ls: a JSON list")
+    p = sub.add_parser(
+        "lock",
+        help="pin a manifest's root.image to the digest it resolves to",
+        description="Resolve FILE's root.image and write its digest into the manifest "
+        "(REF becomes REF@sha256:HEX), editing only that value, so comments and layout "
+        "stay and a review shows exactly the digest that changed. Locking again resolves "
+        "REF without its old pin: the tag's image now.",
+    )
+    p.add_argument("file", metavar="FILE", help="the manifest")
+    p = sub.add_parser(
         "completion",
         help="print a shell's completion script",
         description="Print the Tab completion script for SHELL; e.g. in ~/.bashrc: "

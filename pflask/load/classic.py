@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="use DIR as the container's root directory",
     )
+    a(
+        "--image",
+        metavar="REF",
+        help="use an image as the container's root: oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+        "docker-archive:FILE or docker://NAME[:TAG], each optionally @sha256:HEX",
+    )
     a("-c", "--chdir", metavar="DIR", help="change to DIR inside the container")
     a("-t", "--hostname", metavar="NAME", help="set the container's hostname")
     a(
@@ -197,6 +203,7 @@ def _id(what: str, text: str) -> int:
 # Which option filled a manifest field, to name the option in an error about its value.
 FIELD_OPTIONS = (
     ("root.ephemeral", "--ephemeral"),
+    ("root.image", "--image"),
     ("root", "--chroot"),
     ("workdir", "--chdir"),
     ("hostname", "--hostname"),
@@ -370,8 +377,14 @@ def to_manifest(args: argparse.Namespace) -> dict[str, Any]:
         data["name"] = args.name
     if args.chroot:
         data["root"] = {"path": _host(args.chroot)}
+    if args.image:
+        if args.chroot:
+            raise UsageError("--image and --chroot: a root is a directory or an image, not both")
+        from pflask.load import imageref
+
+        data["root"] = {"image": imageref.with_path(args.image, _host)}
     if args.ephemeral:
-        if not args.chroot:
+        if not args.chroot and not args.image:
             raise UsageError("--ephemeral needs --chroot")
         data["root"]["ephemeral"] = True
     if args.hostname:

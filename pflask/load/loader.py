@@ -88,6 +88,9 @@ class Loaded:
         self.data = data
         self.files = files
         self.env_used = env_used
+        self.stamps: list[str] = []
+        """Host paths (an image's archive, layout index, layers) the cache
+        checks by their inode, size and times rather than their content."""
 
     def error(self, path: Path, message: str) -> ManifestError:
         """An error placed at the value a field path points to."""
@@ -543,6 +546,12 @@ def absolutize(data: LocDict, base: str) -> None:
     root = data.get("root")
     if isinstance(root, LocDict) and "path" in root:
         root["path"] = fix(root["path"])
+    if isinstance(root, LocDict) and "upper" in root:
+        root["upper"] = fix(root["upper"])
+    if isinstance(root, LocDict) and isinstance(root.get("image"), str):
+        from pflask.load import imageref
+
+        root["image"] = imageref.with_path(root["image"], fix)
     security = data.get("security")
     if isinstance(security, LocDict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
         security["seccomp"] = fix(security["seccomp"])
@@ -1078,6 +1087,12 @@ def rebase(data: LocDict, old_dir: str, new_dir: str) -> None:
     root = data.get("root")
     if isinstance(root, dict) and "path" in root:
         root["path"] = move(root["path"])
+    if isinstance(root, dict) and "upper" in root:
+        root["upper"] = move(root["upper"])
+    if isinstance(root, dict) and isinstance(root.get("image"), str):
+        from pflask.load import imageref
+
+        root["image"] = imageref.with_path(root["image"], move)
     security = data.get("security")
     if isinstance(security, dict) and security.get("seccomp") not in (None, *SECCOMP_WORDS):
         security["seccomp"] = move(security["seccomp"])

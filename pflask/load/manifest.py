@@ -22,7 +22,18 @@ MOUNT_FLAGS = ("nosuid", "nodev", "noexec")
 
 
 class Root(Record):
+    """`image` is the reference as written; the pipeline resolves it before
+    compiling (pflask.image.prepare): `path` is then the top layer's
+    directory, where the overlay is mounted, `layers` every layer's, top
+    first, and `digest` the image's; for a `disk:` image, `disk` its file and
+    `path` an empty directory of the store to mount it on."""
+
     path: str | None = None
+    image: str | None = None
+    upper: str | None = None
+    layers: tuple[str, ...] = ()
+    digest: str | None = None
+    disk: str | None = None  # a `disk:` image's file; `path` is then its mount point
     ephemeral: bool = False
     readonly: bool = False
     size: int | None = None  # bytes: the ephemeral root's upper layer
@@ -300,7 +311,7 @@ def from_data(data: dict[str, Any], source: str = "<manifest>") -> Manifest:
         name=data["name"],
         source=source,
         root=Root(
-            **_given(root, "path", "ephemeral", "readonly"),
+            **_given(root, "path", "image", "upper", "ephemeral", "readonly"),
             size=None if root.get("size") is None else parse_size(root["size"]),
         ),
         command=(

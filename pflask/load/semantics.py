@@ -190,10 +190,23 @@ def _mounts(data: LocDict) -> list[ManifestError]:
 
 def _root(data: LocDict) -> list[ManifestError]:
     root = data.get("root", {})
+    if "image" in root:
+        from pflask.load import imageref
+
+        if "path" in root:
+            return [error_at(data, ("root", "image"), "a root is a path or an image, not both")]
+        try:
+            imageref.parse(root["image"])
+        except imageref.BadReference as e:
+            return [error_at(data, ("root", "image"), str(e))]
+        if "upper" in root and root.get("ephemeral"):
+            return [error_at(data, ("root", "upper"), "keeps changes: it cannot go with ephemeral")]
+    elif "upper" in root:
+        return [error_at(data, ("root", "upper"), "keeps an image's changes: it needs root.image")]
     if root.get("ephemeral") and root.get("readonly"):
         return [error_at(data, ("root", "readonly"), "an ephemeral root cannot also be read-only")]
-    if (root.get("ephemeral") or root.get("readonly")) and "path" not in root:
-        return [error_at(data, ("root",), "ephemeral and readonly need root.path")]
+    if (root.get("ephemeral") or root.get("readonly")) and not ("path" in root or "image" in root):
+        return [error_at(data, ("root",), "ephemeral and readonly need root.path or root.image")]
     return []
 
 
@@ -204,7 +217,7 @@ def _namespaces(data: LocDict) -> list[ManifestError]:
         errors.append(error_at(data, ("hostname",), "a hostname needs the UTS namespace"))
     if data.get("network", {}).get("interfaces") and ns.get("net") is False:
         errors.append(error_at(data, ("network",), "interfaces need the network namespace"))
-    needs_mount_ns = data.get("mounts") or "path" in data.get("root", {})
+    needs_mount_ns = data.get("mounts") or {"path", "image"} & set(data.get("root", {}))
     if needs_mount_ns and ns.get("mount") is False:
         errors.append(
             error_at(data, ("namespaces", "mount"), "mounts and a root need the mount namespace")

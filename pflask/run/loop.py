@@ -163,6 +163,27 @@ def mount_image(
         os.close(fd)
 
 
+def disk_root(path: str, source: str, tmpfs: str, flags: tuple[str, ...]) -> None:
+    """A raw filesystem image as the root: its filesystem mounted read-only on
+    `path` (this mount namespace only), then an overlay with a tmpfs for the
+    changes over it (mounts.ephemeral_root).  The image file is never written."""
+    from pflask.run import mounts
+
+    found = probe(source)
+    candidates = (found,) if found else block_filesystems()
+    fd, device = attach(source, True)
+    try:
+        dst = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mount_flags = ms_flags(flags) | libc.MS_RDONLY
+            _mount_first(device, dst, candidates, mount_flags, "", f"{source} ({device}) on {path}")
+        finally:
+            os.close(dst)
+    finally:
+        os.close(fd)
+    mounts.ephemeral_root(path, tmpfs, flags)
+
+
 def _mount_first(
     device: str, dst: int, candidates: tuple[str, ...], flags: int, options: str, where: str
 ) -> None:

@@ -336,6 +336,62 @@ def ephemeral_root(path: str, tmpfs: str = "", flags: tuple[str, ...] = ()) -> N
         os.close(lower)
 
 
+def image_root(
+    path: str,
+    layers: tuple[str, ...],
+    upper: str | None = None,
+    tmpfs: str = "",
+    userxattr: bool = False,
+    flags: tuple[str, ...] = (),
+) -> None:
+    """An image's layers as the root: an overlay mounted over `path` (the top
+    layer's directory; this mount namespace only).
+
+    The layers are opened first and named by their fds, so mounting over one
+    of them hides nothing the overlay needs.  Without `upper` the changes go
+    to a tmpfs no path names (as ephemeral_root); with it, to `upper`/upper,
+    with `upper`/work as overlayfs's work directory, both made if missing.
+    """
+    what = f"image root: overlay on {path}"
+    fds: list[int] = []
+    try:
+        for layer in layers:
+            fds.append(_open_dir(layer, "image layer"))
+        if upper is None:
+            scratch, upper_path, work_path = scratch_layers(fds[0], tmpfs)
+            fds.append(scratch)
+        else:
+            keep = _open_dir(upper, "root.upper")
+            fds.append(keep)
+            for name in ("upper", "work"):
+                try:
+                    os.mkdir(name, 0o755, dir_fd=keep)
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise libc.SyscallError("mkdir(2)", e.errno or 0, f"{upper}/{name}") from None
+                fds.append(_open_dir_at(keep, name, f"{upper}/{name}"))
+            upper_path, work_path = fd_path(fds[-2]), fd_path(fds[-1])
+        options = overlay_options([fd_path(fd) for fd in fds[: len(layers)]], upper_path, work_path)
+        if userxattr:
+            options += ",userxattr"
+        try:
+            libc.mount("overlay", path, "overlay", ms_flags(flags), options, what=what)
+        except libc.SyscallError as e:
+            raise overlay_refused(e, what) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_dir_at(parent: int, name: str, what: str) -> int:
+    try:
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(name, flags, dir_fd=parent)
+    except OSError as e:
+        raise libc.SyscallError("open(2)", e.errno or 0, what) from None
+
+
 def mount_fs(
     root: Root,
     fstype: str,
@@ -720,6 +776,13 @@ def preflight(steps: tuple[Step, ...]) -> None:
                     _check(step.work, "overlay work", True)
             elif isinstance(step, plan.LoopMount):
                 _check(step.source, "loop source", False)
+            elif isinstance(step, plan.DiskRoot):
+                _check(step.source, "disk image", False)
+            elif isinstance(step, plan.ImageRoot):
+                for layer in step.layers:
+                    _check(layer, "image layer", True)
+                if step.upper is not None:
+                    _check(step.upper, "root.upper", True)
         except OSError as e:
             raise SetupError(f"step {number} ({step.describe()}): {e}") from None
     if work_dirs:

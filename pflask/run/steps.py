@@ -119,6 +119,20 @@ def ephemeral_root(step: plan.EphemeralRoot, c: Container) -> None:
     c.root = mounts.Root(step.path)
 
 
+def image_root(step: plan.ImageRoot, c: Container) -> None:
+    from pflask.run import mounts
+
+    mounts.image_root(step.path, step.layers, step.upper, step.tmpfs, step.userxattr, step.flags)
+    c.root = mounts.Root(step.path)
+
+
+def disk_root(step: plan.DiskRoot, c: Container) -> None:
+    from pflask.run import loop, mounts
+
+    loop.disk_root(step.path, step.source, step.tmpfs, step.flags)
+    c.root = mounts.Root(step.path)
+
+
 def mount(step: plan.MountFs, c: Container) -> None:
     from pflask.run import mounts
 
@@ -407,6 +421,8 @@ HANDLERS: dict[str, Handler] = {
     "propagation": Handler(propagation, ("run.mounts",)),
     "bind_root": Handler(bind_root, ("run.mounts",)),
     "ephemeral_root": Handler(ephemeral_root, ("run.mounts",)),
+    "image_root": Handler(image_root, ("run.mounts",)),
+    "disk_root": Handler(disk_root, ("run.loop", "run.mounts")),
     "mount": Handler(mount, ("run.mounts",)),
     "bind": Handler(bind, ("run.mounts",)),
     "overlay": Handler(overlay, ("run.mounts",)),

@@ -198,6 +198,8 @@ class Supervisor:
         # With hand_off: where the pty master goes instead of this terminal
         # (an OCI engine's console socket).
         self.on_master: Callable[[int], None] | None = None
+        self.failure: str | None = None  # why the command was not started
+        self.print_failure = True
 
     def report(self, status: int) -> None:
         """Detached: tell the foreground pflask how setup went (once)."""
@@ -370,22 +372,26 @@ class Supervisor:
     def _failed(self, message: protocol.Status) -> int:
         """The container could not be set up: report, end it, exit 125 (126/127)."""
         if isinstance(message, protocol.Failed):
-            print(f"pflask: {message.message}", file=sys.stderr)
+            self.complain(message.message)
             code = message.code
         elif message == protocol.END:
-            print("pflask: the container's process died during setup", file=sys.stderr)
+            self.complain("the container's process died during setup")
             code = EXIT_SETUP
         else:
-            print(
-                f"pflask: the container's process said {type(message).__name__} out of turn",
-                file=sys.stderr,
-            )
+            self.complain(f"the container's process said {type(message).__name__} out of turn")
             code = EXIT_SETUP
         _kill(self.pid)
         self._wait(self.pid)
         if self.io is not None:
             self.io.finish(code)  # last output, terminal restored
         return code
+
+    def complain(self, message: str) -> None:
+        """Say why the container could not start its command; keep it as
+        `failure` too (the Python API raises it: pflask.api)."""
+        self.failure = message
+        if self.print_failure:
+            print(f"pflask: {message}", file=sys.stderr)
 
     def _stop(self, number: int) -> None:
         """A host step failed: the container must not start its command.  Closing
@@ -666,6 +672,28 @@ HOST_STEPS: dict[str, Callable[[Any, Supervisor], None]] = {
     "register_machine": _register_machine,
     "hooks": _hooks,
 }
+
+
+HOST_MODULES: dict[str, tuple[str, ...]] = {
+    "uid_map": ("run.idmap",),
+    "gid_map": ("run.idmap",),
+    "claim_name": ("run.state",),
+    "cgroup": ("run.cgroups",),
+    "veth": ("run.network",),
+    "move_link": ("run.network",),
+    "macvlan": ("run.network",),
+    "register_machine": ("run.machined",),
+}
+"""What each host step imports.  `pflask run` imports them after the fork,
+while the container builds its mounts; a warm process that starts many
+containers (pflask.api) imports them once, before the first."""
+
+
+def preload_host(the_plan: plan.Plan) -> None:
+    """Import what the plan's host steps need, now (see HOST_MODULES)."""
+    kinds = {s.kind for s in the_plan.steps if s.where == plan.HOST}
+    for name in sorted({name for kind in kinds for name in HOST_MODULES.get(kind, ())}):
+        __import__(f"pflask.{name}")
 
 
 def _own_pid_namespace_for_children() -> None:

@@ -1,0 +1,1 @@
+"""Roots from images: references, image sources, the store and its layers."""
