@@ -248,6 +248,14 @@ def _listed() -> str:
     return "\n".join(line for line in listing.stdout.splitlines()[1:] if "apitest" in line)
 
 
+def test_every_host_step_says_what_it_imports() -> None:
+    """The zygote imports each plan's host-step modules once (preload_host):
+    a step missing from the table would be imported in every supervisor."""
+    from pflask.run import supervisor
+
+    assert set(supervisor.HOST_MODULES) == set(supervisor.HOST_STEPS)
+
+
 # --- many at once ---------------------------------------------------------------------
 
 

@@ -683,6 +683,7 @@ HOST_MODULES: dict[str, tuple[str, ...]] = {
     "move_link": ("run.network",),
     "macvlan": ("run.network",),
     "register_machine": ("run.machined",),
+    "hooks": ("run.ocistate",),
 }
 """What each host step imports.  `pflask run` imports them after the fork,
 while the container builds its mounts; a warm process that starts many
