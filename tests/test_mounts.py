@@ -1021,3 +1021,26 @@ def test_a_work_directory_in_use_by_a_running_container_is_left_alone(
         first.terminate()
         assert first.wait(timeout=20) == 128 + signal.SIGTERM
     assert not work.exists()  # the first pflask removed it
+
+
+def test_the_janitor_keeps_trying_to_remove_a_work_directory(tmp_path: Path) -> None:
+    """A killed supervisor's janitor sweeps while the container may still be
+    ending: a removal that fails for a moment (here an immutable file, made
+    mutable again 0.2 s later) is tried again, not given up."""
+    import threading
+
+    work = tmp_path / ".x.pflask-work"
+    (work / "work").mkdir(parents=True)
+    stuck = work / "work" / "file"
+    stuck.write_text("")
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    release = threading.Timer(0.2, subprocess.run, (["chattr", "-i", str(stuck)],))
+    release.start()
+    started = time.monotonic()
+    try:
+        mounts.sweep(str(work), os.open(work, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        release.join()
+        subprocess.run(["chattr", "-i", str(stuck)], check=False)
+    assert not work.exists()
+    assert 0.2 <= time.monotonic() - started < mounts.SWEEP_PATIENCE

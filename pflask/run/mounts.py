@@ -943,16 +943,40 @@ def _lock(fd: int, what: str) -> None:
         ) from None
 
 
+SWEEP_PATIENCE = 5.0
+"""Seconds the janitor keeps trying to remove a work directory."""
+
+
 def sweep(path: str, held: int) -> None:
     """Remove `path` if it is still the directory `held` is open on.
 
     An open directory's inode cannot be reused, so a later run's directory
-    of the same name never looks like this one and is left alone.
+    of the same name never looks like this one and is left alone.  When the
+    supervisor was killed, the janitor gets here at once, while the
+    container's PID 1 may still be ending (its parent-death signal is
+    asynchronous) and its overlay still mounted and writing in the work
+    directory: a removal that fails is tried again, every 20 ms, for up to
+    SWEEP_PATIENCE seconds.
     """
+    import time
+
+    deadline = time.monotonic() + SWEEP_PATIENCE
     try:
-        st, now = os.fstat(held), os.lstat(path)
-        if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-            remove_tree(path)
+        st = os.fstat(held)
+        while True:
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                return
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                return
+            try:
+                remove_tree(path)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.02)
     except OSError:
         pass
     finally:
