@@ -374,18 +374,22 @@ def apply(keep: tuple[str, ...] | frozenset[str], ambient: bool = True) -> None:
 
     # Ambient last: it is what carries `keep` across execve(2) for a non-root
     # uid (for uid 0 the kernel recomputes from inheritable | bounding).
+    _set_ambient(wanted if ambient else 0, top)
+
+
+def _set_ambient(ambient: int, top: int) -> None:
+    """The ambient set exactly `ambient` (a mask of permitted and inheritable
+    capabilities); then PR_SET_KEEPCAPS undone (prepare_keep), so a later
+    setuid in this process drops privileges as usual (execve clears it anyway)."""
     _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    for number in range(top + 1 if ambient else 0):
-        if wanted >> number & 1:
+    for number in range(top + 1):
+        if ambient >> number & 1:
             _prctl(
                 f"PR_CAP_AMBIENT_RAISE {_name(number)}",
                 libc.PR_CAP_AMBIENT,
                 libc.PR_CAP_AMBIENT_RAISE,
                 number,
             )
-
-    # Undo prepare_keep so a later setuid in this process drops privileges
-    # as usual; execve clears the flag anyway.
     if _prctl("PR_GET_KEEPCAPS", PR_GET_KEEPCAPS):
         _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 0)
 
@@ -437,20 +441,10 @@ def apply_sets(
         libc.capset(e & p, p, i)
     except SyscallError as error:
         raise SyscallError("capset(2)", error.errno or errno.EPERM, "the OCI sets") from None
-    _prctl("PR_CAP_AMBIENT_CLEAR_ALL", libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     # The kernel takes an ambient capability only if it is permitted and
     # inheritable; runc skips the others (its spec template lists ambient
     # capabilities with no inheritable set), and so does pflask.
-    for number in range(top + 1):
-        if (a & p & i) >> number & 1:
-            _prctl(
-                f"PR_CAP_AMBIENT_RAISE {_name(number)}",
-                libc.PR_CAP_AMBIENT,
-                libc.PR_CAP_AMBIENT_RAISE,
-                number,
-            )
-    if _prctl("PR_GET_KEEPCAPS", PR_GET_KEEPCAPS):
-        _prctl("PR_SET_KEEPCAPS", PR_SET_KEEPCAPS, 0)
+    _set_ambient(a & p & i, top)
 
 
 def _name(number: int) -> str:
