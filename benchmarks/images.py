@@ -107,9 +107,9 @@ class Podman:
     """podman with storage, run root and temp dir of its own under a short path
     (podman refuses a run root longer than 50 characters), so the host's store
     is neither used nor changed.  runc runs the containers: crun refuses a
-    hybrid cgroup hierarchy (this VM's), and both need the limits lowered
-    (crun's and runc's setrlimit fail with EPERM above the hard limits the
-    benchmark inherits)."""
+    hybrid cgroup hierarchy (this VM's).  The open-file and process limits
+    are lowered as tests/test_engines.py does (crun's setrlimit of
+    RLIMIT_NOFILE failed with EPERM above the limits podman asks for)."""
 
     def __init__(self, tool: str) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="pfbp-"))
