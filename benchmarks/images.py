@@ -13,8 +13,12 @@ and part of /usr/include, each a gzip layer (about 100 MB unpacked):
 - the first start (`pflask run --no-cache` with an empty store: resolve,
   verify, unpack, compile, run) and the second (the cached plan: no layer is
   read or hashed), against a directory root holding the same files (plain
-  and ephemeral), and `podman run --rootfs` of that directory where podman
-  works.  Interleaved rounds (startup.interleaved), medians.
+  and ephemeral); and podman where it works (Debian's podman, with storage
+  of its own, runc as its runtime: crun refuses a hybrid cgroup hierarchy):
+  the same image pulled from the layout into an empty store and run (its
+  first start), `podman run --rm IMAGE` again (its second), and `podman run
+  --rm --rootfs` of a copy of the directory.  Interleaved rounds
+  (startup.interleaved), medians.
 
 Results: benchmarks/results/images.md and images.json.
 """
@@ -99,6 +103,74 @@ def unpack_rates(work: Path, tars: list[bytes], digest: str, repeat: int) -> dic
     }
 
 
+class Podman:
+    """podman with storage, run root and temp dir of its own under a short path
+    (podman refuses a run root longer than 50 characters), so the host's store
+    is neither used nor changed.  runc runs the containers: crun refuses a
+    hybrid cgroup hierarchy (this VM's).  The open-file and process limits
+    are lowered as tests/test_engines.py does (crun's setrlimit of
+    RLIMIT_NOFILE failed with EPERM above the limits podman asks for)."""
+
+    def __init__(self, tool: str) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="pfbp-"))
+        self.groups = set(Path("/sys/fs/cgroup").glob("*/libpod_parent"))
+        self.global_ = [
+            tool,
+            *("--root", str(self.directory / "storage")),
+            *("--runroot", str(self.directory / "run")),
+            *("--tmpdir", str(self.directory / "tmp")),
+            *("--cgroup-manager", "cgroupfs", "--events-backend", "none"),
+            *("--runtime", "runc"),
+        ]
+
+    def run(self, *args: str) -> list[str]:
+        """The argv of `podman run --rm` of args, without a network."""
+        return [
+            *self.global_,
+            *("run", "--rm", "--network=none"),
+            *("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"),
+            *args,
+        ]
+
+    def reset(self) -> None:
+        """Forget every image and container: an empty store again."""
+        sh(*self.global_, "system", "reset", "--force")
+
+    def close(self) -> None:
+        """Leave nothing: podman's mounts, its store, the cgroups its cgroupfs
+        manager makes for conmon (empty once conmon has left)."""
+        subprocess.run([*self.global_, "system", "reset", "--force"], capture_output=True)
+        with open("/proc/self/mountinfo") as mounts:
+            points = [line.split()[4] for line in mounts]
+        for point in reversed(points):
+            if point.startswith(f"{self.directory}/"):
+                subprocess.run(["umount", "-l", point], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.directory)], check=False)
+        for top in set(Path("/sys/fs/cgroup").glob("*/libpod_parent")) - self.groups:
+            deadline = time.monotonic() + 5
+            for group in sorted(top.glob("**/"), key=lambda g: -len(g.parts)):
+                while True:
+                    try:
+                        group.rmdir()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+
+
+def podman_works(podman: Podman, directory: Path) -> bool:
+    try:
+        result = subprocess.run(
+            podman.run("--rootfs", str(directory), "/bin/true"), capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    if result.returncode != 0:
+        print(f"podman does not work here: {result.stderr.decode().strip()}", file=sys.stderr)
+    return result.returncode == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -143,24 +215,41 @@ def main() -> None:
             "directory root": [PFLASK, "run", str(manifests["dir"])],
             "directory root, ephemeral": [PFLASK, "run", str(manifests["dir-ephemeral"])],
         }
-        if (
-            shutil.which("podman")
-            and subprocess.run(
-                ["podman", "run", "--rm", "--rootfs", str(directory), "/bin/true"],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        ):
-            commands["podman run --rootfs (same directory)"] = [
-                "podman",
-                "run",
-                "--rm",
-                "--rootfs",
-                str(directory),
-                "/bin/true",
-            ]
-        samples = interleaved(commands, args.rounds)
+        podman_first: dict[str, float] = {}
+        tool = shutil.which("podman")
+        podman = Podman(tool) if tool else None
+        try:
+            # podman writes /etc/hosts and friends into a --rootfs: a copy of its own.
+            podman_root = work / "podman-root"
+            sh("cp", "-a", str(directory), str(podman_root))
+            if podman is not None and podman_works(podman, podman_root):
+                pull = [*podman.global_, "pull", "-q", f"oci:{work}/img:bench"]
+                pulls, runs, rootfs = [], [], []
+                image = ""
+                for _ in range(max(3, args.unpacks)):
+                    podman.reset()
+                    start = time.perf_counter()
+                    pulled = subprocess.run(pull, capture_output=True, text=True, check=True)
+                    pulls.append(time.perf_counter() - start)
+                    image = pulled.stdout.split()[-1]  # the image id
+                    runs.append(timed(podman.run(image, "/bin/true")))
+                    podman.reset()
+                    rootfs.append(timed(podman.run("--rootfs", str(podman_root), "/bin/true")))
+                podman.reset()
+                subprocess.run(pull, capture_output=True, check=True)
+                podman_first = {
+                    "podman pull oci: into an empty store": statistics.median(pulls),
+                    "podman run IMAGE, first start (after the pull)": statistics.median(runs),
+                    "podman run --rootfs, first start (empty store)": statistics.median(rootfs),
+                }
+                commands["podman run IMAGE, second start"] = podman.run(image, "/bin/true")
+                commands["podman run --rootfs (same files)"] = podman.run(
+                    "--rootfs", str(podman_root), "/bin/true"
+                )
+            samples = interleaved(commands, args.rounds)
+        finally:
+            if podman is not None:
+                podman.close()
     medians = {name: statistics.median(values) for name, values in samples.wall.items()}
     data = {
         "date": time.strftime("%Y-%m-%d"),
@@ -170,6 +259,7 @@ def main() -> None:
         "unpack_MB": rates.pop("MB"),
         "unpack_MB_per_s": rates,
         "first_start_ms": statistics.median(first) * 1000,
+        "podman_first_ms": {name: seconds * 1000 for name, seconds in podman_first.items()},
         "start_ms": medians,
     }
     (RESULTS / "images.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -187,6 +277,7 @@ def main() -> None:
         "|---|---:|",
         f"| image, first start (empty store: unpack, verify, compile) | "
         f"{data['first_start_ms']:.0f} |",
+        *(f"| {name} | {ms:.0f} |" for name, ms in data["podman_first_ms"].items()),
         *(f"| {name} | {ms:.1f} |" for name, ms in medians.items()),
         "",
     ]

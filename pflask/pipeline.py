@@ -76,5 +76,6 @@ def _compile(
     if m.root.image is not None:
         from pflask.image import prepare
 
+        compiler.check_image_owners(m, ctx)
         m, watch = prepare.apply(m) if images else (prepare.unresolved(m), ())
     return compiler.compile_plan(m, ctx), watch

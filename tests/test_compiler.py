@@ -389,3 +389,36 @@ def test_an_image_root_is_an_overlay_of_its_layers_and_never_the_hosts_root() ->
     assert step(as_root, p.PivotRoot).path == "/s/top"
     # In a user namespace overlayfs reads the user.overlay.* xattrs the store wrote.
     assert step(compiler.compile_plan(prepare.with_image(m, image), USER), p.ImageRoot).userxattr
+
+
+def test_an_image_root_refuses_a_user_namespace_that_would_misown_its_layers() -> None:
+    """Root's store keeps the layers' own ids: a map that moves them (an
+    `idmap:`, or the default of namespaces.user: true) would show every file
+    with the wrong owner, so it is refused naming root.image and the map."""
+    from pflask.image import prepare
+    from pflask.image.store import Resolved
+
+    image = Resolved(digest="sha256:" + "a" * 64, layers=("/s/top", "/s/base"), config={})
+
+    def plan(data: dict[str, Any], ctx: Context = ROOT) -> p.Plan:
+        m = manifest.from_data({"name": "t", "root": {"image": "oci:/img"}, **data})
+        return compiler.compile_plan(prepare.with_image(m, image), ctx)
+
+    moved = {"uid": [{"inside": 0, "outside": 100000, "count": 65536}]}
+    moved["gid"] = moved["uid"]
+    with pytest.raises(ManifestError, match=r": idmap: root\.image: .*0->100000 \(65536\)"):
+        plan({"idmap": moved})
+    with pytest.raises(ManifestError, match=r": namespaces\.user: root\.image: "):
+        plan({"namespaces": {"user": True}})
+    same = {"uid": [{"inside": 0, "outside": 0, "count": 65536}]}
+    same["gid"] = same["uid"]
+    assert step(plan({"idmap": same}), p.ImageRoot).userxattr
+
+    # An ordinary user's store maps 0 -> the user, 1.. -> its first range.
+    helpers = USER.replace(id_helpers=True)
+    assert step(plan({}, helpers), p.ImageRoot).layers == ("/s/top", "/s/base")
+    only_self = {"uid": [{"inside": 0, "outside": 1000, "count": 1}]}
+    only_self["gid"] = [{"inside": 0, "outside": 1000, "count": 1}]
+    step(plan({"idmap": only_self}, USER), p.ImageRoot)  # flattened store: the same map
+    with pytest.raises(ManifestError, match=r": idmap: root\.image: .*uids 1-65536 inside"):
+        plan({"idmap": only_self}, helpers)

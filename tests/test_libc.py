@@ -7,11 +7,15 @@ a user reads when a call fails.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +55,76 @@ def test_openat2_in_root_keeps_absolute_symlinks_inside(tmp_path: Path) -> None:
         with pytest.raises(libc.SyscallError) as caught:
             libc.openat2(root, "../etc/passwd", os.O_RDONLY, libc.RESOLVE_BENEATH, what="x")
         assert str(caught.value).startswith("openat2(2) x: EXDEV")
+    finally:
+        os.close(root)
+
+
+@contextlib.contextmanager
+def renaming(directory: Path) -> Iterator[None]:
+    """A child process renaming a directory back and forth as fast as it can:
+    every rename on the system makes a racing RESOLVE_IN_ROOT `..` lookup
+    fail with EAGAIN."""
+    (directory / "x").mkdir()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            while True:
+                os.rename(directory / "x", directory / "y")
+                os.rename(directory / "y", directory / "x")
+        finally:
+            os._exit(0)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _raw_openat2(root: int, path: str) -> int:
+    """One openat2 call, no retry: the errno, or 0 when it opened."""
+    how = libc._u64s(os.O_RDONLY | os.O_CLOEXEC, 0, libc.RESOLVE_IN_ROOT)
+    fd = libc._syscall(libc.SYS_openat2, root, path.encode(), how, len(how))
+    if fd < 0:
+        return libc._ctypes.get_errno()
+    os.close(fd)
+    return 0
+
+
+def test_openat2_retries_when_a_rename_races_the_lookup(tmp_path: Path) -> None:
+    """The flaky EAGAIN of a hostile-symlink test, forced: with renames going on,
+    a bare call fails now and then; pflask's call always opens the file."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("found")
+    path = "a/b/../../" * 4 + "a/b/f"
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with renaming(tmp_path):
+            errors = [_raw_openat2(root, path) for _ in range(20000)]
+            assert errno.EAGAIN in errors  # the race is real
+            assert set(errors) <= {0, errno.EAGAIN}
+            for _ in range(5000):
+                os.close(libc.openat2(root, path, os.O_RDONLY, libc.RESOLVE_IN_ROOT))
+    finally:
+        os.close(root)
+
+
+def test_openat2_gives_up_on_endless_races_quickly(tmp_path: Path) -> None:
+    """A lookup that loses the race nearly every time (hundreds of `..` against
+    a stream of renames) is tried a bounded number of times: it ends in well
+    under a second, opened or with an EAGAIN naming the path."""
+    (tmp_path / "a").mkdir()
+    path = "a/../" * 400 + "a"
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with renaming(tmp_path):
+            assert errno.EAGAIN in [_raw_openat2(root, path) for _ in range(200)]
+            start = time.monotonic()
+            for _ in range(20):
+                try:
+                    os.close(libc.openat2(root, path, os.O_PATH, libc.RESOLVE_IN_ROOT, what="p"))
+                except libc.SyscallError as e:
+                    assert str(e).startswith("openat2(2) p: EAGAIN")
+            assert time.monotonic() - start < 1
     finally:
         os.close(root)
 

@@ -202,6 +202,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave" if m.oci is None else m.oci.propagation))
         if root is not None:
+            if userns and m.root.layers:
+                _check_layer_owners(m, ctx)
             steps.append(_root_step(m, root, userns))
         over_root = _root_overlays(m)
         for index in over_root:
@@ -638,6 +640,65 @@ def _host_links(m: Manifest, ctx: Context) -> list[p.Step]:
                 )
             )
     return steps
+
+
+def check_image_owners(m: Manifest, ctx: Context) -> None:
+    """Before an OCI image is fetched or unpacked (pipeline._compile) and when
+    compiling: refuse an id map its layers were not unpacked with (see
+    `_check_layer_owners`), rather than unpack them for nothing."""
+    image = m.root.image
+    if image is None or image.startswith("disk:") or m.root.disk is not None:
+        return
+    if _wants_userns(m, ctx):
+        _check_layer_owners(m, ctx)
+
+
+def _check_layer_owners(m: Manifest, ctx: Context) -> None:
+    """Refuse a user namespace whose map differs from the one the store
+    unpacked the image's layers with: every file would show the wrong owner
+    inside (most of them unmapped, nobody), silently.
+
+    Root's store keeps the layers' own ids (no user namespace), so as root
+    only a map of each id to itself fits.  An ordinary user's store maps them
+    as image.userns does (0 -> the user, 1.. -> its first subordinate range,
+    or only 0 -> the user without newuidmap or a range); an `idmap:` must map
+    those ids the same way (it may map more).
+    """
+    for kind, given, own, subordinate in (
+        ("uid", m.uid_map, ctx.uid, ctx.subuid),
+        ("gid", m.gid_map, ctx.gid, ctx.subgid),
+    ):
+        ranges = _ranges(given, m, ctx, kind, own, subordinate)
+        shown = ", ".join(f"{i}->{o}" + (f" ({n})" if n != 1 else "") for i, o, n in ranges)
+        field = "idmap" if m.uid_map or m.gid_map else "namespaces.user"
+        if ctx.uid == 0:
+            if any(inside != outside for inside, outside, _ in ranges):
+                raise _error(
+                    m,
+                    field,
+                    f"root.image: as root the store keeps the layers' {kind}s as they are, so "
+                    f"the {kind} map {shown} would give their files the wrong owners inside; "
+                    "map each id to itself (inside = outside) or use no user namespace",
+                )
+            continue
+        if not given:
+            continue  # the defaults (names_invoker's aside) are the store's own
+        store = [(0, own, 1)]
+        if ctx.id_helpers and ctx.subuid and ctx.subgid:
+            store.append((1, *subordinate[0]))
+        for inside, outside, count in store:
+            if not any(
+                i <= inside and inside + count <= i + n and i - o == inside - outside
+                for i, o, n in ranges
+            ):
+                raise _error(
+                    m,
+                    "idmap",
+                    f"root.image: your store holds the layers with {kind}s {inside}-"
+                    f"{inside + count - 1} inside as {outside}-{outside + count - 1} on the "
+                    f"host; the {kind} map {shown} differs, so their files would have the "
+                    "wrong owners inside",
+                )
 
 
 def _root_step(m: Manifest, root: str, userns: bool) -> p.Step:

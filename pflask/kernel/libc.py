@@ -381,12 +381,32 @@ def move_mount(
     _check(result, "move_mount(2)", what or to_path)
 
 
+OPENAT2_ATTEMPTS = 64
+"""How often openat2 is tried when a rename or mount anywhere on the system
+raced its RESOLVE_IN_ROOT/RESOLVE_BENEATH lookup (EAGAIN).  Each attempt is
+a few microseconds, and a lookup loses the race only while it walks `..`, so
+64 ends any real race; the bound keeps a hostile stream of renames from
+holding pflask in a loop."""
+
+
 def openat2(
     dirfd: int, path: str, flags: int, resolve: int, mode: int = 0, what: str | None = None
 ) -> int:
-    """Open `path` below `dirfd` with the kernel enforcing `resolve` (Linux 5.6)."""
+    """Open `path` below `dirfd` with the kernel enforcing `resolve` (Linux 5.6).
+
+    With RESOLVE_IN_ROOT or RESOLVE_BENEATH the kernel cannot prove a `..`
+    stayed inside when a rename or mount happened meanwhile, anywhere: it
+    returns EAGAIN and, as openat2(2) advises, the call is tried again (at
+    most OPENAT2_ATTEMPTS times, then the EAGAIN is raised).
+    """
     how = _u64s(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
-    result = _syscall(SYS_openat2, dirfd, _b(path), how, len(how))
+    encoded = _b(path)
+    for _ in range(OPENAT2_ATTEMPTS - 1):
+        result = _syscall(SYS_openat2, dirfd, encoded, how, len(how))
+        if result >= 0 or _ctypes.get_errno() != _errno.EAGAIN:
+            break
+    else:
+        result = _syscall(SYS_openat2, dirfd, encoded, how, len(how))
     return _check(result, "openat2(2)", what or path)
 
 
