@@ -372,6 +372,30 @@ def sysctl(step: plan.Sysctl, c: Container) -> None:
             os.close(fd)
 
 
+def oom_score_adj(step: plan.OomScoreAdj, c: Container) -> None:
+    """Before the root is entered: /proc is the host's, not one the bundle chose."""
+    path = "/proc/self/oom_score_adj"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(step.value).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise libc.SyscallError("write(2)", e.errno or 0, f"{path} ({step.value})") from None
+
+
+def device_nodes(step: plan.DeviceNodes, c: Container) -> None:
+    from pflask.run import mounts
+
+    root = c.the_root()
+    for path, kind, major, minor, mode, uid, gid in step.nodes:
+        if step.bind:
+            mounts.bind_file(root, path, path, mode=mode)
+        else:
+            mounts.device_node(root, path, kind, major, minor, mode, uid, gid)
+
+
 def start_fifo(step: plan.StartFifo, c: Container) -> None:
     c.open_start_fifo(step.path)
 
@@ -446,6 +470,8 @@ HANDLERS: dict[str, Handler] = {
     "set_ids": Handler(set_ids, ("kernel.capabilities",)),
     "capability_sets": Handler(capability_sets, ("kernel.capabilities",)),
     "sysctl": Handler(sysctl, ("run.mounts",)),
+    "oom_score_adj": Handler(oom_score_adj),
+    "device_nodes": Handler(device_nodes, ("run.mounts",)),
     "start_fifo": Handler(start_fifo),
     "await_start": Handler(await_start),
     "session_keyring": Handler(session_keyring),
