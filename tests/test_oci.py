@@ -210,8 +210,8 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
     [
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt: not supported"),
         (
-            lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}),
-            "hooks.createContainer: not supported",
+            lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true", "when": 1}]}),
+            "hooks.createContainer[0].when: not supported",
         ),
         (
             lambda c: c.update(hooks={"prestart": [{"path": "true"}]}),

@@ -272,6 +272,53 @@ def test_hooks_see_the_state_at_each_stage(bundle: Bundle) -> None:
         assert (state["pid"] > 0) is (stage != "poststop")
 
 
+def test_container_hooks_run_in_the_container(bundle: Bundle) -> None:
+    """createContainer runs in the container's namespaces before its root is
+    entered (a host path, the host's files), startContainer after start,
+    just before the process, from the container's root; a failing
+    startContainer hook keeps the process from running."""
+    create_out = f"{bundle.dir}/createContainer.json"
+    create_hook = "cat; echo; readlink /proc/self/ns/mnt"
+    start_hook = create_hook
+    bundle.config["hooks"] = {
+        "createContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", f"({create_hook}) >> {create_out}"]}
+        ],
+        "startContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", f"({start_hook}) >> /dev/shm/started.json"]}
+        ],
+    }
+    bundle.command("readlink /proc/self/ns/mnt; cat /dev/shm/started.json")
+
+    def engine(w: int) -> None:
+        subreaper()
+        out = bundle.dir / "out.txt"
+        pid = create(bundle, "hc", out)
+        seen = {"before_start": Path(f"/proc/{pid}/root/dev/shm/started.json").exists()}
+        assert bundle.oci("start", "hc").returncode == 0
+        _, status = os.waitpid(pid, 0)
+        seen["exit"] = os.waitstatus_to_exitcode(status)
+        seen["out"] = out.read_text()
+        bundle.oci("delete", "hc")
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert seen["exit"] == 0 and not seen["before_start"], seen
+    mnt, state_text, hook_mnt = seen["out"].splitlines()
+    created_text, created_mnt = (bundle.dir / "createContainer.json").read_text().splitlines()
+    assert mnt == hook_mnt == created_mnt and mnt != os.readlink("/proc/self/ns/mnt")
+    started, created = json.loads(state_text), json.loads(created_text)
+    assert (started["status"], started["pid"], started["id"]) == ("created", 1, "hc")
+    assert (created["status"], created["bundle"]) == ("creating", str(bundle.dir))
+    bundle.config["hooks"] = {
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 4"]}]
+    }
+    bundle.command("echo ran")
+    result = bundle.oci("run", "--bundle", str(bundle.dir), "hd")
+    assert result.returncode == 125 and "ran" not in result.stdout, describe(result)
+    assert "startContainer hook /bin/sh: exit status 4: nope" in result.stderr
+
+
 def test_a_failing_create_runtime_hook_fails_create(bundle: Bundle) -> None:
     hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}
     bundle.config["hooks"] = {"createRuntime": [hook]}

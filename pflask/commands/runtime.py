@@ -576,7 +576,7 @@ def features(ns: argparse.Namespace) -> int:
             {
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": SPEC_VERSION,
-                "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+                "hooks": list(oci.HOOK_STAGES),
                 "mountOptions": sorted(
                     {*oci.MOUNT_FLAGS, *oci.DEFAULT_OPTIONS, *oci.HELD_PROPAGATION, "bind", "rbind"}
                 ),

@@ -254,6 +254,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         if root is not None:
             if m.root.readonly:
                 steps.append(p.RemountRoot(readonly=True))
+            steps.extend(_container_hooks(m, "createContainer"))
             steps.append(p.PivotRoot(path=root))
 
     hostname = _hostname(m)
@@ -316,6 +317,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.Reaper())
     if m.oci is not None and m.oci.start_fifo is not None:
         steps.append(p.AwaitStart())
+    steps.extend(_container_hooks(m, "startContainer"))
     steps.append(p.Exec(argv=command))
 
     init = pid1_is_command and is_init(command)
@@ -919,6 +921,21 @@ def _oci_hooks(m: Manifest) -> list[p.Step]:
             container=m.name,
             bundle=posixpath.dirname(m.source),
             hooks=tuple((h.path, h.args, h.env, h.timeout or 0) for h in early),
+        )
+    ]
+
+
+def _container_hooks(m: Manifest, stage: str) -> list[p.Step]:
+    """The bundle's hooks of `stage` that its container's process runs."""
+    hooks = [h for h in m.oci.hooks if h.stage == stage] if m.oci is not None else []
+    if not hooks:
+        return []
+    return [
+        p.ContainerHooks(
+            stage=stage,
+            container=m.name,
+            bundle=posixpath.dirname(m.source),
+            hooks=tuple((h.path, h.args, h.env, h.timeout or 0) for h in hooks),
         )
     ]
 

@@ -796,6 +796,25 @@ class Hooks(Step):
         return "run the createRuntime hooks: " + ", ".join(h[0] for h in self.hooks)
 
 
+class ContainerHooks(Step):
+    """OCI createContainer or startContainer hooks, run by the container's own
+    process in its namespaces, as runc's init runs them: createContainer
+    before the root is entered (the path is the host's), startContainer after
+    `start`, just before the process (the path is the container's); each
+    gets the state JSON on stdin (its pid as the container sees it) and one
+    that fails or outlasts its timeout stops the container.  `hooks` as
+    Hooks's."""
+
+    kind = "container_hooks"
+    stage: str
+    container: str
+    bundle: str
+    hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], int], ...]
+
+    def describe(self) -> str:
+        return f"run the {self.stage} hooks: " + ", ".join(h[0] for h in self.hooks)
+
+
 class OomScoreAdj(Step):
     """The process's OOM score adjustment (OCI process.oomScoreAdj), written to
     /proc/self/oom_score_adj while /proc is still the host's (before the
@@ -873,6 +892,7 @@ STEPS: dict[str, type[Step]] = {
         Unshare,
         OomScoreAdj,
         DeviceNodes,
+        ContainerHooks,
         JoinNamespaces,
         UidMap,
         GidMap,

@@ -53,8 +53,11 @@ NAMESPACES = {
     "user": "user",
     "cgroup": "cgroup",
 }
-HOOK_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
-"""The hooks pflask-oci runs (createContainer and startContainer are refused)."""
+HOOK_STAGES = (
+    *("prestart", "createRuntime", "createContainer", "startContainer"),
+    *("poststart", "poststop"),
+)
+"""The hooks pflask-oci runs: every stage of runtime-spec 1.2."""
 JOINABLE = ("net", "ipc", "uts", "cgroup")
 """Namespaces a bundle may name by path.  Joining a PID namespace affects
 only later children, a mount namespace replaces the root being built, and a
@@ -346,10 +349,11 @@ class Translator:
         return value
 
     def hooks(self, value: Any) -> tuple[Hook, ...]:
-        """The hooks the runtime runs on the host: createRuntime and prestart
-        (during create, the container's namespaces made, before its root is
-        entered), poststart (after start), poststop (at delete).  The two
-        that run inside the container's namespaces are refused."""
+        """The hooks: createRuntime and prestart on the host during create
+        (the container's namespaces made, before its root is entered),
+        createContainer in the container just before its root is entered,
+        startContainer in the container after start, just before the
+        process; poststart (after start) and poststop (at delete) on the host."""
         data = self.fields(value, "hooks", HOOK_STAGES)
         found = []
         for stage in HOOK_STAGES:

@@ -396,6 +396,22 @@ def device_nodes(step: plan.DeviceNodes, c: Container) -> None:
             mounts.device_node(root, path, kind, major, minor, mode, uid, gid)
 
 
+def _hook_modules() -> None:
+    """What running a hook imports, loaded while pflask's files are reachable
+    (startContainer hooks run after the root is entered)."""
+    import json  # noqa: F401
+    import subprocess  # noqa: F401
+
+
+def container_hooks(step: plan.ContainerHooks, c: Container) -> None:
+    from pflask.run import ocistate
+
+    status = "creating" if step.stage == "createContainer" else "created"
+    state = {"id": step.container, "pid": os.getpid(), "bundle": step.bundle, "status": status}
+    for path, args, env, timeout in step.hooks:
+        ocistate.run_hook(path, args, env, timeout, state, step.stage)
+
+
 def start_fifo(step: plan.StartFifo, c: Container) -> None:
     c.open_start_fifo(step.path)
 
@@ -472,6 +488,7 @@ HANDLERS: dict[str, Handler] = {
     "sysctl": Handler(sysctl, ("run.mounts",)),
     "oom_score_adj": Handler(oom_score_adj),
     "device_nodes": Handler(device_nodes, ("run.mounts",)),
+    "container_hooks": Handler(container_hooks, ("run.ocistate",), _hook_modules),
     "start_fifo": Handler(start_fifo),
     "await_start": Handler(await_start),
     "session_keyring": Handler(session_keyring),
