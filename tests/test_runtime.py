@@ -450,7 +450,10 @@ def test_an_ordinary_user_runs_a_rootless_bundle(
         assert made.returncode == 0, describe(made)
         config = json.loads((Path(tmp) / "config.json").read_text())
     config["process"]["terminal"] = False
-    config["process"]["args"] = ["sh", "-c", "id -u; cat /proc/self/uid_map; exit 6"]
+    probe = "id -u; cat /proc/self/uid_map; stat -c %t:%T /dev/fuse; exit 6"
+    config["process"]["args"] = ["sh", "-c", probe]
+    # a user namespace cannot mknod: the host's node is bound, as runc does
+    config["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
     config["root"]["path"] = str(bundle.dir / "root")
     bundle.config = config
     bundle.write()
@@ -463,6 +466,7 @@ def test_an_ordinary_user_runs_a_rootless_bundle(
     inside, outside, count = result.stdout.splitlines()[1].split()
     assert result.stdout.splitlines()[0] == "0"
     assert (inside, outside, count) == ("0", str(test_user.uid), "1")
+    assert result.stdout.splitlines()[2] == "a:e5"  # 10:229 in hex
     assert os.listdir(state) == []
 
 
