@@ -620,6 +620,54 @@ def test_v2_limits_are_written_in_v2_terms(
     assert group.oom_killed()
 
 
+def test_v2_cgroups_path_shares_and_swap(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OCI cgroups path on a v2 host: missing parents made (and removed
+    again), an existing one joined and kept; cpu.shares as cpu.weight and
+    memory+swap as memory.swap.max, both converted as runc converts them.
+    Mocked as the test above, for the same reason (no v2 controllers here)."""
+    mount = os.path.join(tmp_path, "cgroup2")
+    os.mkdir(mount)
+    with open(f"{mount}/cgroup.subtree_control", "w") as f:
+        f.write("cpu memory pids\n")
+    files = ("cgroup.procs", "cgroup.subtree_control", "memory.max", "memory.swap.max")
+    files += ("cpu.weight",)
+    real_mkdir = cgroups._mkdir
+
+    def kernel_mkdir(hierarchy: cgroups.Hierarchy, parent: str, dirname: str) -> str:
+        path = real_mkdir(hierarchy, parent, dirname)
+        for name in files:
+            open(os.path.join(path, name), "w").close()
+        return path
+
+    monkeypatch.setattr(cgroups, "_mkdir", kernel_mkdir)
+    v2 = cgroups.Hierarchy(
+        version=2, mount=mount, controllers=("cpu", "memory", "pids"), cgroup=mount
+    )
+    layout = cgroups.Layout(v2=v2)
+    made = cgroups.create(
+        "c1", (), 64 * MiB, None, None, layout=layout, path="/pod/c1", shares=1024, swap=96 * MiB
+    )
+    leaf = f"{mount}/pod/c1"
+    assert made.paths == (leaf,) and made.made == ((f"{mount}/pod", 2), (leaf, 2))
+    assert _read(f"{leaf}/memory.swap.max") == str(32 * MiB)
+    assert _read(f"{leaf}/cpu.weight") == "39"  # runc: 1 + (1024 - 2) * 9999 // 262142
+    assert cgroups.shares_to_weight(2) == 1 and cgroups.shares_to_weight(262144) == 10000
+    kept = cgroups.create("c2", (), None, None, None, layout=layout, path="pod/c2", swap=-1)
+    assert kept.made == ((f"{mount}/pod/c2", 2),)  # pod exists: joined, not made
+    assert _read(f"{mount}/pod/c2/memory.swap.max") == "max"
+    for path, _, names in os.walk(f"{mount}/pod"):  # rmdir takes a kernel's files, not these
+        for name in names:
+            os.unlink(os.path.join(path, name))
+    made.remove()
+    assert os.path.isdir(f"{mount}/pod") and not os.path.exists(leaf)  # c2 still in it
+    kept.remove()
+    assert os.path.isdir(f"{mount}/pod")  # not made by c2's group: left
+    with pytest.raises(SyscallError, match="memory\\+swap 10 is below the memory limit"):
+        cgroups.create("c3", (), 64 * MiB, None, None, layout=layout, path="/c3", swap=10)
+
+
 # --- what is asked for, and by whom -------------------------------------------------
 
 

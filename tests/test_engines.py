@@ -110,11 +110,13 @@ def test_podman_run_rm(podman: Podman, writable_busybox_root: Path) -> None:
         str(writable_busybox_root),
         "sh",
         "-c",
-        "echo hello from $(hostname); id -u; exit 5",
+        "echo hello from $(hostname); id -u; grep :memory: /proc/self/cgroup; exit 5",
     )
     assert result.returncode == 5, describe(result)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("hello from ") and lines[1] == "0"
+    # podman's cgroupfs manager places its containers: linux.cgroupsPath is followed
+    assert ":memory:/libpod_parent/libpod-" in lines[2], lines
 
 
 def test_podman_detach_exec_stop_rm(podman: Podman, writable_busybox_root: Path) -> None:
@@ -283,8 +285,12 @@ def test_containerd_run_exec_pause_kill_delete(
     imported = ctr("image", "import", str(shared_tmp / "image.tar"))
     assert imported.returncode == 0, describe(imported)
     runtime = ["--runc-binary", PFLASK_OCI]
-    done = ctr("run", "--rm", *runtime, ref, "once", "sh", "-c", "echo from containerd; exit 6")
-    assert (done.returncode, done.stdout) == (6, "from containerd\n"), describe(done)
+    probe = "echo from containerd; grep :pids: /proc/self/cgroup; exit 6"
+    done = ctr("run", "--rm", *runtime, ref, "once", "sh", "-c", probe)
+    assert done.returncode == 6, describe(done)
+    # ctr's linux.cgroupsPath, /NAMESPACE/ID, followed; delete removed what it made
+    assert done.stdout.endswith(":pids:/default/once\n"), describe(done)
+    assert not list(Path("/sys/fs/cgroup").glob("*/default/once"))
 
     script = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
     started = ctr("run", "-d", *runtime, ref, "svc", "sh", "-c", script)

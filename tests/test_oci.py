@@ -131,6 +131,27 @@ def test_resources_become_the_cgroup_limits(tmp_path: Path) -> None:
     assert (cgroup["memory"], cgroup["pids"], cgroup["cpu"]) == (64 << 20, 99, 0.5)
 
 
+def test_cgroups_path_shares_swap_oom_score_and_devices_in_the_plan(tmp_path: Path) -> None:
+    config = runc_template()
+    config["linux"]["resources"].update(
+        memory={"limit": 64 << 20, "swap": 128 << 20}, cpu={"shares": 512}
+    )
+    config["linux"]["cgroupsPath"] = "kubepods/../pod1/c1"  # cleaned as runc cleans it
+    config["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+    config["process"]["oomScoreAdj"] = -500
+    plan = plan_json(bundle(tmp_path, config))
+    [cgroup] = steps(plan, "cgroup")
+    assert (cgroup["path"], cgroup["shares"], cgroup["swap"]) == ("pod1/c1", 512, 128 << 20)
+    assert "c 10:229 rwm" in cgroup["devices"]
+    [nodes] = steps(plan, "device_nodes")
+    assert nodes["nodes"] == [["/dev/fuse", "c", 10, 229, 0o666, 0, 0]] and not nodes["bind"]
+    [oom] = steps(plan, "oom_score_adj")
+    kinds = [s["step"] for s in plan["steps"]]
+    assert oom["value"] == -500 and kinds.index("oom_score_adj") < kinds.index("pivot_root")
+    text = run_pflask("plan", "--oci", tmp_path).stdout
+    assert "at pod1/c1, memory=64M, memory+swap=128M, cpu.shares=512" in text
+
+
 def test_seccomp_object_is_compiled(tmp_path: Path) -> None:
     config = runc_template()
     config["linux"]["seccomp"] = {
@@ -189,8 +210,8 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
     [
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt: not supported"),
         (
-            lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}),
-            "hooks.createContainer: not supported",
+            lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true", "when": 1}]}),
+            "hooks.createContainer[0].when: not supported",
         ),
         (
             lambda c: c.update(hooks={"prestart": [{"path": "true"}]}),
@@ -210,10 +231,33 @@ def test_fields_asking_for_nothing_are_accepted(tmp_path: Path) -> None:
         ),
         (lambda c: c.update(ociVersion="2.0.0"), "ociVersion: '2.0.0': pflask reads"),
         (
-            lambda c: c["linux"]["resources"].update(cpu={"shares": 512}),
-            "linux.resources.cpu.shares: not supported",
+            lambda c: c["linux"]["resources"].update(cpu={"shares": 1}),
+            "linux.resources.cpu.shares: must be an integer from 2 to 262144, not 1",
         ),
-        (lambda c: c["process"].update(oomScoreAdj=500), "process.oomScoreAdj: not supported"),
+        (
+            lambda c: c["linux"]["resources"].update(memory={"limit": 100, "swap": 50}),
+            "linux.resources.memory.swap: 50 is memory plus swap: at least memory.limit (100)",
+        ),
+        (
+            lambda c: c["process"].update(oomScoreAdj=1001),
+            "process.oomScoreAdj: must be an integer from -1000 to 1000",
+        ),
+        (
+            lambda c: c["linux"].update(cgroupsPath="/a/../.."),
+            "linux.cgroupsPath: '/a/../..': names no group below its parent",
+        ),
+        (
+            lambda c: c["linux"].update(devices=[{"path": "/etc/x", "type": "c"}]),
+            "linux.devices[0].path: '/etc/x': a node in /dev (not /dev/pts)",
+        ),
+        (
+            lambda c: c["linux"].update(devices=[{"path": "/dev/x", "type": "q"}]),
+            "linux.devices[0].type: 'q': c, u, b or p",
+        ),
+        (
+            lambda c: c["linux"]["resources"].update(blockIO={"weight": 10}),
+            "linux.resources.blockIO: not supported",
+        ),
         (lambda c: c["process"].update(args=[]), "process.args: required"),
         (lambda c: c["process"].update(env=["NOEQUALS"]), "process.env[0]: 'NOEQUALS' is not"),
     ],

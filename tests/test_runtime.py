@@ -272,6 +272,53 @@ def test_hooks_see_the_state_at_each_stage(bundle: Bundle) -> None:
         assert (state["pid"] > 0) is (stage != "poststop")
 
 
+def test_container_hooks_run_in_the_container(bundle: Bundle) -> None:
+    """createContainer runs in the container's namespaces before its root is
+    entered (a host path, the host's files), startContainer after start,
+    just before the process, from the container's root; a failing
+    startContainer hook keeps the process from running."""
+    create_out = f"{bundle.dir}/createContainer.json"
+    create_hook = "cat; echo; readlink /proc/self/ns/mnt"
+    start_hook = create_hook
+    bundle.config["hooks"] = {
+        "createContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", f"({create_hook}) >> {create_out}"]}
+        ],
+        "startContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", f"({start_hook}) >> /dev/shm/started.json"]}
+        ],
+    }
+    bundle.command("readlink /proc/self/ns/mnt; cat /dev/shm/started.json")
+
+    def engine(w: int) -> None:
+        subreaper()
+        out = bundle.dir / "out.txt"
+        pid = create(bundle, "hc", out)
+        seen = {"before_start": Path(f"/proc/{pid}/root/dev/shm/started.json").exists()}
+        assert bundle.oci("start", "hc").returncode == 0
+        _, status = os.waitpid(pid, 0)
+        seen["exit"] = os.waitstatus_to_exitcode(status)
+        seen["out"] = out.read_text()
+        bundle.oci("delete", "hc")
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert seen["exit"] == 0 and not seen["before_start"], seen
+    mnt, state_text, hook_mnt = seen["out"].splitlines()
+    created_text, created_mnt = (bundle.dir / "createContainer.json").read_text().splitlines()
+    assert mnt == hook_mnt == created_mnt and mnt != os.readlink("/proc/self/ns/mnt")
+    started, created = json.loads(state_text), json.loads(created_text)
+    assert (started["status"], started["pid"], started["id"]) == ("created", 1, "hc")
+    assert (created["status"], created["bundle"]) == ("creating", str(bundle.dir))
+    bundle.config["hooks"] = {
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 4"]}]
+    }
+    bundle.command("echo ran")
+    result = bundle.oci("run", "--bundle", str(bundle.dir), "hd")
+    assert result.returncode == 125 and "ran" not in result.stdout, describe(result)
+    assert "startContainer hook /bin/sh: exit status 4: nope" in result.stderr
+
+
 def test_a_failing_create_runtime_hook_fails_create(bundle: Bundle) -> None:
     hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}
     bundle.config["hooks"] = {"createRuntime": [hook]}
@@ -403,7 +450,10 @@ def test_an_ordinary_user_runs_a_rootless_bundle(
         assert made.returncode == 0, describe(made)
         config = json.loads((Path(tmp) / "config.json").read_text())
     config["process"]["terminal"] = False
-    config["process"]["args"] = ["sh", "-c", "id -u; cat /proc/self/uid_map; exit 6"]
+    probe = "id -u; cat /proc/self/uid_map; stat -c %t:%T /dev/fuse; exit 6"
+    config["process"]["args"] = ["sh", "-c", probe]
+    # a user namespace cannot mknod: the host's node is bound, as runc does
+    config["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
     config["root"]["path"] = str(bundle.dir / "root")
     bundle.config = config
     bundle.write()
@@ -416,4 +466,135 @@ def test_an_ordinary_user_runs_a_rootless_bundle(
     inside, outside, count = result.stdout.splitlines()[1].split()
     assert result.stdout.splitlines()[0] == "0"
     assert (inside, outside, count) == ("0", str(test_user.uid), "1")
+    assert result.stdout.splitlines()[2] == "a:e5"  # 10:229 in hex
     assert os.listdir(state) == []
+
+
+# -- cgroups path, resources, OOM score, device nodes: runc's results -----------------
+
+CGROUP_PROBE = (
+    "sort /proc/self/cgroup; cat /proc/self/oom_score_adj; "
+    "stat -c '%n %F %t:%T %a %u:%g' /dev/pflask-null /dev/pflask-fifo; "
+    "echo hi > /dev/pflask-null && echo written; exit 5"
+)
+
+
+def _resources_config(b: Bundle, cgroups_path: str) -> None:
+    linux = b.config["linux"]
+    linux["cgroupsPath"] = cgroups_path
+    linux["resources"]["cpu"] = {"shares": 512}
+    linux["resources"]["memory"] = {"limit": 64 << 20, "swap": 96 << 20}
+    linux["devices"] = [
+        {
+            "path": "/dev/pflask-null",
+            "type": "c",
+            "major": 1,
+            "minor": 3,
+            "fileMode": 0o642,
+            "uid": 1000,
+            "gid": 50,
+        },
+        {"path": "/dev/pflask-fifo", "type": "p", "fileMode": 0o600},
+    ]
+    b.config["process"]["oomScoreAdj"] = 321
+    b.command(CGROUP_PROBE)
+
+
+def _limits(path: str) -> list[str]:
+    """What a container's cgroup at `path` says (v1 file names, this host's)."""
+    files = ("cpu/cpu.shares", "memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes")
+    return [
+        Path(f"/sys/fs/cgroup/{f.split('/')[0]}{path}/{f.split('/')[1]}").read_text() for f in files
+    ]
+
+
+def test_cgroups_path_resources_oom_score_and_devices_as_runc(bundle: Bundle) -> None:
+    """The same bundle under runc and pflask-oci: the container lands in the
+    same cgroups (every hierarchy), with the same cpu.shares, memory and
+    memory+swap limits, OOM score adjustment and device nodes, which it may
+    use; the group is gone after each."""
+    assert RUNC is not None
+    _resources_config(bundle, "/pflask-oci-test/c1")
+    bundle.command(CGROUP_PROBE + "; sleep 0")
+
+    def engine(w: int) -> None:
+        subreaper()
+        seen: dict[str, Any] = {}
+        for name, argv in (
+            ("runc", [RUNC, "--root", str(bundle.dir / "runc")]),
+            ("pflask", [PFLASK_OCI, "--root", str(bundle.state)]),
+        ):
+            pid_file = bundle.dir / f"{name}.pid"
+            out = bundle.dir / f"{name}.out"
+            with open(out, "w") as f:
+                create_argv = [*argv, "create", "--bundle", str(bundle.dir), "--pid-file"]
+                subprocess.run([*create_argv, str(pid_file), name], stdout=f, stderr=f, check=True)
+            seen[f"{name}_limits"] = _limits("/pflask-oci-test/c1")
+            pid = int(pid_file.read_text())
+            subprocess.run([*argv, "start", name], check=True, timeout=30)
+            _, status = os.waitpid(pid, 0)
+            seen[f"{name}_exit"] = os.waitstatus_to_exitcode(status)
+            seen[name] = out.read_text()
+            subprocess.run([*argv, "delete", name], check=True, timeout=30)
+            seen[f"{name}_left"] = sorted(
+                str(p) for p in Path("/sys/fs/cgroup").glob("*/pflask-oci-test/c1")
+            )
+            seen[f"{name}_parents"] = len(list(Path("/sys/fs/cgroup").glob("*/pflask-oci-test")))
+            for left in Path("/sys/fs/cgroup").glob("*/pflask-oci-test"):
+                for inner in left.glob("*/"):
+                    inner.rmdir()
+                left.rmdir()  # runc leaves its parents behind; pflask-oci (below) none
+        os.write(w, json.dumps(seen).encode())
+
+    seen = json.loads(ok(in_child(engine)))
+    assert seen["runc_exit"] == seen["pflask_exit"] == 5
+    assert seen["pflask"] == seen["runc"], seen
+    assert (
+        seen["pflask_limits"] == seen["runc_limits"] == ["512\n", f"{64 << 20}\n", f"{96 << 20}\n"]
+    )
+    assert ":/pflask-oci-test/c1\n" in seen["pflask"] and "321\n" in seen["pflask"]
+    assert "/dev/pflask-null character special file 1:3 642 1000:50" in seen["pflask"]
+    assert "/dev/pflask-fifo fifo 0:0 600 0:0" in seen["pflask"]
+    assert "written" in seen["pflask"]
+    assert seen["runc_left"] == seen["pflask_left"] == []
+    assert seen["runc_parents"] > 5 and seen["pflask_parents"] == 0
+
+
+def test_delete_removes_only_the_cgroups_it_made(bundle: Bundle) -> None:
+    """An engine's parent group that exists is joined and kept; the parents
+    pflask-oci made are removed with the container's own; with
+    --systemd-cgroup, slice:prefix:name lands in nested slices; a relative
+    path goes below pflask-oci's own cgroup."""
+    bundle.command("cat /proc/self/cgroup")
+    kept = Path("/sys/fs/cgroup/cpu/pflask_engine.slice")
+    kept.mkdir()
+    try:
+        bundle.config["linux"]["cgroupsPath"] = "pflask_engine.slice:pft:c1"
+        bundle.write()
+        argv = ["--systemd-cgroup", "run", "--bundle", str(bundle.dir), "c1"]
+        ours = bundle.oci(*argv)
+        assert ours.returncode == 0, describe(ours)
+        lines = ours.stdout.splitlines()
+        assert len(lines) > 5 and all(
+            line.endswith(":/pflask_engine.slice/pft-c1.scope") for line in lines
+        ), lines
+        assert kept.is_dir() and not list(kept.glob("*/"))
+        assert list(Path("/sys/fs/cgroup").glob("*/pflask_engine.slice")) == [kept]
+        nested = "pflask_a-b.slice:pft:c2"
+        bundle.config["linux"]["cgroupsPath"] = nested
+        bundle.write()
+        ours = bundle.oci("--systemd-cgroup", "run", "--bundle", str(bundle.dir), "c2")
+        assert ours.returncode == 0, describe(ours)
+        assert "/pflask_a.slice/pflask_a-b.slice/pft-c2.scope\n" in ours.stdout
+        bundle.config["linux"]["cgroupsPath"] = "pflask-rel/../../pflask-c3"
+        bundle.write()
+        ours = bundle.oci("run", "--bundle", str(bundle.dir), "c3")
+        own = Path("/proc/self/cgroup").read_text()
+        memory = next(line for line in own.splitlines() if ":memory:" in line)
+        assert f"{memory.rstrip('/')}/pflask-c3\n".replace("//", "/") in ours.stdout.replace(
+            "//", "/"
+        )
+        bad = bundle.oci("--systemd-cgroup", "run", "--bundle", str(bundle.dir), "c4")
+        assert bad.returncode == 2 and "linux.cgroupsPath" in bad.stderr, describe(bad)
+    finally:
+        kept.rmdir()

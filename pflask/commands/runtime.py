@@ -107,7 +107,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="append errors to this file")
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     p.add_argument("--debug", action="store_true", help="accepted (runc's)")
-    p.add_argument("--systemd-cgroup", action="store_true", help="accepted (runc's)")
+    p.add_argument(
+        "--systemd-cgroup",
+        action="store_true",
+        help='linux.cgroupsPath is "slice:prefix:name" (made as cgroupfs directories)',
+    )
     p.add_argument("--rootless", default="auto", help="accepted (runc's): auto, true, false")
     p.add_argument("--criu", help="accepted (runc's); checkpoints are not supported")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -240,7 +244,7 @@ def _create(ns: argparse.Namespace, keep: bool) -> int:
     record = store.make(ns.id)
     try:
         fifo = record.make_fifo()
-        manifest = oci.load(ns.bundle, ns.id, fifo)
+        manifest = oci.load(ns.bundle, ns.id, fifo, systemd=ns.systemd_cgroup)
         the_plan = compiler.compile_plan(manifest, context.read(None))
         assert manifest.oci is not None
         late = [
@@ -320,6 +324,7 @@ def _supervise(
                 "created": _now(),
                 "cgroup": [list(d) for d in group.dirs] if group is not None else [],
                 "cgroup_name": group.name if group is not None else None,
+                "cgroup_made": [list(d) for d in group.made] if group is not None else [],
                 "annotations": _annotations(bundle),
                 "hooks": hooks,
             }
@@ -461,7 +466,10 @@ def delete(ns: argparse.Namespace) -> int:
             time.sleep(0.01)
     if data.get("cgroup"):
         dirs = tuple((str(path), int(version)) for path, version in data["cgroup"])
-        cgroups.Group(str(data.get("cgroup_name")), dirs, None).remove()
+        made = data.get("cgroup_made")
+        if made is not None:
+            made = tuple((str(path), int(version)) for path, version in made)
+        cgroups.Group(str(data.get("cgroup_name")), dirs, None, made=made).remove()
     record.remove()
     _hooks(data.get("hooks", []), "poststop", ns.id, 0, data["bundle"], "stopped")
     return 0
@@ -568,7 +576,7 @@ def features(ns: argparse.Namespace) -> int:
             {
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": SPEC_VERSION,
-                "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+                "hooks": list(oci.HOOK_STAGES),
                 "mountOptions": sorted(
                     {*oci.MOUNT_FLAGS, *oci.DEFAULT_OPTIONS, *oci.HELD_PROPAGATION, "bind", "rbind"}
                 ),
@@ -577,7 +585,7 @@ def features(ns: argparse.Namespace) -> int:
                     "capabilities": [
                         f"CAP_{c.upper()}" for c in capabilities.ordered(capabilities.ALL)
                     ],
-                    "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+                    "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": False},
                     "seccomp": {"enabled": True},
                 },
                 "annotations": {"org.opencontainers.runc.checkpoint.enabled": "false"},

@@ -199,6 +199,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     root = m.root.path
     if m.oci is not None and m.oci.start_fifo is not None:
         steps.append(p.StartFifo(path=m.oci.start_fifo))
+    if m.oci is not None and m.oci.oom_score_adj is not None:
+        steps.append(p.OomScoreAdj(value=m.oci.oom_score_adj))
     if m.namespaces.mount:
         steps.append(p.Propagation(mode="slave" if m.oci is None else m.oci.propagation))
         if root is not None:
@@ -228,7 +230,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
             if index not in replacing and index not in over_root:
                 steps.append(_user_mount(m, index, mount, userns))
         if m.oci is not None:
-            steps.extend(_oci_dev(m))
+            steps.extend(_oci_dev(m, userns))
         if root is not None and m.oci is not None:
             masked = m.security.masked_paths or ()
             readonly = m.security.readonly_paths or ()
@@ -254,6 +256,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         if root is not None:
             if m.root.readonly:
                 steps.append(p.RemountRoot(readonly=True))
+            steps.extend(_container_hooks(m, "createContainer"))
             steps.append(p.PivotRoot(path=root))
 
     hostname = _hostname(m)
@@ -316,6 +319,7 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
         steps.append(p.Reaper())
     if m.oci is not None and m.oci.start_fifo is not None:
         steps.append(p.AwaitStart())
+    steps.extend(_container_hooks(m, "startContainer"))
     steps.append(p.Exec(argv=command))
 
     init = pid1_is_command and is_init(command)
@@ -390,6 +394,9 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> 
             default_pids=DEFAULT_PIDS if pids is None else None,
             devices=devices,
             group=None if m.oci is None else f"pflask_oci-{m.name}",  # never parse_owner's
+            path=None if m.oci is None else m.oci.cgroups_path,
+            shares=None if m.oci is None else m.oci.cpu_shares,
+            swap=None if m.oci is None else m.oci.memory_swap,
         )
     if (boot and ctx.uid == 0 and m.namespaces.cgroup) or devices:
         return p.Cgroup(name=m.name, default_pids=DEFAULT_PIDS, devices=devices)
@@ -399,9 +406,11 @@ def _cgroup(m: Manifest, ctx: Context, boot: bool, devices: tuple[str, ...]) -> 
 def _limits(m: Manifest) -> bool:
     """Whether the manifest asks its cgroup for a limit."""
     spec = m.cgroup
-    return spec is not None and (
-        spec.memory is not None or spec.cpu is not None or isinstance(spec.pids, int)
-    )
+    oci = m.oci
+    return (
+        spec is not None
+        and (spec.memory is not None or spec.cpu is not None or isinstance(spec.pids, int))
+    ) or (oci is not None and (oci.cpu_shares is not None or oci.memory_swap is not None))
 
 
 def _devices(m: Manifest, ctx: Context, userns: bool, keep: tuple[str, ...]) -> tuple[str, ...]:
@@ -977,10 +986,26 @@ def _oci_hooks(m: Manifest) -> list[p.Step]:
     ]
 
 
-def _oci_dev(m: Manifest) -> list[p.Step]:
+def _container_hooks(m: Manifest, stage: str) -> list[p.Step]:
+    """The bundle's hooks of `stage` that its container's process runs."""
+    hooks = [h for h in m.oci.hooks if h.stage == stage] if m.oci is not None else []
+    if not hooks:
+        return []
+    return [
+        p.ContainerHooks(
+            stage=stage,
+            container=m.name,
+            bundle=posixpath.dirname(m.source),
+            hooks=tuple((h.path, h.args, h.env, h.timeout or 0) for h in hooks),
+        )
+    ]
+
+
+def _oci_dev(m: Manifest, userns: bool) -> list[p.Step]:
     """What runc adds to a bundle's mounts: with /dev a tmpfs of its own, the
     standard nodes and links (and the console, when the process has a
-    terminal); the kernel parameters next, while /proc/sys is still writable."""
+    terminal), then the bundle's linux.devices; the kernel parameters next,
+    while /proc/sys is still writable."""
     assert m.oci is not None
     steps: list[p.Step] = []
     if m.oci.dev_defaults:
@@ -994,6 +1019,8 @@ def _oci_dev(m: Manifest) -> list[p.Step]:
         ]
         if m.terminal == "true":
             steps.append(p.Console())
+    if m.oci.device_nodes:
+        steps.append(p.DeviceNodes(nodes=m.oci.device_nodes, bind=userns))
     if m.oci.sysctl:
         steps.append(p.Sysctl(settings=m.oci.sysctl))
     return steps

@@ -137,9 +137,17 @@ class Cgroup(Step):
     default_pids: int | None = None
     devices: tuple[str, ...] = ()  # devices cgroup rules to allow; none: no device policy
     group: str | None = None  # a fixed group name (OCI: pflask_oci-ID); else group_name()
+    path: str | None = None  # OCI linux.cgroupsPath: "/a/b" from the top, "a/b" from ours
+    shares: int | None = None  # v1 cpu.shares (v2: cpu.weight, converted)
+    swap: int | None = None  # memory + swap, bytes; -1: unlimited
 
     def describe(self) -> str:
-        limits = [f"memory={_size(self.memory)}"] if self.memory is not None else []
+        limits = [f"at {self.path}"] if self.path is not None else []
+        limits += [f"memory={_size(self.memory)}"] if self.memory is not None else []
+        if self.swap is not None:
+            swap = "unlimited" if self.swap == -1 else _size(self.swap)
+            limits.append(f"memory+swap={swap}")
+        limits += [f"cpu.shares={self.shares}"] if self.shares is not None else []
         limits += [f"pids={self.pids}"] if self.pids is not None else []
         if self.pids is None and self.default_pids is not None:
             limits.append(f"pids={self.default_pids} (default, where the pids controller is)")
@@ -788,6 +796,55 @@ class Hooks(Step):
         return "run the createRuntime hooks: " + ", ".join(h[0] for h in self.hooks)
 
 
+class ContainerHooks(Step):
+    """OCI createContainer or startContainer hooks, run by the container's own
+    process in its namespaces, as runc's init runs them: createContainer
+    before the root is entered (the path is the host's), startContainer after
+    `start`, just before the process (the path is the container's); each
+    gets the state JSON on stdin (its pid as the container sees it) and one
+    that fails or outlasts its timeout stops the container.  `hooks` as
+    Hooks's."""
+
+    kind = "container_hooks"
+    stage: str
+    container: str
+    bundle: str
+    hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], int], ...]
+
+    def describe(self) -> str:
+        return f"run the {self.stage} hooks: " + ", ".join(h[0] for h in self.hooks)
+
+
+class OomScoreAdj(Step):
+    """The process's OOM score adjustment (OCI process.oomScoreAdj), written to
+    /proc/self/oom_score_adj while /proc is still the host's (before the
+    root is entered) and inherited by the command across execve(2)."""
+
+    kind = "oom_score_adj"
+    value: int
+
+    def describe(self) -> str:
+        return f"oom_score_adj {self.value}"
+
+
+class DeviceNodes(Step):
+    """OCI linux.devices: nodes made in the container's /dev with mknod(2)
+    (each as (path, type c|b|p, major, minor, mode, uid, gid)); in a user
+    namespace, which may not make them, the host's node at the same path is
+    bound instead, as runc does."""
+
+    kind = "device_nodes"
+    nodes: tuple[tuple[str, str, int, int, int, int, int], ...]
+    bind: bool = False
+
+    def describe(self) -> str:
+        how = "bound from the host" if self.bind else "mknod"
+        shown = ", ".join(
+            f"{n[0]} ({n[1]} {n[2]}:{n[3]} {n[4]:04o} {n[5]}:{n[6]})" for n in self.nodes
+        )
+        return f"device nodes ({how}): {shown}"
+
+
 class StartFifo(Step):
     """Open the FIFO `start` writes to (while the host's paths are reachable):
     an OCI runtime's create leaves the container waiting on it (AwaitStart)."""
@@ -833,6 +890,9 @@ STEPS: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
         Unshare,
+        OomScoreAdj,
+        DeviceNodes,
+        ContainerHooks,
         JoinNamespaces,
         UidMap,
         GidMap,

@@ -192,6 +192,12 @@ class Oci(Record):
     hooks: tuple[Hook, ...] = ()
     console_size: tuple[int, int] | None = None  # rows, columns of the pty (console socket)
     join: tuple[tuple[str, str], ...] = ()  # (namespace, path) joined instead of made
+    cgroups_path: str | None = None  # linux.cgroupsPath as a cgroupfs path (cgroups.create)
+    cpu_shares: int | None = None  # linux.resources.cpu.shares
+    memory_swap: int | None = None  # linux.resources.memory.swap: memory + swap; -1 none
+    oom_score_adj: int | None = None  # process.oomScoreAdj
+    # linux.devices: (path, type c|b|p, major, minor, mode, uid, gid)
+    device_nodes: tuple[tuple[str, str, int, int, int, int, int], ...] = ()
 
 
 class Manifest(Record):

@@ -53,8 +53,11 @@ NAMESPACES = {
     "user": "user",
     "cgroup": "cgroup",
 }
-HOOK_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
-"""The hooks pflask-oci runs (createContainer and startContainer are refused)."""
+HOOK_STAGES = (
+    *("prestart", "createRuntime", "createContainer", "startContainer"),
+    *("poststart", "poststop"),
+)
+"""The hooks pflask-oci runs: every stage of runtime-spec 1.2."""
 JOINABLE = ("net", "ipc", "uts", "cgroup")
 """Namespaces a bundle may name by path.  Joining a PID namespace affects
 only later children, a mount namespace replaces the root being built, and a
@@ -94,7 +97,6 @@ DEFAULT_DEVICE_RULES = (
 FALLBACK_BINDS = {"sysfs": "/sys", "cgroup2": "/sys/fs/cgroup"}
 
 UINT64_MAX = 2**64 - 1
-DEFAULT_CPU_SHARES = 1024  # cpu.shares of a new v1 group (containerd writes it down)
 MAX_ID = 2**32 - 2
 
 
@@ -102,10 +104,13 @@ def config_path(bundle: str) -> str:
     return os.path.join(bundle, "config.json")
 
 
-def load(bundle: str, name: str | None = None, start_fifo: str | None = None) -> Manifest:
+def load(
+    bundle: str, name: str | None = None, start_fifo: str | None = None, systemd: bool = False
+) -> Manifest:
     """The Manifest of the bundle at `bundle` (a directory), for a container
     called `name` (default: the bundle directory's name); `start_fifo`: the
-    FIFO a create leaves the container waiting on."""
+    FIFO a create leaves the container waiting on; `systemd`: runc's global
+    --systemd-cgroup, under which linux.cgroupsPath is "slice:prefix:name"."""
     from pflask.load import loader
 
     path = config_path(bundle)
@@ -113,16 +118,21 @@ def load(bundle: str, name: str | None = None, start_fifo: str | None = None) ->
         raw = loader.read_json(path)
     except loader.Unreadable as e:
         raise ManifestError(e.message, path) from None
-    return from_data(raw, path, bundle, name, start_fifo)
+    return from_data(raw, path, bundle, name, start_fifo, systemd)
 
 
 def from_data(
-    raw: Any, path: str, bundle: str, name: str | None = None, start_fifo: str | None = None
+    raw: Any,
+    path: str,
+    bundle: str,
+    name: str | None = None,
+    start_fifo: str | None = None,
+    systemd: bool = False,
 ) -> Manifest:
     """The Manifest of a parsed config.json (`path`: where it came from, for errors)."""
     bundle = os.path.abspath(bundle)
     container = name or os.path.basename(bundle.rstrip("/")) or "oci"
-    return Translator(path, bundle).manifest(raw, container, start_fifo)
+    return Translator(path, bundle, systemd).manifest(raw, container, start_fifo)
 
 
 def _empty(value: Any) -> bool:
@@ -133,9 +143,10 @@ def _empty(value: Any) -> bool:
 class Translator:
     """Reading one config.json: every error names the file and the field."""
 
-    def __init__(self, path: str, bundle: str) -> None:
+    def __init__(self, path: str, bundle: str, systemd: bool = False) -> None:
         self.path = path
         self.bundle = bundle
+        self.systemd = systemd
 
     # -- checking shapes -------------------------------------------------------------
 
@@ -216,6 +227,7 @@ class Translator:
                 "capabilities",
                 "rlimits",
                 "noNewPrivileges",
+                "oomScoreAdj",
             ),
         )
         if not process:
@@ -275,10 +287,9 @@ class Translator:
         gid_map = self.id_map(linux.get("gidMappings"), "linux.gidMappings")
         if (uid_map or gid_map) and not wanted_user:
             raise self.error("linux.uidMappings", "needs a user namespace (linux.namespaces)")
-        if "cgroupsPath" in linux and linux["cgroupsPath"] is not None:
-            # Accepted, recorded in the state; the group itself is pflask's
-            # own (cgroups.group_name), removed by delete.
-            self.string(linux["cgroupsPath"], "linux.cgroupsPath")
+        resources = linux.get("resources")
+        cpu_shares, memory_swap = self.shares_and_swap(resources)
+        oom = process.get("oomScoreAdj")
         return Manifest(
             name=name,
             source=self.path,
@@ -300,7 +311,7 @@ class Translator:
             uid_map=uid_map,
             gid_map=gid_map,
             mounts=mounts,
-            cgroup=self.resources(linux.get("resources")),
+            cgroup=self.resources(resources),
             security=Security(
                 no_new_privileges=nnp,
                 rlimits=self.rlimits(process.get("rlimits")),
@@ -321,6 +332,13 @@ class Translator:
                 start_fifo=start_fifo,
                 hooks=hooks,
                 console_size=console_size,
+                cgroups_path=self.cgroups_path(linux.get("cgroupsPath")),
+                cpu_shares=cpu_shares,
+                memory_swap=memory_swap,
+                oom_score_adj=None
+                if oom is None
+                else self.integer(oom, "process.oomScoreAdj", -1000, 1000),
+                device_nodes=self.device_nodes(linux.get("devices")),
             ),
         )
 
@@ -331,10 +349,11 @@ class Translator:
         return value
 
     def hooks(self, value: Any) -> tuple[Hook, ...]:
-        """The hooks the runtime runs on the host: createRuntime and prestart
-        (during create, the container's namespaces made, before its root is
-        entered), poststart (after start), poststop (at delete).  The two
-        that run inside the container's namespaces are refused."""
+        """The hooks: createRuntime and prestart on the host during create
+        (the container's namespaces made, before its root is entered),
+        createContainer in the container just before its root is entered,
+        startContainer in the container after start, just before the
+        process; poststart (after start) and poststop (at delete) on the host."""
         data = self.fields(value, "hooks", HOOK_STAGES)
         found = []
         for stage in HOOK_STAGES:
@@ -570,12 +589,8 @@ class Translator:
     def resources(self, value: Any) -> CgroupSpec:
         """The container's cgroup: runc makes one for every container."""
         data = self.fields(value, "linux.resources", ("memory", "cpu", "pids", "devices"))
-        memory = self.fields(data.get("memory"), "linux.resources.memory", ("limit",))
+        memory = self.fields(data.get("memory"), "linux.resources.memory", ("limit", "swap"))
         cpu = self.fields(data.get("cpu"), "linux.resources.cpu", ("quota", "period", "shares"))
-        if cpu.get("shares") not in (None, 0, DEFAULT_CPU_SHARES):
-            raise self.unsupported(
-                "linux.resources.cpu.shares", f"only the kernel's default, {DEFAULT_CPU_SHARES}"
-            )
         pids = self.fields(data.get("pids"), "linux.resources.pids", ("limit",))
         limit = memory.get("limit")
         memory_bytes = None
@@ -597,10 +612,10 @@ class Translator:
     def devices(self, resources: Any, nodes: Any) -> tuple[str, ...]:
         """The devices cgroup rules: runc's defaults and what resources.devices
         allows after denying all (the form the engines write)."""
-        if self.items(nodes, "linux.devices"):
-            raise self.unsupported("linux.devices", "device nodes in the container")
         data = resources if isinstance(resources, dict) else {}
         rules = list(DEFAULT_DEVICE_RULES)
+        # A node the bundle lists is one its process may use (as runc allows it).
+        rules += [f"{n[1]} {n[2]}:{n[3]} rwm" for n in self.device_nodes(nodes) if n[1] != "p"]
         for index, item in enumerate(self.items(data.get("devices"), "linux.resources.devices")):
             where = f"linux.resources.devices[{index}]"
             rule = self.fields(item, where, ("allow", "type", "major", "minor", "access"))
@@ -626,3 +641,100 @@ class Translator:
             )
             rules.append(f"{kind} {major}:{minor} {access}")
         return tuple(dict.fromkeys(rules))
+
+    def shares_and_swap(self, value: Any) -> tuple[int | None, int | None]:
+        """linux.resources.cpu.shares and memory.swap (checked by `resources`)."""
+        data: dict[str, Any] = value if isinstance(value, dict) else {}
+        cpu: dict[str, Any] = data["cpu"] if isinstance(data.get("cpu"), dict) else {}
+        memory: dict[str, Any] = data["memory"] if isinstance(data.get("memory"), dict) else {}
+        shares: int | None = cpu.get("shares")
+        if shares is not None and shares != 0:
+            shares = self.integer(shares, "linux.resources.cpu.shares", 2, 262144)
+        else:
+            shares = None
+        swap: int | None = memory.get("swap")
+        if swap is not None and swap != 0:
+            if swap != -1:
+                swap = self.integer(swap, "linux.resources.memory.swap", 1, 2**63 - 1)
+                limit = memory.get("limit")
+                if isinstance(limit, int) and limit > 0 and swap < limit:
+                    raise self.error(
+                        "linux.resources.memory.swap",
+                        f"{swap} is memory plus swap: at least memory.limit ({limit})",
+                    )
+        else:
+            swap = None
+        return shares, swap
+
+    def cgroups_path(self, value: Any) -> str | None:
+        """linux.cgroupsPath as a cgroupfs path: "/a/b" from the top of each
+        hierarchy, "a/b" below the runtime's own cgroup (`..` cannot climb out,
+        as runc cleans it).  With --systemd-cgroup it is "slice:prefix:name",
+        the unit prefix-name.scope in its slice, each slice nested in its
+        parents as systemd lays them out (a-b.slice in a.slice); pflask makes
+        these directories itself (it asks no systemd for a unit)."""
+        field = "linux.cgroupsPath"
+        if value is None or value == "":
+            return None
+        text = self.string(value, field)
+        if self.systemd:
+            parts = text.split(":")
+            if len(parts) != 3 or not parts[2]:
+                raise self.error(field, f"{shown(text)}: --systemd-cgroup wants slice:prefix:name")
+            slice_, prefix, name = parts
+            unit = name if name.endswith(".slice") else (f"{prefix}-" if prefix else "") + name
+            unit += "" if name.endswith(".slice") else ".scope"
+            text = self.slice_path(slice_ or "system.slice") + "/" + unit
+            if "/" in name or "/" in prefix:
+                raise self.error(field, f"{shown(text)}: a unit name has no /")
+        absolute = text.startswith("/")
+        clean = os.path.normpath("/" + text.lstrip("/"))
+        if clean == "/":
+            raise self.error(field, f"{shown(text)}: names no group below its parent")
+        return clean if absolute else clean[1:]
+
+    def slice_path(self, name: str) -> str:
+        """A systemd slice's directory: a-b.slice -> /a.slice/a-b.slice."""
+        field = "linux.cgroupsPath"
+        if name == "-.slice":
+            return ""
+        stem = name.removesuffix(".slice")
+        if (
+            stem == name
+            or not stem
+            or "/" in stem
+            or "--" in stem
+            or stem.startswith("-")
+            or stem.endswith("-")
+        ):
+            raise self.error(field, f"{shown(name)}: not a systemd slice's name")
+        words = stem.split("-")
+        return "".join("/" + "-".join(words[: i + 1]) + ".slice" for i in range(len(words)))
+
+    def device_nodes(self, value: Any) -> tuple[tuple[str, str, int, int, int, int, int], ...]:
+        """linux.devices: the nodes made in the container (path, type, major,
+        minor, mode, uid, gid); a mode or owner left out is runc's 0666 root:root."""
+        nodes = []
+        for index, item in enumerate(self.items(value, "linux.devices")):
+            where = f"linux.devices[{index}]"
+            data = self.fields(
+                item, where, ("path", "type", "major", "minor", "fileMode", "uid", "gid")
+            )
+            path = os.path.normpath(self.string(data.get("path"), f"{where}.path", absolute=True))
+            if not path.startswith("/dev/") or path.startswith("/dev/pts/"):
+                raise self.error(f"{where}.path", f"{shown(path)}: a node in /dev (not /dev/pts)")
+            kind = data.get("type")
+            if kind == "u":
+                kind = "c"  # unbuffered character device: a character device
+            if kind not in ("c", "b", "p"):
+                raise self.error(f"{where}.type", f"{shown(kind)}: c, u, b or p")
+            major, minor = (0, 0)
+            if kind != "p":
+                major = self.integer(data.get("major"), f"{where}.major", 0, 4095)
+                minor = self.integer(data.get("minor"), f"{where}.minor", 0, 2**20 - 1)
+            mode = data.get("fileMode")
+            mode = 0o666 if mode is None else self.integer(mode, f"{where}.fileMode", 0, 0o7777)
+            uid = self.integer(data.get("uid", 0), f"{where}.uid", 0, MAX_ID)
+            gid = self.integer(data.get("gid", 0), f"{where}.gid", 0, MAX_ID)
+            nodes.append((path, kind, major, minor, mode & 0o777, uid, gid))
+        return tuple(nodes)

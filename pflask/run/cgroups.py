@@ -216,7 +216,7 @@ def _own_dir(mount: str, root: str, path: str | None) -> str | None:
 class Group:
     """A container's cgroup: one directory per hierarchy it lives in."""
 
-    __slots__ = ("_dirs", "_memory", "devices", "name")
+    __slots__ = ("_dirs", "_made", "_memory", "devices", "name")
 
     def __init__(
         self,
@@ -224,11 +224,20 @@ class Group:
         dirs: tuple[tuple[str, int], ...],
         memory: str | None,
         devices: bool = False,
+        made: tuple[tuple[str, int], ...] | None = None,
     ) -> None:
         self.name = name
         self._dirs = dirs  # (path, version), in the order they were made
         self._memory = memory  # the directory holding the memory controller's files
         self.devices = devices  # whether a device policy is enforced (see create)
+        # The directories this group's creation made (a cgroup path's missing
+        # ancestors too), in the order made; None: all of `dirs` and nothing else.
+        self._made = made
+
+    @property
+    def made(self) -> tuple[tuple[str, int], ...]:
+        """(path, version) of each directory made for the group, for a record."""
+        return self._dirs if self._made is None else self._made
 
     @property
     def dirs(self) -> tuple[tuple[str, int], ...]:
@@ -270,8 +279,23 @@ class Group:
         at once, forks in flight included, and the v1 groups are then empty.
         """
         deadline = time.monotonic() + timeout
+        made = self.made
         for path, version in sorted(self._dirs, key=lambda d: -d[1]):
-            _remove_tree(path, version, deadline)
+            if (path, version) in made:  # a group joined, not made, is left as it was
+                _remove_tree(path, version, deadline)
+        leaves = set(self._dirs)
+        for path, _ in reversed(made):
+            if (path, _) not in leaves:
+                _remove_parent(path)
+
+
+def _remove_parent(path: str) -> None:
+    """rmdir an ancestor a cgroup path made, unless another group lives in it now."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+            raise SyscallError("rmdir", e.errno or errno.EIO, path) from None
 
 
 def create(
@@ -284,6 +308,9 @@ def create(
     default_pids: int | None = None,
     devices: tuple[str, ...] = (),
     group: str | None = None,
+    path: str | None = None,
+    shares: int | None = None,
+    swap: int | None = None,
 ) -> Group:
     """Make the group `pflask-<name>-<pid>-<start>` wherever the controllers and limits need it.
 
@@ -304,6 +331,14 @@ def create(
     attached to the v2 group (pflask.run.devices).  The returned group's
     `devices` says whether either was possible; a v1 host without the
     controller has neither, and the caller warns.
+
+    `path` places the group as an OCI bundle's `linux.cgroupsPath` does with
+    runc: "/a/b" below the top of each hierarchy, "a/b" below this process's
+    own cgroup (v2: `v2_parent`'s), in every mounted hierarchy (engines read
+    a container's statistics from each).  Missing ancestors are made, and a
+    group that exists already is joined; `Group.remove` takes away only what
+    was made here.  `shares` is v1 cpu.shares (v2: cpu.weight, converted as
+    runc does); `swap` the memory+swap limit in bytes, -1 for none.
     """
     # `group`: a fixed name (an OCI container's, which outlives the process
     # that made it; clean_stale never takes it for a dead pflask's).
@@ -312,11 +347,14 @@ def create(
         layout = detect()
     if pids is None and default_pids is not None and _offers(layout, "pids"):
         pids = default_pids
-    wanted = _wanted(controllers, memory, pids, cpu)
+    # swap needs the memory controller, shares the cpu one
+    wanted = _wanted(controllers, memory if swap is None else 0, pids, cpu if shares is None else 0)
     devices_hierarchy = layout.v1_hierarchy("devices") if devices else None
     if devices_hierarchy is not None and "devices" not in wanted:
         wanted.append("devices")
     v1, use_v2, enable = _placement(wanted, layout)
+    if path is not None:
+        return _create_at(path, dirname, layout, enable, (memory, pids, cpu, shares, swap), devices)
     if layout.v2 is not None and not use_v2 and (not wanted or _writable(layout.v2.cgroup)):
         # The v2 group is a free extra on hybrid hosts: cgroup.kill and
         # cgroup.events work there for the whole container.
@@ -339,25 +377,97 @@ def create(
             path = _mkdir(hierarchy, parent, dirname)
             made.append((path, hierarchy.version))
             dirs[hierarchy.mount] = (path, hierarchy.version)
-        _set_limits(_serving(layout, dirs), memory, pids, cpu)
-        enforced = False
-        if devices_hierarchy is not None:
-            _set_devices(dirs[devices_hierarchy.mount][0], devices)
-            enforced = True
-        elif devices and layout.v2 is not None and layout.v2.mount in dirs:
-            from pflask.run import devices as device_program
-
-            device_program.attach(dirs[layout.v2.mount][0], devices)
-            enforced = True
+        enforced = _configure(layout, dirs, (memory, pids, cpu, shares, swap), devices)
     except BaseException as err:
-        try:
-            Group(dirname, tuple(made), None).remove()
-        except OSError as cleanup:
-            err.add_note(f"while undoing: {cleanup}")
+        _undo(Group(dirname, tuple(made), None), err)
         raise
     memory_dir = _serving(layout, dirs)("memory") if "memory" in wanted else None
     memory_path = None if memory_dir is None else memory_dir[0]
     return Group(dirname, tuple(made), memory_path, devices=enforced)
+
+
+Limits = tuple[int | None, int | None, float | None, int | None, int | None]
+"""memory, pids, cpu, shares, swap: as `create` takes them."""
+
+
+def _configure(
+    layout: Layout, dirs: dict[str, tuple[str, int]], limits: Limits, devices: tuple[str, ...]
+) -> bool:
+    """Write the limits and the device policy; whether a device policy is enforced."""
+    _set_limits(_serving(layout, dirs), *limits)
+    devices_hierarchy = layout.v1_hierarchy("devices") if devices else None
+    if devices_hierarchy is not None:
+        _set_devices(dirs[devices_hierarchy.mount][0], devices)
+        return True
+    if devices and layout.v2 is not None and layout.v2.mount in dirs:
+        from pflask.run import devices as device_program
+
+        device_program.attach(dirs[layout.v2.mount][0], devices)
+        return True
+    return False
+
+
+def _undo(group: Group, err: BaseException) -> None:
+    try:
+        group.remove()
+    except OSError as cleanup:
+        err.add_note(f"while undoing: {cleanup}")
+
+
+def _create_at(
+    path: str,
+    name: str,
+    layout: Layout,
+    enable: list[str],
+    limits: Limits,
+    devices: tuple[str, ...],
+) -> Group:
+    """The group at a cgroup path (see `create`), in every mounted hierarchy."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        raise SyscallError("mkdir", errno.EINVAL, f"cgroup path {path!r}: not below its parent")
+    bases: list[tuple[Hierarchy, str]] = []
+    for hierarchy in layout.hierarchies():
+        if path.startswith("/"):
+            base = _top(hierarchy)
+        elif hierarchy.version == 2:
+            base = v2_parent(hierarchy, bool(enable))
+        else:
+            base = hierarchy.cgroup
+        bases.append((hierarchy, base))
+    if not bases:
+        raise _nowhere(layout)
+    made: list[tuple[str, int]] = []
+    leaves: list[tuple[str, int]] = []
+    dirs: dict[str, tuple[str, int]] = {}
+    try:
+        for hierarchy, base in bases:
+            here = base
+            for index, part in enumerate(parts):
+                if hierarchy.version == 2 and index == len(parts) - 1:
+                    for controller in enable:
+                        _enable(here, controller, _top(hierarchy))
+                parent, here = here, os.path.join(here, part)
+                if os.path.isdir(here):
+                    continue  # joined: another's (an engine's parent, a pod's group)
+                _check_access([(hierarchy, parent)])
+                try:
+                    _mkdir(hierarchy, parent, part)
+                except SyscallError as e:
+                    if e.errno != errno.EEXIST:
+                        raise
+                    continue  # made meanwhile by another
+                made.append((here, hierarchy.version))
+            leaves.append((here, hierarchy.version))
+            dirs[hierarchy.mount] = (here, hierarchy.version)
+        enforced = _configure(layout, dirs, limits, devices)
+    except BaseException as err:
+        _undo(Group(name, tuple(leaves), None, made=tuple(made)), err)
+        raise
+    wants_memory = limits[0] is not None or limits[4] is not None
+    memory_dir = _serving(layout, dirs)("memory") if wants_memory else None
+    memory_path = None if memory_dir is None else memory_dir[0]
+    return Group(name, tuple(leaves), memory_path, devices=enforced, made=tuple(made))
 
 
 def _set_devices(path: str, rules: tuple[str, ...]) -> None:
@@ -606,6 +716,8 @@ def _set_limits(
     memory: int | None,
     pids: int | None,
     cpu: float | None,
+    shares: int | None = None,
+    swap: int | None = None,
 ) -> None:
     """Write the limits in the hierarchy serving each one, v1 or v2 file names."""
 
@@ -614,16 +726,14 @@ def _set_limits(
         assert found is not None  # _placement made a group there
         return found
 
-    if memory is not None:
-        path, version = served("memory")
+    if memory is not None or swap is not None:
+        _set_memory(*served("memory"), memory, swap)
+    if shares is not None:
+        path, version = served("cpu")
         if version == 1:
-            _write(os.path.join(path, "memory.limit_in_bytes"), str(memory))
-            # memsw (memory + swap) only exists with swap accounting; without
-            # it the group could page out past its limit.
-            _write_if_present(os.path.join(path, "memory.memsw.limit_in_bytes"), str(memory))
+            _write(os.path.join(path, "cpu.shares"), str(shares))
         else:
-            _write(os.path.join(path, "memory.max"), str(memory))
-            _write_if_present(os.path.join(path, "memory.swap.max"), "0")
+            _write(os.path.join(path, "cpu.weight"), str(shares_to_weight(shares)))
     if pids is not None:
         path, _ = served("pids")
         _write(os.path.join(path, "pids.max"), str(pids))
@@ -635,6 +745,46 @@ def _set_limits(
             _write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
         else:
             _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD}")
+
+
+def _set_memory(path: str, version: int, memory: int | None, swap: int | None) -> None:
+    """The memory limit and the memory+swap one (`swap`: OCI's memory.swap, -1
+    for none; None: no swap beyond the limit, where swap is accounted).
+
+    v1's memory.memsw.limit_in_bytes is memory plus swap, as OCI's value is;
+    v2's memory.swap.max is the swap alone, so the limit is taken off it (runc's
+    conversion, which needs a memory limit and a total at least as large).
+    """
+    if version == 1:
+        if memory is not None:
+            _write(os.path.join(path, "memory.limit_in_bytes"), str(memory))
+        memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+        if swap is not None:
+            _write(memsw, str(swap))  # ENOENT: this kernel does not account swap
+        elif memory is not None:
+            # memsw only exists with swap accounting; without a total the group
+            # could page out past its limit.
+            _write_if_present(memsw, str(memory))
+        return
+    if memory is not None:
+        _write(os.path.join(path, "memory.max"), str(memory))
+    if swap is None:
+        if memory is not None:
+            _write_if_present(os.path.join(path, "memory.swap.max"), "0")
+        return
+    swap_max = os.path.join(path, "memory.swap.max")
+    if swap == -1:
+        _write(swap_max, "max")
+    elif memory is None or swap < memory:
+        why = "needs a memory limit" if memory is None else "is below the memory limit"
+        raise SyscallError("write", errno.EINVAL, f"{swap_max}: memory+swap {swap} {why}")
+    else:
+        _write(swap_max, str(swap - memory))
+
+
+def shares_to_weight(shares: int) -> int:
+    """v1 cpu.shares (2..262144) as v2 cpu.weight (1..10000), as runc maps them."""
+    return 1 + ((shares - 2) * 9999) // 262142
 
 
 # --- removal ------------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 from errno import EACCES, EISDIR, ENOENT, ENOEXEC, ENOTDIR
 
 from pflask.compile import plan
-from pflask.errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP
+from pflask.errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP, PflaskError
 from pflask.kernel import libc
 from pflask.kernel.signals import FORWARDED
 from pflask.run import protocol, steps
@@ -52,7 +52,7 @@ def step_error(number: int, step: plan.Step, error: BaseException) -> str:
     """A failed step as one line: its number and description in the plan, the error;
     the error's type too when it is not a system or lookup error (a bug)."""
     text = f"step {number} ({step.describe()}): {error}"
-    if not isinstance(error, (OSError, LookupError, ValueError)):
+    if not isinstance(error, (OSError, LookupError, ValueError, PflaskError)):
         text += f" ({type(error).__name__})"
     return text
 
@@ -106,7 +106,13 @@ class Container:
         protocol.send(self.status, message)
 
     def fail(self, code: int, text: str) -> NoReturn:
-        """Tell the supervisor why setup stopped (what was made first), and exit."""
+        """Tell the supervisor why setup stopped (what was made first), and exit.
+
+        After an OCI create's hand-off (AwaitStart) nobody reads the status
+        pipe any more: the line goes to the process's stderr, the engine's log."""
+        if self.status < 0:
+            os.write(2, f"pflask: {text}\n".encode(errors="replace"))
+            os._exit(code)
         self.report_made()
         self.send(protocol.Failed(code=code, message=text))
         os._exit(code)

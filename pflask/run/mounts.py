@@ -675,6 +675,33 @@ def dev_nodes(root: Root, target: str, nodes: tuple[str, ...]) -> None:
         os.close(directory)
 
 
+def device_node(
+    root: Root, path: str, kind: str, major: int, minor: int, mode: int, uid: int, gid: int
+) -> None:
+    """Make one device node (or FIFO) in the root with mknod(2), then its mode
+    and owner; a name that exists already is left as it is (runc's rule: a
+    bundle may list /dev/null, which the standard nodes made)."""
+    import stat
+
+    parent_path, _, name = path.rpartition("/")
+    parent = root.make(parent_path or "/")
+    try:
+        file_type = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
+        try:
+            os.mknod(name, file_type | 0o600, os.makedev(major, minor), dir_fd=parent)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise libc.SyscallError("mknod(2)", e.errno or 0, root.host_path(path)) from None
+        try:
+            os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+            os.chmod(name, mode, dir_fd=parent)  # just made: no symlink, whatever the umask
+        except OSError as e:
+            raise libc.SyscallError("chown(2)", e.errno or 0, root.host_path(path)) from None
+    finally:
+        os.close(parent)
+
+
 def bind_file(root: Root, source: str | int, path: str, mode: int = 0o644) -> None:
     """Bind a single file (a path, or an fd such as a pty slave) onto `path`,
     made as an empty file inside the root when missing."""

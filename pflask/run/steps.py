@@ -372,6 +372,46 @@ def sysctl(step: plan.Sysctl, c: Container) -> None:
             os.close(fd)
 
 
+def oom_score_adj(step: plan.OomScoreAdj, c: Container) -> None:
+    """Before the root is entered: /proc is the host's, not one the bundle chose."""
+    path = "/proc/self/oom_score_adj"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(step.value).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise libc.SyscallError("write(2)", e.errno or 0, f"{path} ({step.value})") from None
+
+
+def device_nodes(step: plan.DeviceNodes, c: Container) -> None:
+    from pflask.run import mounts
+
+    root = c.the_root()
+    for path, kind, major, minor, mode, uid, gid in step.nodes:
+        if step.bind:
+            mounts.bind_file(root, path, path, mode=mode)
+        else:
+            mounts.device_node(root, path, kind, major, minor, mode, uid, gid)
+
+
+def _hook_modules() -> None:
+    """What running a hook imports, loaded while pflask's files are reachable
+    (startContainer hooks run after the root is entered)."""
+    import json  # noqa: F401
+    import subprocess  # noqa: F401
+
+
+def container_hooks(step: plan.ContainerHooks, c: Container) -> None:
+    from pflask.run import ocistate
+
+    status = "creating" if step.stage == "createContainer" else "created"
+    state = {"id": step.container, "pid": os.getpid(), "bundle": step.bundle, "status": status}
+    for path, args, env, timeout in step.hooks:
+        ocistate.run_hook(path, args, env, timeout, state, step.stage)
+
+
 def start_fifo(step: plan.StartFifo, c: Container) -> None:
     c.open_start_fifo(step.path)
 
@@ -446,6 +486,9 @@ HANDLERS: dict[str, Handler] = {
     "set_ids": Handler(set_ids, ("kernel.capabilities",)),
     "capability_sets": Handler(capability_sets, ("kernel.capabilities",)),
     "sysctl": Handler(sysctl, ("run.mounts",)),
+    "oom_score_adj": Handler(oom_score_adj),
+    "device_nodes": Handler(device_nodes, ("run.mounts",)),
+    "container_hooks": Handler(container_hooks, ("run.ocistate",), _hook_modules),
     "start_fifo": Handler(start_fifo),
     "await_start": Handler(await_start),
     "session_keyring": Handler(session_keyring),

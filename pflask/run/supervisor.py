@@ -622,6 +622,9 @@ def _cgroup(step: plan.Cgroup, s: Supervisor) -> None:
         default_pids=step.default_pids,
         devices=step.devices,
         group=step.group,
+        path=step.path,
+        shares=step.shares,
+        swap=step.swap,
     )
     s.cleanups.append(group.remove)
     group.attach(s.pid)
