@@ -422,3 +422,8 @@ def test_an_image_root_refuses_a_user_namespace_that_would_misown_its_layers() -
     step(plan({"idmap": only_self}, USER), p.ImageRoot)  # flattened store: the same map
     with pytest.raises(ManifestError, match=r": idmap: root\.image: .*uids 1-65536 inside"):
         plan({"idmap": only_self}, helpers)
+    # `user:` naming the user keeps its uid inside: not the store's map.
+    named = USER.replace(id_helpers=True, name="alice")
+    with pytest.raises(ManifestError, match=r": user: root\.image: .*`user:` naming you"):
+        plan({"user": "alice"}, named)
+    assert step(plan({"user": "0"}, named), p.ImageRoot).userxattr  # root inside: the store's

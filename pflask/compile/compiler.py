@@ -690,8 +690,9 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
                     "map each id to itself (inside = outside) or use no user namespace",
                 )
             continue
-        if not given:
-            continue  # the defaults (names_invoker's aside) are the store's own
+        keeps_own_id = not given and names_invoker(m, ctx)
+        if not given and not keeps_own_id:
+            continue  # the default map is the store's own
         store = [(0, own, 1)]
         if ctx.id_helpers and ctx.subuid and ctx.subgid:
             store.append((1, *subordinate[0]))
@@ -700,13 +701,18 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
                 i <= inside and inside + count <= i + n and i - o == inside - outside
                 for i, o, n in ranges
             ):
+                why = (
+                    f"`user:` naming you keeps your {kind} inside (the {kind} map {shown})"
+                    if keeps_own_id
+                    else f"the {kind} map {shown} differs"
+                )
                 raise _error(
                     m,
-                    "idmap",
+                    "user" if keeps_own_id else "idmap",
                     f"root.image: your store holds the layers with {kind}s {inside}-"
                     f"{inside + count - 1} inside as {outside}-{outside + count - 1} on the "
-                    f"host; the {kind} map {shown} differs, so their files would have the "
-                    "wrong owners inside",
+                    f"host; {why}, so their files would have the wrong owners inside"
+                    + ("; name a user of the image, or none (root inside)" if keeps_own_id else ""),
                 )
 
 
