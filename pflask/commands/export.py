@@ -40,6 +40,7 @@ UNSUPPORTED = {
     "configure_link": "network links (network.interfaces)",
     "boot_id": "booting an init (its boot id)",
     "etc_hostname": "booting an init (its /etc/hostname)",
+    "idmap_layers": "an image root under an id map that moves its owners (idmapped layers)",
 }
 OCI_NAMESPACES = {
     "pid": "pid",

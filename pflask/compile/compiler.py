@@ -159,6 +159,8 @@ def compile_plan(m: Manifest, ctx: Context) -> p.Plan:
     # itself, so the first process is PID 1 and no Fork step is needed; a PID
     # namespace owned by a new user namespace has to come after it, hence Fork.
     pid1_first = m.namespaces.pid and not userns
+    idmapped = _idmap_layers(m, ctx) if userns and m.namespaces.mount and ctx.uid == 0 else []
+    steps.extend(idmapped)
     steps.append(p.Unshare(namespaces=tuple(first), pid1=pid1_first))
     if m.oci is not None and m.oci.join:
         steps.append(p.JoinNamespaces(paths=m.oci.join))
@@ -667,8 +669,9 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
     unpacked the image's layers with: every file would show the wrong owner
     inside (most of them unmapped, nobody), silently.
 
-    Root's store keeps the layers' own ids (no user namespace), so as root
-    only a map of each id to itself fits.  An ordinary user's store maps them
+    Root's store keeps the layers' own ids (no user namespace); a map that
+    moves them is applied to the layers by idmapped mounts (_idmap_layers),
+    but not to a `root.upper` directory, refused then.  An ordinary user's store maps them
     as image.userns does (0 -> the user, 1.. -> its first subordinate range,
     or only 0 -> the user without newuidmap or a range); an `idmap:` must map
     those ids the same way (it may map more).
@@ -681,15 +684,16 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
         shown = ", ".join(f"{i}->{o}" + (f" ({n})" if n != 1 else "") for i, o, n in ranges)
         field = "idmap" if m.uid_map or m.gid_map else "namespaces.user"
         if ctx.uid == 0:
-            if any(inside != outside for inside, outside, _ in ranges):
+            if m.root.upper is not None and _moves(ranges):
                 raise _error(
                     m,
-                    field,
-                    f"root.image: as root the store keeps the layers' {kind}s as they are, so "
-                    f"the {kind} map {shown} would give their files the wrong owners inside; "
-                    "map each id to itself (inside = outside) or use no user namespace",
+                    "root.upper",
+                    f"root.image: as root the store keeps the layers' {kind}s as they are and "
+                    f"the layers are idmapped for the {kind} map {shown} ({field}), but the "
+                    "upper directory would not be: its files would have the wrong owners; "
+                    "drop root.upper (changes on a tmpfs) or map each id to itself",
                 )
-            continue
+            continue  # the layers are idmapped (_idmap_layers)
         keeps_own_id = not given and names_invoker(m, ctx)
         if not given and not keeps_own_id:
             continue  # the default map is the store's own
@@ -714,6 +718,22 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
                     f"host; {why}, so their files would have the wrong owners inside"
                     + ("; name a user of the image, or none (root inside)" if keeps_own_id else ""),
                 )
+
+
+def _moves(ranges: tuple[tuple[int, int, int], ...]) -> bool:
+    return any(inside != outside for inside, outside, _ in ranges)
+
+
+def _idmap_layers(m: Manifest, ctx: Context) -> list[p.Step]:
+    """Root's store keeps the layers' own ids: under a map that moves them
+    they are seen through idmapped mounts of that map (plan.IdmapLayers)."""
+    if not m.root.layers or m.root.store is None:
+        return []
+    uid_ranges = _ranges(m.uid_map, m, ctx, "uid", ctx.uid, ctx.subuid)
+    gid_ranges = _ranges(m.gid_map, m, ctx, "gid", ctx.gid, ctx.subgid)
+    if not (_moves(uid_ranges) or _moves(gid_ranges)):
+        return []  # each id is itself: the layers show their owners as they are
+    return [p.IdmapLayers(store=m.root.store, uid_ranges=uid_ranges, gid_ranges=gid_ranges)]
 
 
 def _root_step(m: Manifest, root: str, userns: bool) -> p.Step:

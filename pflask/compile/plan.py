@@ -64,6 +64,38 @@ def _argv(argv: tuple[str, ...]) -> str:
 # --- processes and namespaces -------------------------------------------------
 
 
+def _map(ranges: tuple[tuple[int, int, int], ...]) -> str:
+    return ", ".join(f"{i}->{o} x{c}" for i, o, c in ranges)
+
+
+class IdmapLayers(Step):
+    """Root's image store seen through the container's id map, before its
+    user namespace exists (only the host's root may idmap a host directory).
+
+    Root's store keeps each layer's own ids; a user namespace that moves them
+    (0 -> 100000) would show every file as nobody's, and the container's
+    root (a moved id) could not even traverse the store (0700, root's).  So
+    the container's first process, still root on the host, takes a mount
+    namespace of its own (a slave of the host's: nothing shows there), and
+    mounts over the store's directory an idmapped clone of itself
+    (mount_setattr(2), MOUNT_ATTR_IDMAP, with a user namespace mapped as the
+    container's).  The mount namespace the next Unshare makes inherits it;
+    the image root's overlay stacks layers seen through it.
+    """
+
+    kind = "idmap_layers"
+    store: str
+    uid_ranges: tuple[tuple[int, int, int], ...]
+    gid_ranges: tuple[tuple[int, int, int], ...]
+
+    def describe(self) -> str:
+        return (
+            f"idmapped mount of the image store {self.store} over itself "
+            f"(uid {_map(self.uid_ranges)}; gid {_map(self.gid_ranges)}), "
+            "in a mount namespace of its own"
+        )
+
+
 class Unshare(Step):
     """Create namespaces.  The first Unshare starts the container's process.
 
@@ -889,6 +921,7 @@ class Exec(Step):
 STEPS: dict[str, type[Step]] = {
     cls.kind: cls
     for cls in (
+        IdmapLayers,
         Unshare,
         OomScoreAdj,
         DeviceNodes,
@@ -968,6 +1001,15 @@ class Plan(Record):
     stop_timeout: float
     root: str | None = None
     command: tuple[str, ...] = ()
+
+    def first_unshare(self) -> int:
+        """The index of the Unshare that starts the container's namespaces:
+        the first step, or the first after steps that must come before the
+        user namespace exists (IdmapLayers)."""
+        for index, step in enumerate(self.steps):
+            if isinstance(step, Unshare):
+                return index
+        raise ValueError("a plan without an Unshare step")
 
     def render(self) -> str:
         """Numbered steps, as `pflask plan` prints them."""

@@ -76,7 +76,9 @@ def unresolved(m: Manifest) -> Manifest:
 def with_image(m: Manifest, image: Resolved) -> Manifest:
     config = image.config
     changes: dict[str, Any] = {
-        "root": m.root.replace(path=image.layers[0], layers=image.layers, digest=image.digest)
+        "root": m.root.replace(
+            path=image.layers[0], layers=image.layers, digest=image.digest, store=image.store
+        )
     }
     if m.command is None:
         argv = [*_strings(config.get("Entrypoint")), *_strings(config.get("Cmd"))]

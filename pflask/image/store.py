@@ -65,6 +65,7 @@ class Resolved(Record):
     layers: tuple[str, ...]
     config: dict[str, Any]
     watch: tuple[str, ...] = ()  # host files whose change may change what `ref` names
+    store: str | None = None  # the store's directory, which holds the layers
 
 
 def hex_of(digest: str) -> str:
@@ -281,6 +282,7 @@ class Store:
             digest=digest,
             layers=tuple(os.path.join(self.layer_dir(d), "root") for d in reversed(layers)),
             config=config if isinstance(config, dict) else {},
+            store=self.path,
         )
 
     def resolved(self, image: Image) -> Resolved:
@@ -294,6 +296,7 @@ class Store:
             config={k: v for k, v in config.items() if k in CONFIG_KEYS}
             if isinstance(config, dict)
             else {},
+            store=self.path,
         )
 
 

@@ -60,6 +60,7 @@ MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_IDMAP = 0x00100000
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
 AT_FDCWD = -100
@@ -361,10 +362,19 @@ def join_session_keyring() -> None:
 
 
 def mount_setattr(
-    dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, what: str | None = None
+    dirfd: int,
+    path: str,
+    flags: int,
+    attr_set: int,
+    attr_clr: int = 0,
+    what: str | None = None,
+    userns_fd: int = 0,
 ) -> None:
-    """Change mount attributes, recursively with AT_RECURSIVE (Linux 5.12)."""
-    attr = _u64s(attr_set, attr_clr, 0, 0)  # struct mount_attr: set, clr, propagation, userns_fd
+    """Change mount attributes, recursively with AT_RECURSIVE (Linux 5.12);
+    MOUNT_ATTR_IDMAP takes `userns_fd`, a user namespace whose maps the mount
+    applies to its files' owners (a detached mount, not yet idmapped)."""
+    # struct mount_attr: set, clr, propagation, userns_fd
+    attr = _u64s(attr_set, attr_clr, 0, userns_fd)
     result = _syscall(SYS_mount_setattr, dirfd, _b(path), flags, attr, len(attr))
     _check(result, "mount_setattr(2)", what or path)
 

@@ -25,7 +25,8 @@ class Root(Record):
     """`image` is the reference as written; the pipeline resolves it before
     compiling (pflask.image.prepare): `path` is then the top layer's
     directory, where the overlay is mounted, `layers` every layer's, top
-    first, and `digest` the image's; for a `disk:` image, `disk` its file and
+    first, `store` the store's directory that holds them, and `digest` the
+    image's; for a `disk:` image, `disk` its file and
     `path` an empty directory of the store to mount it on."""
 
     path: str | None = None
@@ -33,6 +34,7 @@ class Root(Record):
     upper: str | None = None
     layers: tuple[str, ...] = ()
     digest: str | None = None
+    store: str | None = None  # the image store holding `layers` (see plan.IdmapLayers)
     disk: str | None = None  # a `disk:` image's file; `path` is then its mount point
     ephemeral: bool = False
     readonly: bool = False

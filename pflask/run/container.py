@@ -199,8 +199,12 @@ class Container:
             for fd in (0, 1, 2):
                 null_stdio(fd)
         plan_steps = self.plan.steps
-        first = plan_steps[0]
-        trace(self.verbose, 1, first)
+        start = self.plan.first_unshare()
+        for number, step in enumerate(plan_steps[:start], 1):
+            assert step.where == plan.CONTAINER
+            self.run_step(number, step)  # a failure is reported instead of Unshared
+        first = plan_steps[start]
+        trace(self.verbose, start + 1, first)
         assert isinstance(first, plan.Unshare)
         try:
             flags = libc.namespace_flags(first.namespaces)
@@ -209,10 +213,10 @@ class Container:
                 self.handle_signals_as_pid1()
             libc.unshare(flags)
         except OSError as e:
-            self.fail(EXIT_SETUP, step_error(1, first, e))
+            self.fail(EXIT_SETUP, step_error(start + 1, first, e))
         self.send(protocol.UNSHARED)
         os.setsid()  # Ctrl-C at the user's terminal reaches pflask only, which forwards it
-        for number, step in enumerate(plan_steps[1:], 2):
+        for number, step in enumerate(plan_steps[start + 1 :], start + 2):
             if step.where == plan.CONTAINER:
                 self.run_step(number, step)
         os._exit(EXIT_SETUP)  # not reached: the Exec step execs or exits

@@ -384,6 +384,34 @@ def image_root(
             os.close(fd)
 
 
+def idmap_tree(path: str, userns: int) -> None:
+    """Mount over the directory `path` an idmapped clone of itself, whose
+    files' owners go through the user namespace `userns`'s maps, in a mount
+    namespace of our own (see plan.IdmapLayers).
+
+    / becomes a slave first: a shared / would carry the mount to the host's
+    namespace.  The directory is opened once and that fd is both the clone's
+    source and its target, so nothing in between can swap the path.
+    """
+    what = f"idmapped mount of {path}"
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_SLAVE | libc.MS_REC, what=what)
+    fd = _open_dir(path, "image store")
+    try:
+        flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_EMPTY_PATH
+        clone = libc.open_tree(fd, "", flags, what)
+        try:
+            libc.mount_setattr(
+                clone, "", libc.AT_EMPTY_PATH, libc.MOUNT_ATTR_IDMAP, what=what, userns_fd=userns
+            )
+            flags = libc.MOVE_MOUNT_F_EMPTY_PATH | libc.MOVE_MOUNT_T_EMPTY_PATH
+            libc.move_mount(clone, "", fd, "", flags, what)
+        finally:
+            os.close(clone)
+    finally:
+        os.close(fd)
+
+
 def _open_dir_at(parent: int, name: str, what: str) -> int:
     try:
         flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -84,6 +84,16 @@ def become_root(step: plan.BecomeRoot, c: Container) -> None:
     os.setresuid(0, 0, 0)
 
 
+def idmap_layers(step: plan.IdmapLayers, c: Container) -> None:
+    from pflask.run import idmap, mounts
+
+    userns = idmap.userns_fd(step.uid_ranges, step.gid_ranges)
+    try:
+        mounts.idmap_tree(step.store, userns)
+    finally:
+        os.close(userns)
+
+
 def fork(step: plan.Fork, c: Container) -> None:
     c.fork_pid1()
 
@@ -451,6 +461,7 @@ def chdir(step: plan.Chdir, c: Container) -> None:
 
 
 HANDLERS: dict[str, Handler] = {
+    "idmap_layers": Handler(idmap_layers, ("run.idmap", "run.mounts")),
     "unshare": Handler(unshare),
     "join_namespaces": Handler(join_namespaces),
     "await_host": Handler(await_host),

@@ -241,7 +241,7 @@ class Supervisor:
 
     def _run(self) -> int:
         plan_steps = self.plan.steps
-        first = plan_steps[0]
+        first = plan_steps[self.plan.first_unshare()]
         assert isinstance(first, plan.Unshare)
         forks = any(isinstance(s, plan.Fork) for s in plan_steps)
         if forks:
@@ -306,7 +306,8 @@ class Supervisor:
         message = self._receive()  # Unshared, or why the first step failed
         if message != protocol.UNSHARED:
             return self._failed(message)
-        for number, step in enumerate(self.plan.steps[1:], 2):
+        start = self.plan.first_unshare() + 1  # the container's alone before it
+        for number, step in enumerate(self.plan.steps[start:], start + 1):
             if step.where == plan.HOST:
                 self._host_step(number, step)
             elif isinstance(step, plan.AwaitHost):
