@@ -391,28 +391,45 @@ def test_an_image_root_is_an_overlay_of_its_layers_and_never_the_hosts_root() ->
     assert step(compiler.compile_plan(prepare.with_image(m, image), USER), p.ImageRoot).userxattr
 
 
-def test_an_image_root_refuses_a_user_namespace_that_would_misown_its_layers() -> None:
-    """Root's store keeps the layers' own ids: a map that moves them (an
-    `idmap:`, or the default of namespaces.user: true) would show every file
-    with the wrong owner, so it is refused naming root.image and the map."""
+def test_root_idmaps_its_store_for_a_map_that_moves_the_layers_ids() -> None:
+    """Root's store keeps the layers' own ids: under a map that moves them (an
+    `idmap:`, or the default of namespaces.user: true) the container's first
+    process, before its user namespace exists, mounts the store idmapped
+    with that map (IdmapLayers, step 1, before the Unshare).  A root.upper
+    would not be idmapped, and layers in no known store cannot be: refused."""
     from pflask.image import prepare
     from pflask.image.store import Resolved
 
-    image = Resolved(digest="sha256:" + "a" * 64, layers=("/s/top", "/s/base"), config={})
+    image = Resolved(
+        digest="sha256:" + "a" * 64, layers=("/s/top", "/s/base"), config={}, store="/s"
+    )
 
-    def plan(data: dict[str, Any], ctx: Context = ROOT) -> p.Plan:
+    def plan(data: dict[str, Any], ctx: Context = ROOT, img: Resolved = image) -> p.Plan:
         m = manifest.from_data({"name": "t", "root": {"image": "oci:/img"}, **data})
-        return compiler.compile_plan(prepare.with_image(m, image), ctx)
+        return compiler.compile_plan(prepare.with_image(m, img), ctx)
 
     moved = {"uid": [{"inside": 0, "outside": 100000, "count": 65536}]}
-    moved["gid"] = moved["uid"]
-    with pytest.raises(ManifestError, match=r": idmap: root\.image: .*0->100000 \(65536\)"):
-        plan({"idmap": moved})
-    with pytest.raises(ManifestError, match=r": namespaces\.user: root\.image: "):
-        plan({"namespaces": {"user": True}})
+    moved["gid"] = [{"inside": 0, "outside": 200000, "count": 65536}]
+    mapped = plan({"idmap": moved})
+    first, second = mapped.steps[:2]
+    assert first == p.IdmapLayers(
+        store="/s", uid_ranges=((0, 100000, 65536),), gid_ranges=((0, 200000, 65536),)
+    )
+    assert isinstance(second, p.Unshare) and "user" in second.namespaces
+    assert mapped.first_unshare() == 1
+    assert step(mapped, p.ImageRoot).userxattr
+    default = plan({"namespaces": {"user": True}})
+    assert step(default, p.IdmapLayers).uid_ranges == ((0, *compiler.DEFAULT_ID_RANGE),)
+    with pytest.raises(ManifestError, match=r": root\.upper: root\.image: .*0->100000 \(65536\)"):
+        plan({"idmap": moved, "root": {"image": "oci:/img", "upper": "/keep"}})
+    unstored = image.replace(store=None)
+    with pytest.raises(ManifestError, match=r": idmap: root\.image: .*no image store"):
+        plan({"idmap": moved}, img=unstored)
     same = {"uid": [{"inside": 0, "outside": 0, "count": 65536}]}
     same["gid"] = same["uid"]
-    assert step(plan({"idmap": same}), p.ImageRoot).userxattr
+    kept = plan({"idmap": same})
+    assert step(kept, p.ImageRoot).userxattr
+    assert not [s for s in kept.steps if isinstance(s, p.IdmapLayers)]  # nothing to move
 
     # An ordinary user's store maps 0 -> the user, 1.. -> its first range.
     helpers = USER.replace(id_helpers=True)
@@ -427,3 +444,5 @@ def test_an_image_root_refuses_a_user_namespace_that_would_misown_its_layers() -
     with pytest.raises(ManifestError, match=r": user: root\.image: .*`user:` naming you"):
         plan({"user": "alice"}, named)
     assert step(plan({"user": "0"}, named), p.ImageRoot).userxattr  # root inside: the store's
+    # An ordinary user cannot idmap a host directory: its store is mapped already.
+    assert not [s for s in plan({}, helpers).steps if isinstance(s, p.IdmapLayers)]

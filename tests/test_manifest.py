@@ -27,7 +27,7 @@ LOADER_ONLY = {"$schema", "version", "extends"}
 
 RECORD_ONLY = {
     manifest.Manifest: {"source", "oci"},
-    manifest.Root: {"layers", "digest", "disk"},
+    manifest.Root: {"layers", "digest", "store", "disk"},
 }
 """Record fields no schema property fills (where the manifest came from; what
 the pipeline resolved an image to; what only an OCI bundle's config.json

@@ -684,6 +684,14 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
         shown = ", ".join(f"{i}->{o}" + (f" ({n})" if n != 1 else "") for i, o, n in ranges)
         field = "idmap" if m.uid_map or m.gid_map else "namespaces.user"
         if ctx.uid == 0:
+            if m.root.layers and m.root.store is None and _moves(ranges):
+                raise _error(
+                    m,
+                    field,
+                    f"root.image: the layers' {kind}s are kept as they are, in no image store "
+                    f"pflask can idmap, so the {kind} map {shown} would give their files the "
+                    "wrong owners inside; map each id to itself or use no user namespace",
+                )
             if m.root.upper is not None and _moves(ranges):
                 raise _error(
                     m,

@@ -385,9 +385,9 @@ def image_root(
 
 
 def idmap_tree(path: str, userns: int) -> None:
-    """Mount over the directory `path` an idmapped clone of itself, whose
-    files' owners go through the user namespace `userns`'s maps, in a mount
-    namespace of our own (see plan.IdmapLayers).
+    """Mount over the directory `path` an idmapped, read-only clone of
+    itself, whose files' owners go through the user namespace `userns`'s
+    maps, in a mount namespace of our own (see plan.IdmapLayers).
 
     / becomes a slave first: a shared / would carry the mount to the host's
     namespace.  The directory is opened once and that fd is both the clone's
@@ -401,9 +401,9 @@ def idmap_tree(path: str, userns: int) -> None:
         flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_EMPTY_PATH
         clone = libc.open_tree(fd, "", flags, what)
         try:
-            libc.mount_setattr(
-                clone, "", libc.AT_EMPTY_PATH, libc.MOUNT_ATTR_IDMAP, what=what, userns_fd=userns
-            )
+            # Read-only too: the overlay only reads its lower layers.
+            attr = libc.MOUNT_ATTR_IDMAP | libc.MOUNT_ATTR_RDONLY
+            libc.mount_setattr(clone, "", libc.AT_EMPTY_PATH, attr, what=what, userns_fd=userns)
             flags = libc.MOVE_MOUNT_F_EMPTY_PATH | libc.MOVE_MOUNT_T_EMPTY_PATH
             libc.move_mount(clone, "", fd, "", flags, what)
         finally:
