@@ -4,7 +4,7 @@ The supervisor forks the container's first process (`Container.run`), which
 keeps nothing of the invoker's (hygiene.seclude), makes its namespaces and
 then carries out the plan's container steps in order through the table in
 pflask.run.steps, talking to the supervisor through pflask.run.protocol: it says
-`Unshared` after the first step, waits for a `Go` at each AwaitHost step,
+`Unshared` after the first Unshare step, waits for a `Go` at each AwaitHost step,
 reports PID 1's pid at the Fork (and waits to be `Adopted`), reports the
 mount points it `Made` in a root that stays, and a `Failed` line when a step
 fails.  EOF on the status pipe without a `Failed` means the command runs.
