@@ -8,12 +8,16 @@ setup error naming the step and mount_setattr(2)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import describe, run_pflask
+from helpers import describe, in_child, ok, pflask_cmd, read_mounts, run_pflask
 from imagetools import busybox_layer, directory, entry, layer, manifest, oci
+
+from pflask.kernel import libc
+from pflask.run import idmap
 
 pytestmark = pytest.mark.usefixtures("host_clean")
 
@@ -74,6 +78,53 @@ def test_root_runs_an_image_under_a_map_that_moves_its_ids(
     for _ in range(2):
         result = run(path, store)
         assert (result.returncode, result.stdout) == (0, "0:0\n1000:1000\n"), describe(result)
+
+
+def test_the_idmapped_store_never_shows_on_the_host(shared_tmp: Path, busybox_root: Path) -> None:
+    """While the container runs, the host's mount table has no mount of the
+    store (the idmapped clone lives in the container's namespaces only)."""
+    owned_image(shared_tmp, busybox_root)
+    store = shared_tmp / "store"
+    script = "stat -c %u:%g /home/alice/notes; read line"
+    path = manifest(
+        shared_tmp,
+        "oci:./img",
+        idmap={"uid": MOVED, "gid": MOVED},
+        command=["/bin/sh", "-c", script],
+    )
+    running = subprocess.Popen(
+        [*pflask_cmd(), "run", str(path)],
+        env={**os.environ, "PFLASK_STORE": str(store)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None and running.stdin is not None
+        assert running.stdout.readline() == "1000:1000\n"
+        on_host = [m for m in read_mounts() if str(store) in m.target]
+        assert on_host == []
+        running.stdin.write("done\n")
+        running.stdin.close()
+        assert running.wait(timeout=30) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+
+
+def test_a_user_namespace_fd_mapped_as_asked() -> None:
+    """idmap.userns_fd: a namespace with the maps given, whose maker is reaped
+    (host_clean: no process left)."""
+
+    def body(out: int) -> None:
+        fd = idmap.userns_fd(((0, 100000, 65536),), ((0, 200000, 10), (10, 300000, 1)))
+        libc.setns(fd, libc.CLONE_NEWUSER, "the map's namespace")
+        for kind in ("uid", "gid"):
+            with open(f"/proc/self/{kind}_map") as f:
+                os.write(out, " ".join(f.read().split()).encode() + b"\n")
+
+    assert ok(in_child(body)) == "0 100000 65536\n0 200000 10 10 300000 1\n"
 
 
 def test_a_store_the_kernel_cannot_idmap_is_a_setup_error(
