@@ -82,9 +82,21 @@ def test_root_runs_an_image_under_a_map_that_moves_its_ids(
 
 def test_the_idmapped_store_never_shows_on_the_host(shared_tmp: Path, busybox_root: Path) -> None:
     """While the container runs, the host's mount table has no mount of the
-    store (the idmapped clone lives in the container's namespaces only)."""
+    store (the idmapped clone lives in the container's namespaces only), even
+    with the store on a shared mount, whose peers would receive it."""
     owned_image(shared_tmp, busybox_root)
-    store = shared_tmp / "store"
+    shared = shared_tmp / "shared"
+    store = shared / "store"
+    store.mkdir(parents=True, mode=0o700)
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        _watch_the_host_while_it_runs(shared_tmp, store)
+    finally:
+        subprocess.run(["umount", str(shared)], check=True)
+
+
+def _watch_the_host_while_it_runs(shared_tmp: Path, store: Path) -> None:
     script = "stat -c %u:%g /home/alice/notes; read line"
     path = manifest(
         shared_tmp,
