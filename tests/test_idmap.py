@@ -80,6 +80,34 @@ def test_root_runs_an_image_under_a_map_that_moves_its_ids(
         assert (result.returncode, result.stdout) == (0, "0:0\n1000:1000\n"), describe(result)
 
 
+def test_whiteouts_and_opaque_directories_hold_through_the_idmapped_store(
+    shared_tmp: Path, busybox_root: Path
+) -> None:
+    """The layers' whiteouts (0/0 character devices) and opaque directories
+    (user.overlay.opaque, read with userxattr) work as without a map."""
+    below = layer(
+        directory("opt/a"),
+        entry("opt/a/old", b"old\n"),
+        entry("opt/gone", b"gone\n"),
+    )
+    above = layer(
+        directory("opt/a"),
+        entry("opt/a/.wh..wh..opq", b""),
+        entry("opt/a/new", b"new\n"),
+        entry("opt/.wh.gone", b""),
+    )
+    oci(shared_tmp / "img", [busybox_layer(busybox_root), below, above])
+    path = manifest(
+        shared_tmp,
+        "oci:./img",
+        idmap={"uid": MOVED, "gid": MOVED},
+        command=["/bin/sh", "-c", "ls /opt /opt/a; stat -c %u:%g /opt/a/new"],
+    )
+    result = run(path, shared_tmp / "store")
+    shown = ["/opt:", "a", "/opt/a:", "new", "0:0"]
+    assert (result.returncode, result.stdout.split()) == (0, shown), describe(result)
+
+
 def test_the_idmapped_store_never_shows_on_the_host(shared_tmp: Path, busybox_root: Path) -> None:
     """While the container runs, the host's mount table has no mount of the
     store (the idmapped clone lives in the container's namespaces only), even
