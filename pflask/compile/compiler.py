@@ -670,11 +670,12 @@ def _check_layer_owners(m: Manifest, ctx: Context) -> None:
     inside (most of them unmapped, nobody), silently.
 
     Root's store keeps the layers' own ids (no user namespace); a map that
-    moves them is applied to the layers by idmapped mounts (_idmap_layers),
-    but not to a `root.upper` directory, refused then.  An ordinary user's store maps them
-    as image.userns does (0 -> the user, 1.. -> its first subordinate range,
-    or only 0 -> the user without newuidmap or a range); an `idmap:` must map
-    those ids the same way (it may map more).
+    moves them is applied to the store by an idmapped mount (_idmap_layers),
+    but it could not be to a `root.upper` directory, refused then.  An
+    ordinary user's store maps them as image.userns does (0 -> the user, 1..
+    -> its first subordinate range, or only 0 -> the user without newuidmap
+    or a range); an `idmap:` must map those ids the same way (it may map
+    more): an ordinary user cannot idmap a host directory.
     """
     for kind, given, own, subordinate in (
         ("uid", m.uid_map, ctx.uid, ctx.subuid),

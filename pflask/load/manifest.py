@@ -26,8 +26,8 @@ class Root(Record):
     compiling (pflask.image.prepare): `path` is then the top layer's
     directory, where the overlay is mounted, `layers` every layer's, top
     first, `store` the store's directory that holds them, and `digest` the
-    image's; for a `disk:` image, `disk` its file and
-    `path` an empty directory of the store to mount it on."""
+    image's; for a `disk:` image, `disk` its file and `path` an empty
+    directory of the store to mount it on."""
 
     path: str | None = None
     image: str | None = None
