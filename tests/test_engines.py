@@ -90,10 +90,17 @@ def podman() -> Iterator[Podman]:
 
     directory = Path(tempfile.mkdtemp(prefix="pfo-"))
     groups = sorted(Path("/sys/fs/cgroup").glob("*/libpod_parent"))
+    state = Path("/run/pflask-oci")  # podman passes no --root to delete: the default root
+    had_state = state.exists()
     try:
         yield Podman(directory)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=False)
+        if not had_state and state.exists():
+            # pflask-oci keeps its state root as runc keeps /run/runc; every
+            # container podman made must have been deleted from it.
+            assert list(state.iterdir()) == [], "pflask-oci records left after podman"
+            state.rmdir()
         # podman's cgroupfs manager leaves its (empty) parent group for conmon.
         for made in sorted(Path("/sys/fs/cgroup").glob("*/libpod_parent")):
             if made not in groups:
