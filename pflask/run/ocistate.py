@@ -241,22 +241,12 @@ class Record:
 # -- what the kernel says of a recorded container ------------------------------------
 
 
-def proc_state(pid: int, start: object) -> str | None:
-    """The process's state letter (R, S, Z, ...) if it is still the one recorded."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or int(fields[19]) != start:
-        return None
-    return fields[0].decode()
-
-
 def status(data: dict[str, Any], record: Record) -> str:
-    letter = proc_state(data["pid"], data.get("pid_start"))
-    if letter is None or letter in ("Z", "X"):
+    from pflask.run.state import start_time
+
+    # No such process, a zombie, or another process with its pid: stopped.
+    start = start_time(data["pid"])
+    if start is None or start != data.get("pid_start"):
         return "stopped"
     if frozen(data):
         return "paused"
