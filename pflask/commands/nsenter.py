@@ -184,24 +184,48 @@ def run(spec: str, argv: list[str], owner: int | None = None) -> int:
         # goes in only as the root of that user's user namespace (open_pid1
         # checked it is theirs), never as the host's root.
         names = ("user", *names)
-    groups: list[tuple[int, str]] = []
+    cgroups = any(isinstance(s, plan.Cgroup) for s in the_plan.steps)
     try:
-        try:
-            if any(isinstance(s, plan.Cgroup) for s in the_plan.steps):
-                groups = open_cgroups(record.pid)
-            enter(pidfd, names, f"PID 1 of {record.name} ({record.pid})")
-            workdir = _workdir(the_plan)
-            if workdir is not None:
-                os.chdir(workdir)
-            if not argv:
-                argv = [login_shell(the_plan)]
-        except OSError as e:
-            for fd, _ in groups:
-                os.close(fd)
-            raise SetupError(f"exec in {record.name}: {e}") from None
+        groups = join(pidfd, record.pid, record.name, names, cgroups, _workdir(the_plan))
     finally:
         os.close(pidfd)
+    if not argv:
+        try:
+            argv = [login_shell(the_plan)]
+        except OSError as e:
+            _close(groups)
+            raise SetupError(f"exec in {record.name}: {e}") from None
     return Session(the_plan, record, argv, terminal, groups).run()
+
+
+def join(
+    pidfd: int,
+    pid: int,
+    name: str,
+    names: tuple[str, ...],
+    cgroups: bool,
+    workdir: str | None,
+) -> list[tuple[int, str]]:
+    """Enter the namespaces `names` of PID 1 (`pidfd`, `pid`) of the container
+    `name` and move to `workdir`; with `cgroups`, its cgroups are opened first,
+    from the host's view (Session moves the command into them).  Returns them;
+    a failure is one SetupError line, with nothing left open."""
+    groups: list[tuple[int, str]] = []
+    try:
+        if cgroups:
+            groups = open_cgroups(pid)
+        enter(pidfd, names, f"PID 1 of {name} ({pid})")
+        if workdir is not None:
+            os.chdir(workdir)
+    except OSError as e:
+        _close(groups)
+        raise SetupError(f"exec in {name}: {e}") from None
+    return groups
+
+
+def _close(groups: list[tuple[int, str]]) -> None:
+    for fd, _ in groups:
+        os.close(fd)
 
 
 def login_shell(the_plan: plan.Plan) -> str:

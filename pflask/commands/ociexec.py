@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from pflask.compile import plan
-from pflask.errors import PflaskError, SetupError
+from pflask.errors import PflaskError
 from pflask.run import ocistate
 
 TYPE_CHECKING = False
@@ -141,7 +141,6 @@ def _enter_and_run(
     pidfd = state.pidfd(pid, data.get("pid_start"))
     if pidfd < 0:
         raise PflaskError(f"container {name} has just stopped")
-    groups: list[tuple[int, str]] = []
     console = None
     if tty:  # connected here: its path is the host's, out of reach once inside
         import socket
@@ -149,16 +148,9 @@ def _enter_and_run(
         console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         console.connect(str(console_socket))
     try:
-        try:
-            if data.get("cgroup"):
-                groups = nsenter.open_cgroups(pid)
-            nsenter.enter(pidfd, nsenter.namespaces(the_plan), f"PID 1 of {name} ({pid})")
-            workdir = next((s.path for s in the_plan.steps if isinstance(s, plan.Chdir)), "/")
-            os.chdir(workdir)
-        except OSError as e:
-            for fd, _ in groups:
-                os.close(fd)
-            raise SetupError(f"exec in {name}: {e}") from None
+        workdir = next((s.path for s in the_plan.steps if isinstance(s, plan.Chdir)), "/")
+        names = nsenter.namespaces(the_plan)
+        groups = nsenter.join(pidfd, pid, name, names, bool(data.get("cgroup")), workdir)
     finally:
         os.close(pidfd)
     session = nsenter.Session(the_plan, _Named(name), argv, tty, groups)  # type: ignore[arg-type]
