@@ -76,6 +76,12 @@ class Podman:
             PFLASK_OCI,
         ]
 
+    @staticmethod
+    def run_args(rootfs: Path, *options: str) -> list[str]:
+        """`run` with `options` of a --rootfs, as every test runs it: no
+        network, the limits this VM allows (ULIMITS)."""
+        return ["run", *options, "--network=none", *ULIMITS, "--rootfs", str(rootfs)]
+
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.argv, *args], capture_output=True, text=True, timeout=timeout, check=False
@@ -109,12 +115,7 @@ def podman() -> Iterator[Podman]:
 
 def test_podman_run_rm(podman: Podman, writable_busybox_root: Path) -> None:
     result = podman(
-        "run",
-        "--rm",
-        "--network=none",
-        *ULIMITS,
-        "--rootfs",
-        str(writable_busybox_root),
+        *Podman.run_args(writable_busybox_root, "--rm"),
         "sh",
         "-c",
         "echo hello from $(hostname); id -u; grep :memory: /proc/self/cgroup; exit 5",
@@ -128,12 +129,7 @@ def test_podman_run_rm(podman: Podman, writable_busybox_root: Path) -> None:
 
 def test_podman_detach_exec_stop_rm(podman: Podman, writable_busybox_root: Path) -> None:
     started = podman(
-        "run",
-        "-d",
-        "--network=none",
-        *ULIMITS,
-        "--rootfs",
-        str(writable_busybox_root),
+        *Podman.run_args(writable_busybox_root, "-d"),
         "sh",
         "-c",
         "trap 'exit 0' TERM; while true; do sleep 0.1; done",
@@ -160,13 +156,7 @@ def test_podman_terminal(podman: Podman, writable_busybox_root: Path) -> None:
     _need("script")
     command = [
         *podman.argv,
-        "run",
-        "--rm",
-        "-t",
-        "--network=none",
-        *ULIMITS,
-        "--rootfs",
-        str(writable_busybox_root),
+        *Podman.run_args(writable_busybox_root, "--rm", "-t"),
         "sh",
         "-c",
         "tty; test -t 0 && echo stdin-is-a-tty",
@@ -325,12 +315,7 @@ def test_podman_exec_with_a_terminal(podman: Podman, writable_busybox_root: Path
     """`podman exec -t`: pflask-oci exec --tty sends the pty master to conmon."""
     _need("script")
     started = podman(
-        "run",
-        "-d",
-        "--network=none",
-        *ULIMITS,
-        "--rootfs",
-        str(writable_busybox_root),
+        *Podman.run_args(writable_busybox_root, "-d"),
         "sleep",
         "30",
     )
