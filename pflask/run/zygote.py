@@ -83,7 +83,7 @@ def main(fd: int) -> NoReturn:
 
 class Zygote:
     """Z's state: the plans it was given, the supervisors it forked and has not
-    reaped yet (by pidfd, and by job), and the spare: a supervisor forked
+    reaped yet (by pidfd), and the spare: a supervisor forked
     ahead for the plan of the last run, waiting for its job."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -91,7 +91,6 @@ class Zygote:
         self.plans: dict[int, Plan] = {}
         # pidfd -> (job, pid, report fd); a spare's job is 0 and report -1
         self.running: dict[int, tuple[int, int, int]] = {}
-        self.jobs: dict[int, int] = {}  # job -> pid, until reaped
         self.spare: Spare | None = None
         self.poller = select.poll()
 
@@ -125,7 +124,7 @@ class Zygote:
             self._prepare(plan_id)  # the next run's S, while this one starts
         elif kind == "signal":
             _, job, number = message
-            pid = self.jobs.get(job)
+            pid = next((pid for j, pid, _ in self.running.values() if j == job), None)
             if pid is not None:
                 os.kill(pid, number)  # not reaped yet: still S's pid
         return True
@@ -162,7 +161,6 @@ class Zygote:
         for fd in fds[:3]:
             os.close(fd)
         self.running[pidfd] = (job, pid, fds[3])
-        self.jobs[job] = pid
 
     def _prepare(self, plan_id: int) -> None:
         """Fork the spare S for `plan_id`'s next run."""
@@ -187,7 +185,6 @@ class Zygote:
             self.spare = None
         if not job:
             return
-        del self.jobs[job]
         status = os.waitstatus_to_exitcode(wait_status)
         if status < 0:  # S itself died of a signal
             status = 128 - status
@@ -201,8 +198,9 @@ class Zygote:
         """The caller is gone: stop every container still running."""
         if self.spare is not None:
             self.spare.dismiss()
-        for pid in self.jobs.values():
-            os.kill(pid, _signal.SIGTERM)
+        for job, pid, _ in self.running.values():
+            if job:  # not the spare
+                os.kill(pid, _signal.SIGTERM)
 
 
 class Spare:
