@@ -166,20 +166,15 @@ class Container:
 
     def _setup(self, data: dict[str, Any], origin: str, loaded: Loaded | None) -> None:
         from pflask.compile import context
-        from pflask.load import manifest
+        from pflask.errors import ManifestError
+        from pflask.pipeline import prepared
 
         self._loaded = loaded
-        m = manifest.from_data(data, source=origin)
-        if m.root.image is not None:  # resolved and unpacked once, as `pflask run` does
-            from pflask.errors import ManifestError
-            from pflask.image import prepare
-
-            try:
-                m, _ = prepare.apply(m, progress=False)
-            except ManifestError as e:
-                raise (loaded.place(e) if loaded is not None else e) from None
-        self.manifest: Manifest = m
         self._context: Context = context.read(None)
+        try:  # an image is resolved and unpacked once, as `pflask run` does
+            self.manifest: Manifest = prepared(data, origin, self._context, progress=False)[0]
+        except ManifestError as e:
+            raise (loaded.place(e) if loaded is not None else e) from None
         self._plans: dict[tuple[str, ...] | None, tuple[Plan, int]] = {}
 
     @property

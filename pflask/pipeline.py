@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pflask.compile.context import Context
     from pflask.compile.plan import Plan
     from pflask.load.loader import Loaded
+    from pflask.load.manifest import Manifest
     from pflask.load.positions import LocDict
 
 
@@ -69,13 +70,26 @@ def _compile(
 ) -> tuple[Plan, tuple[str, ...]]:
     """The plan, and the host paths its image came from (see image.prepare)."""
     from pflask.compile import compiler
+
+    m, watch = prepared(data, source, ctx, images)
+    return compiler.compile_plan(m, ctx), watch
+
+
+def prepared(
+    data: dict[str, Any], source: str, ctx: Context, images: bool = True, progress: bool = True
+) -> tuple[Manifest, tuple[str, ...]]:
+    """The typed Manifest ready to compile, its image (if any) checked against
+    the id map, resolved and unpacked (`images`; else placeholders, for
+    validate), and the host paths the image came from.  The Python API keeps
+    this Manifest and compiles it once per command."""
     from pflask.load import manifest
 
     m = manifest.from_data(data, source=source)
     watch: tuple[str, ...] = ()
     if m.root.image is not None:
+        from pflask.compile import compiler
         from pflask.image import prepare
 
         compiler.check_image_owners(m, ctx)
-        m, watch = prepare.apply(m) if images else (prepare.unresolved(m), ())
-    return compiler.compile_plan(m, ctx), watch
+        m, watch = prepare.apply(m, progress) if images else (prepare.unresolved(m), ())
+    return m, watch
