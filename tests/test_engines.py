@@ -12,15 +12,9 @@ imported from a locally built OCI archive.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,64 +170,15 @@ def test_podman_terminal(podman: Podman, writable_busybox_root: Path) -> None:
 # -- containerd ----------------------------------------------------------------------------
 
 
-def oci_archive(rootfs: Path, dest: Path, ref: str) -> None:
-    """An OCI image layout in a tar (what `ctr image import` reads): one gzipped
-    layer holding `rootfs`, its config and manifest, an index naming `ref`."""
-    blobs: list[tuple[str, bytes]] = []
+def oci_archive(rootfs: Path, dest: Path, tag: str) -> None:
+    """An OCI archive (what `ctr image import` reads) of one layer holding
+    `rootfs`, tagged `tag`, written by pflask's own image writer."""
+    from pflask.image import layout
 
-    def blob(data: bytes) -> tuple[str, int]:
-        digest = hashlib.sha256(data).hexdigest()
-        blobs.append((f"blobs/sha256/{digest}", data))
-        return f"sha256:{digest}", len(data)
-
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        for name in sorted(os.listdir(rootfs)):
-            tar.add(rootfs / name, arcname=name)
-    diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
-    layer_digest, layer_size = blob(gzip.compress(layer.getvalue(), mtime=0))
-    config = {
-        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "amd64"),
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }
-    config_digest, config_size = blob(json.dumps(config).encode())
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_size,
-        },
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer_size,
-            }
-        ],
-    }
-    manifest_digest, manifest_size = blob(json.dumps(manifest).encode())
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest_size,
-                "annotations": {"io.containerd.image.name": ref},
-            }
-        ],
-    }
-    blobs += [("index.json", json.dumps(index).encode())]
-    blobs += [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')]
-    with tarfile.open(dest, "w") as tar:
-        for name, data in blobs:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    directory = dest.with_suffix(".layout")
+    config = {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}
+    layout.write_layout(str(directory), [layout.tar_of_directory(str(rootfs))], config, tag)
+    layout.archive(str(directory), str(dest))
 
 
 @pytest.fixture
@@ -278,8 +223,10 @@ def test_containerd_run_exec_pause_kill_delete(
         )
 
     ref = "localhost/pflask-test:latest"
-    oci_archive(busybox_root, shared_tmp / "image.tar", ref)
-    imported = ctr("image", "import", str(shared_tmp / "image.tar"))
+    oci_archive(busybox_root, shared_tmp / "image.tar", "latest")
+    imported = ctr(
+        "image", "import", "--base-name", "localhost/pflask-test", str(shared_tmp / "image.tar")
+    )
     assert imported.returncode == 0, describe(imported)
     runtime = ["--runc-binary", PFLASK_OCI]
     probe = "echo from containerd; grep :pids: /proc/self/cgroup; exit 6"
