@@ -16,6 +16,8 @@ import json
 import os
 import tarfile
 
+from pflask.image.source import OCI_MANIFEST
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -105,7 +107,7 @@ def write_layout(
     config_data = json.dumps(image_config, sort_keys=True).encode()
     manifest = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": OCI_MANIFEST,
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
             "digest": _blob(layout, config_data),
@@ -122,7 +124,7 @@ def write_layout(
     except FileNotFoundError:
         index = {"schemaVersion": 2, "manifests": []}
     entry: dict[str, Any] = {
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": OCI_MANIFEST,
         "digest": digest,
         "size": len(manifest_data),
     }

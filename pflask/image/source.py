@@ -32,7 +32,6 @@ MAX_HEADER = 1 << 20  # a pax or GNU long-name header
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 _ARCH = {
     "x86_64": "amd64",
